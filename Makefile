@@ -1,0 +1,40 @@
+# Every target bootstraps its own virtualenv in .venv from pyproject.toml.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint format bench bench-smoke install-service clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)  ## a local origin on loopback, the real daemon, the stats table
+	$(BIN)/fetcher demo
+
+test: lint  ## lint, then the whole test suite
+	$(BIN)/pytest
+
+lint: $(STAMP)  ## ruff (lint and format) and mypy --strict
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench
+
+bench: $(STAMP)  ## throughput, rate precision, head-of-line; figures go to BENCHMARKS.md
+	$(BIN)/python bench/run.py
+
+bench-smoke: $(STAMP)  ## the benchmark at tiny sizes: does it still run
+	$(BIN)/python bench/run.py --smoke
+
+install-service:  ## install fetcher as a systemd service (as root)
+	sh config/install.sh
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

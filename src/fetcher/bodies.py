@@ -1,0 +1,84 @@
+"""Response bodies on disk, content-addressed: `<dir>/ab/abcdef…` named by their sha256.
+
+A body is held in memory up to `_SPILL_BYTES` and streamed to a temporary file past that, so
+memory per request in flight stays bounded whatever the size cap. Identical bodies share a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import IO
+
+__all__ = ["BodySink", "BodyStore"]
+
+_SPILL_BYTES = 256 * 1024
+
+
+class BodyStore:
+    """The body directory, created owner-only."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (root / "tmp").mkdir(mode=0o700, exist_ok=True)
+
+    def sink(self) -> BodySink:
+        return BodySink(self)
+
+    def path_for(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / sha256
+
+    def relative(self, sha256: str) -> str:
+        return f"{sha256[:2]}/{sha256}"
+
+
+class BodySink:
+    """Collects one body's decoded bytes; `commit` files it under its hash."""
+
+    def __init__(self, store: BodyStore) -> None:
+        self._store = store
+        self._hash = hashlib.sha256()
+        self._buffer = bytearray()
+        self._file: IO[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        self._hash.update(data)
+        if self._file is not None:
+            self._file.write(data)
+            return
+        self._buffer += data
+        if len(self._buffer) > _SPILL_BYTES:
+            self._file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in commit/discard
+                dir=self._store.root / "tmp", delete=False
+            )
+            self._file.write(self._buffer)
+            self._buffer = bytearray()
+
+    def commit(self) -> tuple[str, str]:
+        """File the body; (sha256, path relative to the body directory)."""
+        digest = self._hash.hexdigest()
+        final = self._store.path_for(digest)
+        if self._file is not None:
+            self._file.close()
+            if final.exists():
+                os.unlink(self._file.name)
+            else:
+                final.parent.mkdir(mode=0o700, exist_ok=True)
+                os.replace(self._file.name, final)
+        elif not final.exists():
+            final.parent.mkdir(mode=0o700, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self._store.root / "tmp")
+            with os.fdopen(fd, "wb") as out:
+                out.write(self._buffer)
+            os.replace(tmp, final)
+        return digest, self._store.relative(digest)
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            os.unlink(self._file.name)
+            self._file = None
+        self._buffer = bytearray()

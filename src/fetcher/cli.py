@@ -1,0 +1,283 @@
+"""The `fetcher` command: one function per subcommand; exit 0 ok, 1 failure, 2 usage, 78 config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sqlite3
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from rich.console import Console
+
+from fetcher import __version__, stats
+from fetcher.config import Settings, describe, load_hosts_file, load_settings
+from fetcher.errors import ConfigError, InvalidURL
+from fetcher.log import configure_logging, get_logger
+from fetcher.schema import SCHEMA_VERSION
+from fetcher.urls import Target, parse_url
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 78
+_SUBMIT_CHUNK = 50_000
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.env_file)
+        if args.db is not None:
+            settings = settings.model_copy(update={"db": args.db})
+        return int(args.command(args, settings))
+    except ConfigError as exc:
+        print(f"fetcher: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except FileNotFoundError as exc:
+        print(f"fetcher: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except sqlite3.Error as exc:
+        print(f"fetcher: database error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fetcher", description="A rate-limited async HTTP fetcher service."
+    )
+    parser.add_argument("--version", action="version", version=f"fetcher {__version__}")
+    parser.add_argument("--env-file", type=Path, help="read FETCHER_* variables from this file")
+    parser.add_argument("--db", type=Path, help="the database (overrides FETCHER_DB)")
+    sub = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="the daemon, in the foreground")
+    run.add_argument(
+        "--drain", action="store_true", help="exit 0 once nothing is queued, retrying or running"
+    )
+    run.set_defaults(command=cmd_run)
+
+    submit = sub.add_parser("submit", help="queue URLs")
+    submit.add_argument("urls", nargs="*", metavar="URL")
+    submit.add_argument("-f", "--file", help="read URLs from FILE, one a line ('-' = stdin)")
+    submit.set_defaults(command=cmd_submit)
+
+    st = sub.add_parser("stats", help="per-host counters")
+    fmt = st.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="a JSON array of objects")
+    fmt.add_argument("--csv", action="store_true", help="CSV with a header line")
+    st.add_argument("--host", help="only hosts matching this glob (example: '*.example.com')")
+    st.add_argument("--sort", default="requests", help="field to sort by; '-field' reverses")
+    st.add_argument("--watch", action="store_true", help="refresh in place every 2 s")
+    st.add_argument("--since", help="with --by minute: how far back (30m, 1h, 2d)")
+    st.add_argument("--by", choices=["minute"], help="per-minute series instead of totals")
+    st.set_defaults(command=cmd_stats)
+
+    status = sub.add_parser("status", help="the queue by state and current throughput")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(command=cmd_status)
+
+    res = sub.add_parser("results", help="finished jobs, one JSON object a line")
+    res.add_argument("--state", choices=["done", "failed"])
+    res.add_argument("--host", help="host glob")
+    res.add_argument("--since", help="finished within this long (30m, 1h, 2d)")
+    res.add_argument("--limit", type=int)
+    res.set_defaults(command=cmd_results)
+
+    config = sub.add_parser("config", help="the effective configuration and its sources")
+    config.add_argument("--json", action="store_true")
+    config.set_defaults(command=cmd_config)
+
+    demo = sub.add_parser("demo", help="a self-contained demonstration on loopback")
+    demo.add_argument("--hosts", type=int, default=4, help="origin hosts (127.0.0.2 …)")
+    demo.add_argument("--urls", type=int, default=40, help="URLs per host")
+    demo.set_defaults(command=cmd_demo)
+    return parser
+
+
+# -- run ------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from fetcher.daemon import run_daemon
+
+    return run_daemon(settings, drain=args.drain, progress=args.drain and sys.stderr.isatty())
+
+
+# -- submit ---------------------------------------------------------------------------------
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    if not args.urls and not args.file:
+        print("fetcher submit: give URLs or -f FILE", file=sys.stderr)
+        return EXIT_USAGE
+    lines: Iterable[str] = args.urls
+    if args.file:
+        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+        lines = _chain(args.urls, _url_lines(stream))
+    return asyncio.run(_submit(settings, lines))
+
+
+def _chain(first: Iterable[str], second: Iterable[str]) -> Iterator[str]:
+    yield from first
+    yield from second
+
+
+def _url_lines(stream: TextIO) -> Iterator[str]:
+    with stream:
+        for line in stream:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                yield line
+
+
+async def _submit(settings: Settings, lines: Iterable[str]) -> int:
+    from fetcher.store import Store
+
+    store = await Store.open(settings.db_path)
+    accepted = rejected = offered = 0
+    try:
+        chunk: list[Target] = []
+        for raw in lines:
+            try:
+                chunk.append(parse_url(raw))
+            except InvalidURL as exc:
+                rejected += 1
+                print(f"rejected: {_printable(raw)}: {exc.reason}", file=sys.stderr)
+                continue
+            if len(chunk) >= _SUBMIT_CHUNK:
+                accepted += await store.submit(chunk)
+                offered += len(chunk)
+                chunk = []
+        if chunk:
+            accepted += await store.submit(chunk)
+            offered += len(chunk)
+    finally:
+        await store.close()
+    duplicates = offered - accepted
+    print(
+        f"queued {accepted}, already queued {duplicates}, rejected {rejected}", file=sys.stderr
+    )
+    return EXIT_FAILURE if rejected else EXIT_OK
+
+
+def _printable(raw: str) -> str:
+    """A rejected line as it may be shown: escaped, credentials hidden, cut to 200 chars."""
+    shown = re.sub(r"//[^/@\s]*@", "//***@", raw)
+    return shown.encode("unicode_escape").decode("ascii")[:200]
+
+
+# -- read side ------------------------------------------------------------------------------
+
+
+def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
+    db = stats.open_readonly(settings.db_path)
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    if args.by == "minute" or args.since:
+        since = time.time() - _duration(args.since or "1h")
+        rows = stats.minute_series(db, since=since, host=args.host)
+        if args.json:
+            print(json.dumps(rows))
+        elif args.csv:
+            sys.stdout.write(stats.render_csv(rows, list(rows[0]) if rows else ["host"]))
+        else:
+            stats.render_series(rows, since, time.time(), console)
+        return EXIT_OK
+    try:
+        rows = stats.host_stats(db, host=args.host, sort=args.sort)
+    except ValueError as exc:
+        print(f"fetcher stats: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps(rows))
+    elif args.csv:
+        sys.stdout.write(stats.render_csv(rows, stats.STAT_FIELDS))
+    elif args.watch:
+        _watch(db, args, console)
+    else:
+        stats.render_table(rows, console)
+    return EXIT_OK
+
+
+def _watch(db: sqlite3.Connection, args: argparse.Namespace, console: Console) -> None:
+    from rich.live import Live
+    from rich.table import Table
+
+    def frame() -> Table:
+        capture = Console(record=True, width=console.width)
+        with capture.capture():
+            stats.render_table(stats.host_stats(db, host=args.host, sort=args.sort), capture)
+        grid = Table.grid()
+        grid.add_row(capture.export_text(styles=True))
+        return grid
+
+    with Live(frame(), console=console, refresh_per_second=1) as live:
+        while True:
+            time.sleep(2)
+            live.update(frame())
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    db = stats.open_readonly(settings.db_path)
+    summary = stats.status(db)
+    if args.json:
+        print(json.dumps({k: summary[k] for k in ("queued", "retrying", "running", "done", "failed")}
+                         | {"requests_per_s": summary["requests_per_s"],
+                            "oldest_queued_s": summary["oldest_queued_s"]}))  # fmt: skip
+    else:
+        for key, value in summary.items():
+            print(f"{key:>16}  {'-' if value is None else value}")
+    return EXIT_OK
+
+
+def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
+    db = stats.open_readonly(settings.db_path)
+    since = time.time() - _duration(args.since) if args.since else None
+    out = sys.stdout
+    for row in stats.results(db, state=args.state, host=args.host, since=since, limit=args.limit):
+        out.write(json.dumps(row) + "\n")
+    return EXIT_OK
+
+
+def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    rows = describe(settings, args.env_file)
+    if settings.hosts_file is not None:
+        load_hosts_file(settings.hosts_file, settings.default_limits)  # validate it too
+    if args.json:
+        data: dict[str, Any] = {name: {"value": _jsonable(v), "source": s} for name, v, s in rows}
+        data["schema_version"] = SCHEMA_VERSION
+        print(json.dumps(data, indent=2))
+    else:
+        for name, value, source in rows:
+            print(f"{name}={'' if value is None else value}  # {source}")
+        print(f"# schema version {SCHEMA_VERSION}")
+    return EXIT_OK
+
+
+def _jsonable(value: object) -> object:
+    return str(value) if isinstance(value, Path) else value
+
+
+def _duration(text: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if match is None:
+        raise SystemExit(f"fetcher: not a duration: {text!r} (examples: 90s, 30m, 1h, 2d)")
+    return float(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+
+
+# -- demo -----------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from fetcher.daemon import run_demo
+
+    return run_demo(hosts=args.hosts, urls_per_host=args.urls)
+
+

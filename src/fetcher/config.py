@@ -1,0 +1,214 @@
+"""Configuration: every `FETCHER_*` variable, its default, and the per-host overrides file.
+
+Settings are built once, at start, and passed in; nothing below this module reads the
+environment. A wrong value raises `ConfigError` naming the variable (exit 78).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from dotenv import dotenv_values
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fetcher import __version__
+from fetcher.errors import ConfigError
+
+__all__ = ["HostLimits", "Settings", "describe", "load_hosts_file", "load_settings"]
+
+ENV_PREFIX = "FETCHER_"
+ENV_FILE_VARIABLE = "FETCHER_ENV_FILE"
+
+
+class Settings(BaseSettings):
+    """The daemon's configuration; field `x` is the variable `FETCHER_X`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, validate_default=True
+    )
+
+    db: Path | None = None
+    max_concurrency: int = Field(32, ge=1, le=10_000)
+    host_concurrency: int = Field(4, ge=1, le=10_000)
+    host_rate: float = Field(4.0, ge=0)
+    host_burst: int = Field(1, ge=1, le=100_000)
+    hosts_file: Path | None = None
+    max_attempts: int = Field(4, ge=1, le=100)
+    backoff_base: float = Field(1.0, ge=0)
+    backoff_max: float = Field(300.0, ge=0)
+    retry_after_max: float = Field(3600.0, ge=0)
+    timeout: float = Field(30.0, gt=0)
+    connect_timeout: float = Field(10.0, gt=0)
+    max_body_bytes: int = Field(10_485_760, ge=0)
+    max_redirects: int = Field(5, ge=0, le=100)
+    allow_private: bool = False
+    user_agent: str = Field(f"fetcher/{__version__}", min_length=1, max_length=512)
+    shutdown_grace: float = Field(10.0, ge=0)
+    metrics_addr: str | None = None
+    body_dir: Path | None = None
+    retention_days: float = Field(30.0, ge=0)
+    log_format: Literal["json", "console", "auto"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    lease_s: float = Field(60.0, ge=5)
+    save_bodies: bool = True
+
+    @field_validator("host_rate", "backoff_base", "backoff_max", "retry_after_max", "timeout")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("user_agent")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if not value.isprintable():
+            raise ValueError("must be printable text without control characters")
+        return value
+
+    @field_validator("metrics_addr")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port, for example 127.0.0.1:9464")
+        return value
+
+    @model_validator(mode="after")
+    def _defaults_from_db(self) -> Settings:
+        db = self.db
+        if db is None:
+            state_dir = os.environ.get("STATE_DIRECTORY")
+            base = Path(state_dir.split(":")[0]) if state_dir else Path("var")
+            db = base / "fetcher.db"
+            object.__setattr__(self, "db", db)
+        if self.body_dir is None:
+            object.__setattr__(self, "body_dir", db.parent / "bodies")
+        if self.backoff_max < self.backoff_base:
+            raise ValueError("FETCHER_BACKOFF_MAX must be at least FETCHER_BACKOFF_BASE")
+        return self
+
+    @property
+    def db_path(self) -> Path:
+        assert self.db is not None  # set by _defaults_from_db
+        return self.db
+
+    @property
+    def bodies_path(self) -> Path | None:
+        return self.body_dir if self.save_bodies else None
+
+    @property
+    def default_limits(self) -> HostLimits:
+        return HostLimits(self.host_rate, self.host_burst, self.host_concurrency)
+
+
+@dataclass(frozen=True, slots=True)
+class HostLimits:
+    """How hard one host may be pushed: requests per second (0 = no limit), burst, in flight."""
+
+    rate: float
+    burst: int
+    concurrency: int
+
+
+def load_settings(env_file: Path | None = None) -> Settings:
+    """Build the settings from the environment and the env file; `ConfigError` if one is wrong."""
+    env_file = env_file or _env_file_from_environment()
+    if env_file is not None and not env_file.is_file():
+        raise ConfigError(f"{ENV_FILE_VARIABLE}: {env_file} is not a readable file")
+    try:
+        return Settings(_env_file=env_file)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc)) from None
+
+
+def _env_file_from_environment() -> Path | None:
+    value = os.environ.get(ENV_FILE_VARIABLE)
+    return Path(value) if value else None
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if not error["loc"]:
+        return message
+    name = ENV_PREFIX + str(error["loc"][0]).upper()
+    value = error.get("input")
+    shown = "" if isinstance(value, dict) or value is None else f" (got {str(value)!r})"
+    return f"{name}: {message.lower() if message[:1].isupper() else message}{shown}"
+
+
+def describe(settings: Settings, env_file: Path | None = None) -> list[tuple[str, Any, str]]:
+    """Each variable with its effective value and where it came from."""
+    env_file = env_file or _env_file_from_environment()
+    from_file = {k.upper(): v for k, v in dotenv_values(env_file).items()} if env_file else {}
+    rows = []
+    for field in Settings.model_fields:
+        name = ENV_PREFIX + field.upper()
+        if any(key.upper() == name for key in os.environ):
+            source = "environment"
+        elif name in from_file:
+            source = f"env file {env_file}"
+        else:
+            source = "default"
+        rows.append((name, getattr(settings, field), source))
+    return rows
+
+
+def load_hosts_file(path: Path, defaults: HostLimits) -> dict[str, HostLimits]:
+    """Per-host overrides from TOML (`[hosts."key"] rate/burst/concurrency`); fields left out
+    take the global value. `ConfigError` names the file and the key that is wrong."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"FETCHER_HOSTS_FILE: cannot read {path}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"FETCHER_HOSTS_FILE: {path} is not valid TOML: {exc}") from None
+    unknown = set(data) - {"hosts"}
+    if unknown:
+        raise ConfigError(f"FETCHER_HOSTS_FILE: {path}: unknown table {sorted(unknown)[0]!r}")
+    hosts = data.get("hosts", {})
+    if not isinstance(hosts, dict):
+        raise ConfigError(f"FETCHER_HOSTS_FILE: {path}: 'hosts' must be a table")
+    from fetcher.urls import InvalidURL, normalize_host_key
+
+    limits = {}
+    for key, table in hosts.items():
+        where = f"FETCHER_HOSTS_FILE: {path}: hosts.{key!r}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where} must be a table")
+        try:
+            host = normalize_host_key(key)
+        except InvalidURL as exc:
+            raise ConfigError(f"{where}: not a host key ({exc.reason})") from None
+        limits[host] = _host_limits(table, defaults, where)
+    return limits
+
+
+def _host_limits(table: dict[str, Any], defaults: HostLimits, where: str) -> HostLimits:
+    unknown = set(table) - {"rate", "burst", "concurrency"}
+    if unknown:
+        raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key")
+    rate = table.get("rate", defaults.rate)
+    burst = table.get("burst", defaults.burst)
+    concurrency = table.get("concurrency", defaults.concurrency)
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate < math.inf:
+        raise ConfigError(f"{where}.rate: must be a number >= 0 (got {rate!r})")
+    for name, value in (("burst", burst), ("concurrency", concurrency)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{where}.{name}: must be a whole number >= 1 (got {value!r})")
+    return HostLimits(float(rate), burst, concurrency)

@@ -1,0 +1,233 @@
+"""A local origin on loopback, for `fetcher demo`, the integration tests and the benchmark.
+
+Every address it listens on (127.0.0.2, 127.0.0.3, …) is a host of its own to fetcher. It
+counts what it receives per host (requests, in flight, arrival times), and serves well-behaved
+and hostile endpoints; the first path segment says which:
+
+    /ok/…              200 with a 1 kB body          /slow/<ms>/…      200 after <ms>
+    /limited/…         429 + Retry-After: 1 on the first request of a path, then 200
+    /limited-date/…    503 + Retry-After as an HTTP date (2 s) on the first request, then 200
+    /throttle/…        429 without Retry-After on the first request of a path, then 200
+    /status/<code>/…   that status                   /flaky/<n>/…      503 n times, then 200
+    /large/<bytes>/…   a body of that size           /redirect/<n>/…   302 n times, then /ok/
+    /to/<host:port>/…  302 to /ok/ on another host   /loop/…           302 to itself, forever
+    /drip/…            one byte a second             /bomb/<mb>/…      gzip of <mb> MB of zeros
+    /reset/…           the connection reset          /truncated/…      half the declared body
+    /bigheader/…       a 64 kB header line           /nolocation/…     302 without Location
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import socket
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from functools import cache
+
+from aiohttp import web
+
+__all__ = ["Origin", "OriginStats"]
+
+_BODY = (b"fetcher demo origin. " * 49)[:1024]
+
+
+@dataclass
+class OriginStats:
+    """What the origin received, per host key (`127.0.0.2:PORT`)."""
+
+    requests: Counter[str] = field(default_factory=Counter)
+    paths: Counter[tuple[str, str]] = field(default_factory=Counter)
+    in_flight: Counter[str] = field(default_factory=Counter)
+    max_in_flight: Counter[str] = field(default_factory=Counter)
+    arrivals: defaultdict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    total_in_flight: int = 0
+    max_total_in_flight: int = 0
+
+
+@cache
+def _bomb(mb: int) -> bytes:
+    return gzip.compress(b"\0" * (mb * 1024 * 1024), compresslevel=9)
+
+
+class Origin:
+    """The origin, run in a thread of its own with its own event loop."""
+
+    def __init__(self, addresses: list[str], port: int = 0) -> None:
+        self.addresses = addresses
+        self.port = port
+        self.stats = OriginStats()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+
+    def host(self, index: int = 0) -> str:
+        return f"{self.addresses[index]}:{self.port}"
+
+    def url(self, path: str, index: int = 0) -> str:
+        return f"http://{self.host(index)}/{path.lstrip('/')}"
+
+    def reset_stats(self) -> None:
+        with self._lock:
+            self.stats = OriginStats()
+
+    # -- running --------------------------------------------------------------------------
+
+    def start(self) -> Origin:
+        if self.port == 0:
+            self.port = _free_port(self.addresses)
+        self._thread = threading.Thread(target=self._serve, name="origin", daemon=True)
+        self._thread.start()
+        if not self._started.wait(10):
+            raise RuntimeError("the origin did not start within 10 s")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._runner is not None:
+            future = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
+            future.result(10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def __enter__(self) -> Origin:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _serve(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._loop.run_until_complete(self._open())
+        self._started.set()
+        self._loop.run_forever()
+        self._loop.close()
+
+    async def _open(self) -> None:
+        app = web.Application()
+        app.router.add_route("GET", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        for address in self.addresses:
+            await web.TCPSite(self._runner, address, self.port, reuse_address=True).start()
+
+    # -- endpoints ------------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        host = request.host
+        path = request.path
+        with self._lock:
+            s = self.stats
+            s.requests[host] += 1
+            s.paths[(host, path)] += 1
+            seen = s.paths[(host, path)]
+            s.arrivals[host].append(time.monotonic())
+            s.in_flight[host] += 1
+            s.max_in_flight[host] = max(s.max_in_flight[host], s.in_flight[host])
+            s.total_in_flight += 1
+            s.max_total_in_flight = max(s.max_total_in_flight, s.total_in_flight)
+        try:
+            return await self._respond(request, path.strip("/").split("/"), seen)
+        finally:
+            with self._lock:
+                s.in_flight[host] -= 1
+                s.total_in_flight -= 1
+
+    async def _respond(self, request: web.Request, parts: list[str], seen: int) -> web.StreamResponse:
+        kind, arg = parts[0], (parts[1] if len(parts) > 1 else "")
+        if kind == "slow":
+            await asyncio.sleep(int(arg) / 1000)
+        elif kind in ("limited", "throttle") and seen == 1:
+            headers = {"Retry-After": "1"} if kind == "limited" else {}
+            return web.Response(status=429, text="slow down", headers=headers)
+        elif kind == "limited-date" and seen == 1:
+            when = formatdate(time.time() + 2, usegmt=True)
+            return web.Response(status=503, text="later", headers={"Retry-After": when})
+        elif kind == "status":
+            return web.Response(status=int(arg), text=f"status {arg}")
+        elif kind == "flaky" and seen <= int(arg):
+            return web.Response(status=503, text="try again")
+        elif kind == "large":
+            return await self._stream(request, int(arg))
+        elif kind == "redirect" and int(arg) > 0:
+            rest = "/".join(parts[2:])
+            return _redirect(f"/redirect/{int(arg) - 1}/{rest}" if int(arg) > 1 else f"/ok/{rest}")
+        elif kind == "to":
+            return _redirect(f"http://{arg}/ok/{'/'.join(parts[2:])}")
+        elif kind == "loop":
+            return _redirect(request.path)
+        elif kind == "nolocation":
+            return web.Response(status=302, text="no location")
+        elif kind == "drip":
+            return await self._drip(request)
+        elif kind == "bomb":
+            return web.Response(body=_bomb(int(arg)), headers={"Content-Encoding": "gzip"})
+        elif kind == "reset":
+            _reset(request)
+            return web.Response()
+        elif kind == "truncated":
+            return await self._truncated(request)
+        elif kind == "bigheader":
+            return web.Response(text="big", headers={"X-Big": "x" * 65536})
+        return web.Response(body=_BODY, content_type="text/plain")
+
+    async def _stream(self, request: web.Request, size: int) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": str(size)})
+        await response.prepare(request)
+        chunk = b"x" * 65536
+        sent = 0
+        while sent < size:
+            piece = chunk[: min(len(chunk), size - sent)]
+            await response.write(piece)
+            sent += len(piece)
+        await response.write_eof()
+        return response
+
+    async def _drip(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": "3600"})
+        await response.prepare(request)
+        for _ in range(3600):
+            await response.write(b".")
+            await asyncio.sleep(1)
+        return response
+
+    async def _truncated(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": "1000"})
+        await response.prepare(request)
+        await response.write(b"x" * 500)
+        _reset(request)
+        return response
+
+
+def _redirect(location: str) -> web.Response:
+    return web.Response(status=302, headers={"Location": location}, text="moved")
+
+
+def _reset(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # RST rather than FIN: SO_LINGER with a zero timeout
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        transport.abort()
+
+
+def _free_port(addresses: list[str]) -> int:
+    """A port free on every address (tried on the first, checked on the rest)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind((addresses[0], 0))
+            port = int(probe.getsockname()[1])
+        try:
+            for address in addresses:
+                with socket.socket() as s:
+                    s.bind((address, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no port free on every origin address")

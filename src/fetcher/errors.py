@@ -1,0 +1,58 @@
+"""Errors fetcher raises on purpose, and the reasons a job can end with.
+
+    FetcherError
+     ├── ConfigError        a wrong variable or hosts file: exit 78, the message names it
+     ├── InvalidURL         refused at submit (or when a redirect names one)
+     └── Refused            a job ends `failed` without (more) requests: reason stored in results
+          ├── BlockedDestination
+          ├── BodyTooLarge
+          └── TooManyRedirects
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BlockedDestination",
+    "BodyTooLarge",
+    "ConfigError",
+    "FetcherError",
+    "InvalidURL",
+    "Refused",
+    "TooManyRedirects",
+]
+
+
+class FetcherError(Exception):
+    """Something fetcher recognised and can explain in one line."""
+
+
+class ConfigError(FetcherError):
+    """The configuration is wrong; the message names the variable and why."""
+
+
+class InvalidURL(FetcherError):
+    """Not a URL fetcher will fetch."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Refused(FetcherError):
+    """The job ends `failed` with this reason; retrying would not help."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BlockedDestination(Refused):
+    """The destination address is not public and FETCHER_ALLOW_PRIVATE is off."""
+
+
+class BodyTooLarge(Refused):
+    """The decoded body grew past FETCHER_MAX_BODY_BYTES."""
+
+
+class TooManyRedirects(Refused):
+    """More redirect hops than FETCHER_MAX_REDIRECTS."""

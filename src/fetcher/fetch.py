@@ -1,0 +1,227 @@
+"""One hop of a job on the wire: guard → send → read the body under a deadline and a cap.
+
+The only module that speaks HTTP. It uses httpx's API over aiohttp's transport (httpx's own
+transport slows down as concurrency grows: encode/httpx#3215); `build_client` takes any
+transport, which is where the unit tests put respx. Library errors become one-line reasons here.
+
+    guard.check (resolve, refuse non-public, pin)
+      → client.send (connect to the pinned address; a middleware counts every send and checks
+        the peer address it actually reached)
+        → CappedDecoder (decoded-size cap) → BodySink (hash, spill to disk)
+all inside one `asyncio.timeout`: FETCHER_TIMEOUT is a deadline for the whole hop, not per read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
+from httpx_aiohttp import AiohttpTransport
+
+from fetcher.bodies import BodySink, BodyStore
+from fetcher.config import Settings
+from fetcher.decoding import ACCEPT_ENCODING, CappedDecoder
+from fetcher.errors import BlockedDestination, BodyTooLarge, Refused
+from fetcher.guard import Guard, blocked_reason
+from fetcher.urls import Target
+
+__all__ = ["Fetcher", "Hop", "build_client"]
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_sends: ContextVar[list[int]] = ContextVar("fetcher_sends")
+
+
+@dataclass(slots=True)
+class Hop:
+    """What one hop got. `sends` counts requests that went out (aiohttp re-sends once on a
+    reused connection that resets); `status` None means no response."""
+
+    target: Target
+    sends: int
+    latency_ms: float
+    status: int | None = None
+    bytes: int = 0
+    location: str | None = None
+    retry_after: str | None = None
+    error: str | None = None
+    refused: Refused | None = None
+    body_sha256: str | None = None
+    body_path: str | None = None
+
+
+class _PinnedResolver(AbstractResolver):
+    """aiohttp asks here for a host's addresses: it gets the ones the guard checked."""
+
+    def __init__(self, guard: Guard) -> None:
+        self._guard = guard
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        addresses = self._guard.pinned(host, port) or await self._guard.check(host, port)
+        return [
+            ResolveResult(
+                hostname=host,
+                host=address,
+                port=port,
+                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+            for address in addresses
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+def _middleware(allow_private: bool) -> Any:
+    async def count_and_check(
+        request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        counter = _sends.get(None)
+        if counter is not None:
+            counter[0] += 1
+        response = await handler(request)
+        if not allow_private and response.connection is not None:
+            transport = response.connection.transport
+            peer = transport.get_extra_info("peername") if transport is not None else None
+            reason = blocked_reason(ipaddress.ip_address(peer[0])) if peer else "no peer address"
+            if reason is not None:
+                response.close()
+                raise BlockedDestination(f"blocked destination: connected to {reason}")
+        return response
+
+    return count_and_check
+
+
+def build_client(
+    settings: Settings, guard: Guard, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    """The HTTP client: aiohttp's transport pinned to the guard's addresses, unless a test
+    passes its own `transport`."""
+    if transport is None:
+
+        def session() -> aiohttp.ClientSession:
+            connector = aiohttp.TCPConnector(
+                limit=0, use_dns_cache=False, resolver=_PinnedResolver(guard), keepalive_timeout=30
+            )
+            return aiohttp.ClientSession(
+                connector=connector,
+                trust_env=False,
+                auto_decompress=False,
+                middlewares=(_middleware(settings.allow_private),),
+            )
+
+        transport = AiohttpTransport(client=session, trust_env=False)
+    return httpx.AsyncClient(
+        transport=transport,
+        trust_env=False,
+        follow_redirects=False,
+        timeout=httpx.Timeout(settings.timeout, connect=settings.connect_timeout),
+        headers={"User-Agent": settings.user_agent, "Accept-Encoding": ACCEPT_ENCODING},
+    )
+
+
+class Fetcher:
+    """Fetches one hop of a job."""
+
+    def __init__(
+        self, settings: Settings, client: httpx.AsyncClient, guard: Guard, bodies: BodyStore | None
+    ) -> None:
+        self._client = client
+        self._guard = guard
+        self._bodies = bodies
+        self._check_first = not settings.allow_private
+        self._timeout_s = settings.timeout
+        self._max_body_bytes = settings.max_body_bytes
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def fetch(self, target: Target, *, keep_body: bool = True) -> Hop:
+        """Send one GET to `target` and read its response; never raises for the network's sake."""
+        sends = [0]
+        _sends.set(sends)
+        started = time.perf_counter()
+        hop = Hop(target, 0, 0.0)
+        sink = self._bodies.sink() if self._bodies is not None and keep_body else None
+        try:
+            if self._check_first:
+                await self._guard.check(target.host, target.port)
+            async with asyncio.timeout(self._timeout_s):
+                await self._exchange(hop, sink)
+        except Refused as exc:
+            hop.refused = exc
+        except TimeoutError:
+            hop.error = f"timeout: no complete response within {self._timeout_s:g}s"
+        except (httpx.HTTPError, aiohttp.ClientError, OSError, ValueError) as exc:
+            hop.error = _reason(exc)
+        finally:
+            hop.sends = sends[0]
+            hop.latency_ms = (time.perf_counter() - started) * 1000.0
+            if sink is not None and (hop.error or hop.refused or hop.body_sha256 is None):
+                sink.discard()
+        if hop.error is not None:
+            hop.status = None  # a body cut short is no response
+        return hop
+
+    async def _exchange(self, hop: Hop, sink: BodySink | None) -> None:
+        request = self._client.build_request("GET", hop.target.url)
+        response = await self._client.send(request, stream=True)
+        try:
+            hop.status = status = response.status_code
+            headers = response.headers
+            if status in _REDIRECTS:
+                hop.location = headers.get("location")
+            if status in (429, 503):
+                hop.retry_after = headers.get("retry-after")
+            decoder = CappedDecoder(headers.get("content-encoding", ""), self._max_body_bytes)
+            async for raw in response.aiter_raw():
+                for piece in decoder.feed(raw):
+                    if sink is not None:
+                        sink.write(piece)
+                hop.bytes = decoder.decoded
+        except BodyTooLarge as exc:
+            hop.bytes = self._max_body_bytes
+            raise Refused(exc.reason) from None
+        finally:
+            await response.aclose()
+        if sink is not None and hop.location is None:
+            hop.body_sha256, hop.body_path = sink.commit()
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for an exception from the client stack, most specific cause first."""
+    cause: BaseException = exc
+    while cause.__cause__ is not None and not isinstance(cause, aiohttp.ClientError):
+        cause = cause.__cause__
+    text = str(cause).strip()
+    detail = text.splitlines()[0][:200] if text else type(cause).__name__
+    match cause:
+        case aiohttp.ConnectionTimeoutError() | httpx.ConnectTimeout():
+            return "connect timeout"
+        case aiohttp.ServerTimeoutError() | httpx.TimeoutException():
+            return "read timeout"
+        case aiohttp.ClientPayloadError():
+            return f"truncated body: {detail}"
+        case aiohttp.ServerDisconnectedError():
+            return "connection closed by the server before a response"
+        case aiohttp.ClientConnectorError() | httpx.ConnectError():
+            return f"connect error: {detail}"
+        case ConnectionResetError() | aiohttp.ClientOSError() if "reset" in detail.lower():
+            return "connection reset"
+        case aiohttp.ClientResponseError() | httpx.RemoteProtocolError() | httpx.DecodingError():
+            return f"invalid response: {detail}"
+        case aiohttp.ClientError() | httpx.HTTPError() | OSError():
+            return f"connection error: {detail}"
+        case _:
+            return detail

@@ -1,0 +1,123 @@
+"""Destination policy: which addresses a request may go to, and the resolver that pins them.
+
+With FETCHER_ALLOW_PRIVATE off, a request never reaches an address that is not public:
+loopback, private, link-local (cloud metadata), multicast, reserved, unspecified, shared
+(100.64/10), documentation and benchmark ranges, and the IPv6 forms that carry one of them
+(IPv4-mapped and -compatible, 6to4, NAT64, Teredo). A name is resolved once, every address it
+gives is checked, and the connection is made to those checked addresses only (`Guard.pinned`),
+so a DNS answer cannot change between the check and the connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+from collections.abc import Callable
+
+from fetcher.errors import BlockedDestination
+
+__all__ = ["Guard", "blocked_reason"]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_SHARED = ipaddress.IPv4Network("100.64.0.0/10")
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+_COMPAT = ipaddress.IPv6Network("::/96")
+_DNS_TTL_S = 30.0
+
+
+def blocked_reason(address: IPAddress) -> str | None:
+    """Why `address` is not a public destination, or None when it is."""
+    for embedded in _embedded_ipv4(address):
+        reason = blocked_reason(embedded)
+        if reason is not None:
+            return f"{reason} (embedded in {address})"
+    checks = (
+        ("loopback", address.is_loopback),
+        ("unspecified", address.is_unspecified),
+        ("link-local", address.is_link_local),
+        ("multicast", address.is_multicast),
+        ("private", address.is_private),
+        ("reserved", address.is_reserved),
+        ("shared address space", isinstance(address, ipaddress.IPv4Address) and address in _SHARED),
+        ("site-local", isinstance(address, ipaddress.IPv6Address) and address.is_site_local),
+        ("not globally routable", not address.is_global),
+    )
+    for name, hit in checks:
+        if hit:
+            return f"{address} is {name}"
+    return None
+
+
+def _embedded_ipv4(address: IPAddress) -> list[ipaddress.IPv4Address]:
+    if not isinstance(address, ipaddress.IPv6Address):
+        return []
+    found = []
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)
+    if any(address in net for net in _NAT64) or (address in _COMPAT and int(address) > 1):
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return found
+
+
+class Guard:
+    """Resolves host names, refuses non-public destinations, and remembers what it checked."""
+
+    def __init__(
+        self,
+        *,
+        allow_private: bool,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._allow_private = allow_private
+        self._clock = clock
+        self._cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
+
+    async def check(self, host: str, port: int) -> list[str]:
+        """The addresses `host` may be connected to on `port`; `BlockedDestination` if any is
+        not public (a name with one private answer is refused whole: DNS rebinding)."""
+        key = (host, port)
+        cached = self._cache.get(key)
+        now = self._clock()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        addresses = await self._resolve(host, port)
+        if not self._allow_private:
+            for text in addresses:
+                reason = blocked_reason(ipaddress.ip_address(text))
+                if reason is not None:
+                    raise BlockedDestination(f"blocked destination: {host} → {reason}")
+        self._cache[key] = (now + _DNS_TTL_S, addresses)
+        return addresses
+
+    def pinned(self, host: str, port: int) -> list[str] | None:
+        """The addresses `check` approved for (host, port), if it did and they are fresh."""
+        cached = self._cache.get((host, port))
+        return cached[1] if cached is not None and cached[0] > self._clock() else None
+
+    async def _resolve(self, host: str, port: int) -> list[str]:
+        try:
+            return [str(ipaddress.ip_address(host))]
+        except ValueError:
+            pass
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+            )
+        except socket.gaierror as exc:
+            raise OSError(f"cannot resolve {host}: {exc.strerror}") from None
+        addresses = []
+        for _family, _type, _proto, _name, sockaddr in infos:
+            text = str(sockaddr[0]).partition("%")[0]
+            if text not in addresses:
+                addresses.append(text)
+        if not addresses:
+            raise OSError(f"cannot resolve {host}: no addresses")
+        return addresses

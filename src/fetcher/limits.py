@@ -1,0 +1,113 @@
+"""The limits on requests: the global semaphore, and each host's in-flight cap, rate and pause.
+
+A host's rate is a token bucket kept as GCRA (the generic cell rate algorithm: one
+"theoretical arrival time" per host instead of a token count and a refill timer). With rate r
+and burst b a host gets at most b requests at once after being idle, then one every 1/r
+seconds, so no window of one second holds more than r + b of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Mapping
+
+from fetcher.config import HostLimits
+
+__all__ = ["HostLimiter", "Limits"]
+
+
+class HostLimiter:
+    """One host's meter: may a request start now, and if not, when."""
+
+    __slots__ = ("_tat", "in_flight", "limits", "paused_until", "strikes")
+
+    def __init__(self, limits: HostLimits) -> None:
+        self.limits = limits
+        self.in_flight = 0
+        self.paused_until = 0.0
+        self.strikes = 0
+        self._tat = -math.inf
+
+    def ready_at(self, now: float) -> float:
+        """The earliest time a request may start; `inf` while the host is at its in-flight cap."""
+        if self.in_flight >= self.limits.concurrency:
+            return math.inf
+        ready = self.paused_until
+        if self.limits.rate > 0:
+            ready = max(ready, self._tat - (self.limits.burst - 1) / self.limits.rate)
+        return max(ready, now)
+
+    def start(self, now: float) -> None:
+        """A request starts now: take a token and an in-flight place."""
+        self.in_flight += 1
+        if self.limits.rate > 0:
+            self._tat = max(self._tat, now) + 1.0 / self.limits.rate
+
+    def finish(self) -> None:
+        """A request ended (response, error or cancellation)."""
+        self.in_flight -= 1
+
+    def pause(self, until: float) -> None:
+        """The host asked for a break (Retry-After): no request starts before `until`."""
+        self.paused_until = max(self.paused_until, until)
+
+    def throttle(self, now: float, base_s: float, max_s: float) -> float:
+        """The host said 429 without Retry-After: pause it, twice as long as the last time
+        while it keeps saying so; returns the pause in seconds."""
+        self.strikes += 1
+        pause_s = min(max_s, max(base_s, 0.1) * 2.0 ** min(self.strikes - 1, 30))
+        self.pause(now + pause_s)
+        return pause_s
+
+    def recover(self) -> None:
+        """A response that was not 429: the host gets back toward its configured pace."""
+        if self.strikes:
+            self.strikes -= 1
+
+    def idle(self, now: float) -> bool:
+        """Nothing in flight, no pause, and a full bucket: forgetting it changes nothing."""
+        return self.in_flight == 0 and self.paused_until <= now and self._tat <= now
+
+
+class Limits:
+    """The global cap and every host's limiter, with the per-host overrides in force."""
+
+    def __init__(
+        self,
+        max_concurrency: int,
+        defaults: HostLimits,
+        overrides: Mapping[str, HostLimits],
+        clock: Callable[[], float],
+    ) -> None:
+        # The global cap on requests in flight. A slot is taken before a host is chosen and
+        # held until that request's outcome is known; waiting for a host never holds one
+        # for a host that is not ready (the scheduler hands out the host ready first).
+        self.slots = asyncio.Semaphore(max_concurrency)
+        self.max_concurrency = max_concurrency
+        self._defaults = defaults
+        self._overrides = dict(overrides)
+        self._clock = clock
+        self._hosts: dict[str, HostLimiter] = {}
+
+    def host(self, key: str) -> HostLimiter:
+        limiter = self._hosts.get(key)
+        if limiter is None:
+            limiter = HostLimiter(self._overrides.get(key, self._defaults))
+            self._hosts[key] = limiter
+        return limiter
+
+    def limits_for(self, key: str) -> HostLimits:
+        return self._overrides.get(key, self._defaults)
+
+    def reload(self, overrides: Mapping[str, HostLimits]) -> None:
+        """New per-host overrides; requests in flight keep going, new ones follow the new limits."""
+        self._overrides = dict(overrides)
+        for key, limiter in self._hosts.items():
+            limiter.limits = self._overrides.get(key, self._defaults)
+
+    def forget_idle(self) -> None:
+        """Drop the meters of hosts that are idle and unpaused (bounded memory over many hosts)."""
+        now = self._clock()
+        for key in [key for key, host in self._hosts.items() if host.idle(now)]:
+            del self._hosts[key]

@@ -1,0 +1,64 @@
+"""The records that travel between the queue, the scheduler, the fetch step and the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from fetcher.urls import Target
+
+__all__ = ["Exchange", "Job", "JobState", "Outcome"]
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RETRYING = "retrying"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+ACTIVE_STATES = (JobState.QUEUED, JobState.RETRYING, JobState.RUNNING)
+
+
+@dataclass(slots=True)
+class Job:
+    """A claimed job. `target` is the hop being fetched: the URL, or where it redirected."""
+
+    id: int
+    url: str
+    host: str  # the host key the queue knows the job by (its first hop)
+    attempts: int  # attempts made before the current one
+    target: Target
+    hops: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One request on the wire and what came back: what a host's counters count.
+
+    `status` is None when no response came (connect error, timeout, reset, truncated body)."""
+
+    host: str
+    status: int | None
+    bytes: int
+    latency_ms: float
+    at: float  # unix time the request ended
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How one attempt of a job ended: final (`done`/`failed`) or to be retried."""
+
+    job_id: int
+    state: JobState
+    attempts: int
+    status: int | None = None
+    bytes: int = 0
+    error: str | None = None
+    latency_ms: float | None = None
+    final_url: str | None = None
+    next_attempt_at: float | None = None  # for `retrying`
+    body_sha256: str | None = None
+    body_path: str | None = None
+    exchanges: list[Exchange] = field(default_factory=list)

@@ -1,0 +1,120 @@
+"""What a hop's result means for its job and its host: a pure function, tested with numbers.
+
+    refused (blocked, too large)            → failed, no retry
+    no response (network error, timeout)    → retry, or failed when attempts are used up
+    301/302/303/307/308 + usable Location   → follow: the next hop waits for its own host
+    408, 429, 5xx                           → retry (429/503 Retry-After pauses the host)
+    anything else                           → done
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fetcher.config import Settings
+from fetcher.errors import InvalidURL
+from fetcher.fetch import Hop
+from fetcher.model import Exchange, Job, JobState, Outcome
+from fetcher.scheduler import backoff_delay, retry_after_delay
+from fetcher.urls import Target, join_redirect
+
+__all__ = ["Decision", "decide", "exchanges_of"]
+
+_FOLLOWED = frozenset({301, 302, 303, 307, 308})
+RESENT_REASON = "connection reset before a response; the client sent the request again"
+
+
+@dataclass(slots=True)
+class Decision:
+    """Either `follow` (the next hop) or `outcome` (this attempt is over), plus what the host
+    said about itself: `pause_s` (Retry-After), `throttled` (429 without it)."""
+
+    follow: Target | None = None
+    outcome: Outcome | None = None
+    pause_s: float | None = None
+    throttled: bool = False
+
+
+def exchanges_of(hop: Hop, now: float) -> list[Exchange]:
+    """The requests a hop put on the wire, as the host's counters count them. A request
+    re-sent by the client after a reset is one more request, ended by an error."""
+    host = hop.target.host_key
+    sent = hop.sends if hop.refused is not None else max(hop.sends, 1)
+    if sent == 0:
+        return []
+    resent = [Exchange(host, None, 0, 0.0, now)] * (sent - 1)
+    return [*resent, Exchange(host, hop.status, hop.bytes, hop.latency_ms, now)]
+
+
+def decide(
+    job: Job,
+    hop: Hop,
+    settings: Settings,
+    *,
+    now: float,
+    rand: Callable[[], float] = random.random,
+) -> Decision:
+    """The next step for `job` after `hop` (its `job.hops`-th redirect, 0 for the first)."""
+    if hop.refused is not None:
+        return Decision(outcome=_final(job, hop, JobState.FAILED, hop.refused.reason))
+    status = hop.status
+    if status is None:
+        return _retry(job, hop, settings, now, rand, hop.error or "no response")
+    if status in _FOLLOWED and hop.location:
+        try:
+            target = join_redirect(hop.target.url, hop.location)
+        except InvalidURL:
+            return Decision(outcome=_final(job, hop, JobState.DONE, None))
+        if job.hops >= settings.max_redirects:
+            return Decision(outcome=_final(job, hop, JobState.FAILED, "too many redirects"))
+        return Decision(follow=target)
+    if status in (408, 429) or status >= 500:
+        decision = _retry(job, hop, settings, now, rand, f"HTTP {status}")
+        if status in (429, 503):
+            decision.pause_s = retry_after_delay(
+                hop.retry_after, now=now, max_s=settings.retry_after_max
+            )
+            decision.throttled = status == 429 and decision.pause_s is None
+        return decision
+    return Decision(outcome=_final(job, hop, JobState.DONE, None))
+
+
+def _final(job: Job, hop: Hop, state: JobState, error: str | None) -> Outcome:
+    return Outcome(
+        job.id,
+        state,
+        job.attempts + 1,
+        status=hop.status,
+        bytes=hop.bytes,
+        error=error,
+        latency_ms=hop.latency_ms,
+        final_url=hop.target.url,
+        body_sha256=hop.body_sha256,
+        body_path=hop.body_path,
+    )
+
+
+def _retry(
+    job: Job, hop: Hop, settings: Settings, now: float, rand: Callable[[], float], reason: str
+) -> Decision:
+    attempts = job.attempts + 1
+    if attempts >= settings.max_attempts:
+        outcome = _final(job, hop, JobState.FAILED, f"gave up after {attempts} attempts: {reason}")
+        return Decision(outcome=outcome)
+    delay = backoff_delay(
+        attempts, base_s=settings.backoff_base, max_s=settings.backoff_max, rand=rand
+    )
+    if hop.status in (429, 503):
+        asked = retry_after_delay(hop.retry_after, now=now, max_s=settings.retry_after_max)
+        delay = max(delay, asked or 0.0)
+    outcome = Outcome(
+        job.id,
+        JobState.RETRYING,
+        attempts,
+        status=hop.status,
+        error=reason,
+        next_attempt_at=now + delay,
+    )
+    return Decision(outcome=outcome)

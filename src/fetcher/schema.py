@@ -1,0 +1,184 @@
+"""The database schema, its migrations, and how every connection is opened.
+
+Public (documented in the README, kept stable): the views `host_stats`, `host_stats_minutely`,
+`queue`, and the tables `jobs`, `results`, `host_minutes`. The rest is internal.
+`PRAGMA user_version` is the schema version.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+__all__ = ["SCHEMA_VERSION", "connect_pragmas", "migrate", "prepare_path"]
+
+BUSY_TIMEOUT_MS = 10_000
+
+_MIGRATIONS: list[str] = [
+    # 1: the queue, results, per-host counters and their per-minute series
+    """
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        url TEXT NOT NULL,
+        host TEXT NOT NULL,
+        state TEXT NOT NULL
+            CHECK (state IN ('queued', 'retrying', 'running', 'done', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL,
+        lease_owner TEXT,
+        lease_until REAL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX jobs_claim ON jobs (state, host, id);
+    CREATE INDEX jobs_due ON jobs (next_attempt_at) WHERE state = 'retrying';
+    CREATE INDEX jobs_lease ON jobs (lease_owner, lease_until) WHERE state = 'running';
+    CREATE INDEX jobs_finished ON jobs (updated_at) WHERE state IN ('done', 'failed');
+    CREATE UNIQUE INDEX jobs_active_url ON jobs (url)
+        WHERE state IN ('queued', 'retrying', 'running');
+
+    CREATE TABLE job_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO job_counts VALUES
+        ('queued', 0), ('retrying', 0), ('running', 0), ('done', 0), ('failed', 0);
+    CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs BEGIN
+        UPDATE job_counts SET n = n + 1 WHERE state = NEW.state;
+    END;
+    CREATE TRIGGER jobs_count_update AFTER UPDATE OF state ON jobs
+        WHEN OLD.state <> NEW.state BEGIN
+        UPDATE job_counts SET n = n - 1 WHERE state = OLD.state;
+        UPDATE job_counts SET n = n + 1 WHERE state = NEW.state;
+    END;
+    CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs BEGIN
+        UPDATE job_counts SET n = n - 1 WHERE state = OLD.state;
+    END;
+
+    CREATE TABLE results (
+        job_id INTEGER PRIMARY KEY,
+        url TEXT NOT NULL,
+        host TEXT NOT NULL,
+        final_url TEXT,
+        state TEXT NOT NULL,
+        status INTEGER,
+        bytes INTEGER NOT NULL,
+        error TEXT,
+        attempts INTEGER NOT NULL,
+        latency_ms REAL,
+        body_sha256 TEXT,
+        body_path TEXT,
+        finished_at REAL NOT NULL
+    );
+    CREATE INDEX results_finished ON results (finished_at);
+    CREATE INDEX results_host ON results (host, finished_at);
+    CREATE INDEX results_body ON results (body_sha256) WHERE body_sha256 IS NOT NULL;
+
+    CREATE TABLE host_counters (
+        host TEXT PRIMARY KEY,
+        requests INTEGER NOT NULL,
+        status_2xx INTEGER NOT NULL,
+        status_3xx INTEGER NOT NULL,
+        status_4xx INTEGER NOT NULL,
+        status_5xx INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        latency_sum_ms REAL NOT NULL,
+        latency_max_ms REAL NOT NULL,
+        last_status INTEGER,
+        last_request_at REAL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE host_minutes (
+        host TEXT NOT NULL,
+        minute INTEGER NOT NULL,
+        requests INTEGER NOT NULL,
+        status_2xx INTEGER NOT NULL,
+        status_3xx INTEGER NOT NULL,
+        status_4xx INTEGER NOT NULL,
+        status_5xx INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        latency_sum_ms REAL NOT NULL,
+        latency_max_ms REAL NOT NULL,
+        PRIMARY KEY (host, minute)
+    ) WITHOUT ROWID;
+    CREATE INDEX host_minutes_minute ON host_minutes (minute);
+
+    CREATE TABLE daemons (
+        id TEXT PRIMARY KEY,
+        pid INTEGER NOT NULL,
+        hostname TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        heartbeat_at REAL NOT NULL
+    );
+
+    CREATE VIEW host_stats AS
+    SELECT host, requests, status_2xx, status_3xx, status_4xx, status_5xx, errors, bytes,
+           round(latency_sum_ms / NULLIF(requests - errors, 0), 1) AS latency_avg_ms,
+           round(latency_max_ms, 1) AS latency_max_ms,
+           last_status,
+           strftime('%Y-%m-%dT%H:%M:%fZ', last_request_at, 'unixepoch') AS last_request_at
+    FROM host_counters;
+
+    CREATE VIEW host_stats_minutely AS
+    SELECT host, strftime('%Y-%m-%dT%H:%M:00Z', minute * 60, 'unixepoch') AS minute,
+           requests, status_2xx, status_3xx, status_4xx, status_5xx, errors, bytes,
+           round(latency_sum_ms / NULLIF(requests - errors, 0), 1) AS latency_avg_ms,
+           round(latency_max_ms, 1) AS latency_max_ms
+    FROM host_minutes;
+
+    CREATE VIEW queue AS SELECT state, n AS jobs FROM job_counts;
+    """,
+]
+
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+def prepare_path(path: Path) -> None:
+    """Create the database's directory, and the file readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.close(fd)
+
+
+def connect_pragmas() -> str:
+    """Every connection: WAL (readers never block the writer), a busy timeout, and
+    synchronous=NORMAL (in WAL a commit survives a crash of the process; power loss may lose
+    the last commits, never corrupt)."""
+    return (
+        f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS};"
+        "PRAGMA journal_mode = WAL;"
+        "PRAGMA synchronous = NORMAL;"
+        "PRAGMA foreign_keys = ON;"
+    )
+
+
+def migrate(connection: sqlite3.Connection) -> int:
+    """Bring the schema to SCHEMA_VERSION; returns the version found before."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        found = int(connection.execute("PRAGMA user_version").fetchone()[0])
+        if found > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"database schema version {found} is newer than this fetcher ({SCHEMA_VERSION})"
+            )
+        for version in range(found, SCHEMA_VERSION):
+            for statement in _split(_MIGRATIONS[version]):
+                connection.execute(statement)
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    return found
+
+
+def _split(script: str) -> list[str]:
+    """Statements of a migration (executescript would commit our transaction)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return [s for s in statements if s]

@@ -1,0 +1,379 @@
+"""The daemon: claim jobs, fetch them within the limits, record what happened, stop cleanly.
+
+    run: lifecycle (signals, READY … STOPPING) around
+         loop: take a global slot → the job of the host ready first → spawn fetch → repeat
+         beside it: the feeder (claims, retries due, leases), the recorder (batched commits)
+    stop: no more claims; in-flight requests get FETCHER_SHUTDOWN_GRACE, then are cancelled;
+          outcomes are committed; whatever is left goes back to `queued`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fetcher.config import HostLimits, Settings, load_hosts_file
+from fetcher.errors import ConfigError
+from fetcher.fetch import Fetcher, Hop
+from fetcher.limits import Limits
+from fetcher.log import get_logger
+from fetcher.model import Exchange, Job, JobState, Outcome
+from fetcher.policy import decide, exchanges_of
+from fetcher.scheduler import Scheduler
+from fetcher.store import Store
+from fetcher.systemd import Notifier
+
+__all__ = ["Service", "Summary"]
+
+_log = get_logger("fetcher.service")
+_FLUSH_S = 0.05
+_FLUSH_MAX = 1000
+_WALK_HOSTS = 64
+_IDLE_POLL_S = 0.5
+
+
+@dataclass(slots=True)
+class Summary:
+    """What a run did, in counts (the `service.stopped` line)."""
+
+    done: int = 0
+    failed: int = 0
+    retried: int = 0
+    requests: int = 0
+    requeued: int = 0
+
+
+class Service:
+    """One daemon on one database."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        fetcher: Fetcher,
+        *,
+        drain: bool = False,
+        overrides: Mapping[str, HostLimits] | None = None,
+        notifier: Notifier | None = None,
+        install_signal_handlers: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._fetcher = fetcher
+        self._drain = drain
+        self._notifier = notifier or Notifier({})
+        self._install_signals = install_signal_handlers
+        self._clock = clock
+        self._limits = Limits(
+            settings.max_concurrency, settings.default_limits, overrides or {}, clock
+        )
+        self._scheduler = Scheduler(self._limits, clock)
+        self._stopping = asyncio.Event()
+        self._settled = asyncio.Event()  # a job left memory: the feeder may claim more
+        self._in_flight: dict[asyncio.Task[None], Job] = {}
+        self._held: Counter[str] = Counter()
+        self._max_held = max(8 * settings.max_concurrency, 512)
+        self._outcomes: list[Outcome] = []
+        self._exchanges: dict[int, list[Exchange]] = {}
+        self._flush_now = asyncio.Event()
+        self._grace_timer: asyncio.TimerHandle | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self.summary = Summary()
+
+    # -- the main loop ----------------------------------------------------------------------
+
+    async def run(self) -> Summary:
+        async with self._lifecycle():
+            while not self._stopping.is_set():
+                await self._limits.slots.acquire()
+                job = await self._next_job()
+                if job is None:
+                    self._limits.slots.release()
+                    if self._drain and await self._drained():
+                        break
+                    continue
+                self._spawn(job)
+            await self._shutdown()
+        return self.summary
+
+    async def _next_job(self) -> Job | None:
+        if self._stopping.is_set():
+            return None
+        return await self._scheduler.next_job(max_wait_s=_IDLE_POLL_S)
+
+    def _spawn(self, job: Job) -> None:
+        task = asyncio.create_task(self._handle(job), name=f"fetch {job.id}")
+        self._in_flight[task] = job
+        task.add_done_callback(self._reap)
+
+    def _reap(self, task: asyncio.Task[None]) -> None:
+        job = self._in_flight.pop(task)
+        self._limits.slots.release()
+        self._scheduler.finished(job.target.host_key)
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("job.crashed", job=job.id, exc_info=task.exception())
+
+    async def _handle(self, job: Job) -> None:
+        """Fetch one hop of `job`, then follow, retry or finish it."""
+        hop = await self._fetcher.fetch(job.target)
+        now = time.time()
+        exchanges = exchanges_of(hop, now)
+        job_exchanges = self._exchanges.setdefault(job.id, [])
+        job_exchanges.extend(exchanges)
+        self.summary.requests += len(exchanges)
+        self._log_hop(job, hop)
+        decision = decide(job, hop, self._settings, now=now)
+        self._apply_host_signals(hop, decision.pause_s, decision.throttled)
+        if decision.follow is not None:
+            job.target = decision.follow
+            job.hops += 1
+            self._scheduler.add(job)
+            return
+        assert decision.outcome is not None
+        decision.outcome.exchanges = self._exchanges.pop(job.id)
+        self._settle(job, decision.outcome)
+
+    # -- limits the hosts ask for -------------------------------------------------------------
+
+    def _apply_host_signals(self, hop: Hop, pause_s: float | None, throttled: bool) -> None:
+        key = hop.target.host_key
+        limiter = self._limits.host(key)
+        if pause_s is not None:
+            limiter.pause(self._clock() + pause_s)
+            _log.info("host.paused", host=key, seconds=round(pause_s, 3), why="Retry-After")
+        elif throttled:
+            seconds = limiter.throttle(
+                self._clock(), self._settings.backoff_base, self._settings.backoff_max
+            )
+            _log.info("host.paused", host=key, seconds=round(seconds, 3), why="429")
+        elif hop.status is not None:
+            limiter.recover()
+
+    # -- recording ----------------------------------------------------------------------------
+
+    def _settle(self, job: Job, outcome: Outcome) -> None:
+        self._outcomes.append(outcome)
+        if len(self._outcomes) >= _FLUSH_MAX:
+            self._flush_now.set()
+        self._held[job.host] -= 1
+        if self._held[job.host] <= 0:
+            del self._held[job.host]
+        self._settled.set()
+        state = outcome.state
+        if state is JobState.DONE:
+            self.summary.done += 1
+        elif state is JobState.FAILED:
+            self.summary.failed += 1
+        else:
+            self.summary.retried += 1
+        _log.info(
+            f"job.{state.value}",
+            job=job.id,
+            url=job.url,
+            status=outcome.status,
+            attempts=outcome.attempts,
+            error=outcome.error,
+        )
+
+    async def _recorder(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_now.wait(), _FLUSH_S)
+            self._flush_now.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if not self._outcomes:
+            return
+        batch, self._outcomes = self._outcomes, []
+        try:
+            await self._store.record(batch)
+        except Exception:
+            self._outcomes[:0] = batch  # keep them: the next flush tries again
+            _log.exception("store.record_failed", outcomes=len(batch))
+            await asyncio.sleep(1.0)
+
+    # -- feeding the scheduler ----------------------------------------------------------------
+
+    async def _feeder(self) -> None:
+        """Claim queued jobs, host by host, while there is room; a host holds only a few
+        seconds' worth, so a slow host's backlog never crowds out the others."""
+        cursor = ""
+        claimed_this_cycle = 0
+        while not self._stopping.is_set():
+            room = self._max_held - sum(self._held.values())
+            hosts = await self._store.hosts_with_queued(cursor, _WALK_HOSTS) if room > 0 else []
+            wants = []
+            for host in hosts[:_WALK_HOSTS]:
+                n = min(self._host_room(host), room)
+                if n > 0:
+                    wants.append((host, n))
+                    room -= n
+            jobs = await self._store.claim(wants, self._settings.lease_s) if wants else []
+            for job in jobs:
+                self._held[job.host] += 1
+                self._scheduler.add(job)
+            claimed_this_cycle += len(jobs)
+            wrapped = len(hosts) <= _WALK_HOSTS
+            cursor = "" if wrapped else hosts[_WALK_HOSTS - 1]
+            if room <= 0 or (wrapped and claimed_this_cycle == 0):
+                self._settled.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._settled.wait(), _IDLE_POLL_S)
+            if wrapped:
+                claimed_this_cycle = 0
+
+    def _host_room(self, host: str) -> int:
+        limits = self._limits.limits_for(host)
+        ahead = 2 * limits.concurrency if limits.rate == 0 else math.ceil(2 * limits.rate)
+        return min(limits.concurrency + limits.burst + ahead, 1000) - self._held[host]
+
+    async def _housekeeper(self) -> None:
+        """Retries that are due go back to the queue; leases are renewed; STATUS= and the
+        idle host meters are refreshed."""
+        heartbeat_s = self._settings.lease_s / 4
+        last_heartbeat = self._clock()
+        while not self._stopping.is_set():
+            await asyncio.sleep(0.25)
+            if await self._store.promote_due():
+                self._settled.set()
+            if self._clock() - last_heartbeat >= heartbeat_s:
+                last_heartbeat = self._clock()
+                reclaimed = await self._store.heartbeat(self._settings.lease_s)
+                if reclaimed:
+                    _log.warning("jobs.reclaimed", jobs=reclaimed, why="lease expired")
+                self._limits.forget_idle()
+                self._notifier.notify(STATUS=await self._status_line())
+
+    async def _watchdog(self, interval_s: float) -> None:
+        """WATCHDOG=1 from the event loop itself: a loop that stops turning stops the pings."""
+        while True:
+            self._notifier.notify(WATCHDOG="1")
+            await asyncio.sleep(interval_s)
+
+    async def _status_line(self) -> str:
+        counts = await self._store.counts()
+        return (
+            f"in flight {len(self._in_flight)}, queued {counts['queued']},"
+            f" retrying {counts['retrying']}, done {counts['done']}, failed {counts['failed']}"
+        )
+
+    async def _drained(self) -> bool:
+        if self._in_flight or self._scheduler.pending or self._outcomes or self._held:
+            return False
+        await self._flush()
+        return await self._store.is_idle()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _lifecycle(self) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        if self._install_signals:
+            loop.add_signal_handler(signal.SIGTERM, self.stop, "SIGTERM")
+            loop.add_signal_handler(signal.SIGINT, self.stop, "SIGINT")
+            loop.add_signal_handler(signal.SIGHUP, self.reload_hosts)
+        reclaimed = await self._store.register()
+        self._start(self._feeder(), "feeder")
+        self._start(self._recorder(), "recorder")
+        self._start(self._housekeeper(), "housekeeper")
+        if self._notifier.watchdog_s:
+            self._start(self._watchdog(self._notifier.watchdog_s), "watchdog")
+        _log.info(
+            "service.started",
+            reclaimed=reclaimed,
+            max_concurrency=self._settings.max_concurrency,
+            drain=self._drain,
+        )
+        self._notifier.notify(READY="1", STATUS=await self._status_line())
+        try:
+            yield
+        finally:
+            # The store's tasks are asked to stop, never cancelled: a cancelled await on
+            # aiosqlite does not stop its thread, so a COMMIT could land after we gave up on it.
+            self._stopping.set()
+            self._settled.set()
+            self._flush_now.set()
+            self._notifier.notify(STOPPING="1")
+            for task in self._background:
+                if task.get_name() == "watchdog":
+                    task.cancel()
+            await asyncio.gather(*self._background, return_exceptions=True)
+            if self._install_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)
+            await self._flush()
+            self.summary.requeued = await self._store.release_all()
+            await self._store.unregister()
+            _log.info("service.stopped", **self._summary_fields())
+
+    def _start(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self._background.append(asyncio.create_task(coro, name=name))
+
+    def _summary_fields(self) -> dict[str, int]:
+        s = self.summary
+        return {
+            "done": s.done,
+            "failed": s.failed,
+            "retried": s.retried,
+            "requests": s.requests,
+            "requeued": s.requeued,
+        }
+
+    def stop(self, why: str = "stop") -> None:
+        """Stop claiming; in-flight requests get the shutdown grace, then are cancelled."""
+        if self._stopping.is_set():
+            return
+        _log.info("service.stopping", why=why, in_flight=len(self._in_flight))
+        self._notifier.notify(STOPPING="1")
+        self._stopping.set()
+        self._scheduler.wake()
+        self._settled.set()
+        loop = asyncio.get_running_loop()
+        self._grace_timer = loop.call_later(self._settings.shutdown_grace, self._cancel_in_flight)
+
+    def _cancel_in_flight(self) -> None:
+        for task in self._in_flight:
+            task.cancel()
+
+    async def _shutdown(self) -> None:
+        if self._in_flight:
+            await asyncio.wait(list(self._in_flight))
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+        self._scheduler.take_all()
+
+    def reload_hosts(self) -> None:
+        """SIGHUP: read FETCHER_HOSTS_FILE again; a bad file keeps the limits in force."""
+        path = self._settings.hosts_file
+        if path is None:
+            _log.info("hosts.reload_skipped", why="FETCHER_HOSTS_FILE is not set")
+            return
+        try:
+            overrides = load_hosts_file(path, self._settings.default_limits)
+        except ConfigError as exc:
+            _log.error("hosts.reload_failed", why=str(exc), kept="previous limits")
+            return
+        self._limits.reload(overrides)
+        self._scheduler.reschedule()
+        _log.info("hosts.reloaded", hosts=len(overrides))
+
+    def _log_hop(self, job: Job, hop: Hop) -> None:
+        _log.info(
+            "request.done",
+            host=hop.target.host_key,
+            url=hop.target.url,
+            status=hop.status,
+            attempt=job.attempts + 1,
+            latency_ms=round(hop.latency_ms, 1),
+            bytes=hop.bytes,
+            error=hop.error or (hop.refused.reason if hop.refused else None),
+        )

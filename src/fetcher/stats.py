@@ -1,0 +1,236 @@
+"""The read side: host stats, queue status, results and the per-minute series, and how they
+are shown (table, JSON, CSV, sparklines). Opens the database read-only, so it runs beside the
+daemon and never creates or changes anything.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import io
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from fetcher.schema import BUSY_TIMEOUT_MS
+
+__all__ = [
+    "STAT_FIELDS",
+    "host_stats",
+    "minute_series",
+    "open_readonly",
+    "render_csv",
+    "render_series",
+    "render_table",
+    "results",
+    "status",
+]
+
+STAT_FIELDS = (
+    "host", "requests", "status_2xx", "status_3xx", "status_4xx", "status_5xx", "errors",
+    "bytes", "latency_avg_ms", "latency_max_ms", "last_status", "last_request_at",
+)  # fmt: skip
+_SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def open_readonly(path: Path) -> sqlite3.Connection:
+    if not path.exists():
+        raise FileNotFoundError(f"no database at {path} (set FETCHER_DB, or submit URLs first)")
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    connection.row_factory = sqlite3.Row
+    return connection
+
+
+def host_stats(
+    db: sqlite3.Connection, *, host: str | None = None, sort: str = "requests"
+) -> list[dict[str, Any]]:
+    """Rows of `host_stats`, filtered by a host glob, sorted by `sort` (descending for numbers;
+    a leading '-' reverses)."""
+    descending = not sort.startswith("-")
+    field = sort.removeprefix("-")
+    if field not in STAT_FIELDS:
+        raise ValueError(f"cannot sort by {field!r}; one of: {', '.join(STAT_FIELDS)}")
+    rows = [dict(row) for row in db.execute("SELECT * FROM host_stats")]
+    if host:
+        rows = [row for row in rows if fnmatch.fnmatchcase(row["host"], host.lower())]
+    if field == "host":
+        descending = not descending
+    rows.sort(key=lambda row: (row[field] is not None, row[field] or 0), reverse=descending)
+    return rows
+
+
+def status(db: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
+    """The queue by state, requests per second over the last minute, the oldest queued age."""
+    now = time.time() if now is None else now
+    counts = {row["state"]: row["jobs"] for row in db.execute("SELECT * FROM queue")}
+    result: dict[str, Any] = {
+        state: counts.get(state, 0) for state in ("queued", "retrying", "running", "done", "failed")
+    }
+    minute = int(now // 60)
+    recent = db.execute(
+        "SELECT minute, sum(requests) AS n FROM host_minutes WHERE minute >= ? GROUP BY minute",
+        (minute - 1,),
+    ).fetchall()
+    per_minute = {row["minute"]: row["n"] for row in recent}
+    elapsed_in_minute = now - minute * 60
+    # the last 60 s: this minute so far plus the matching share of the previous one
+    last_60s = per_minute.get(minute, 0) + per_minute.get(minute - 1, 0) * (
+        1 - elapsed_in_minute / 60
+    )
+    result["requests_per_s"] = round(last_60s / 60, 2)
+    oldest = db.execute(
+        "SELECT created_at FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1"
+    ).fetchone()
+    result["oldest_queued_s"] = None if oldest is None else round(now - oldest[0], 1)
+    return result
+
+
+def results(
+    db: sqlite3.Connection,
+    *,
+    state: str | None = None,
+    host: str | None = None,
+    since: float | None = None,
+    limit: int | None = None,
+) -> Iterator[dict[str, Any]]:
+    clauses, params = [], []
+    if state:
+        clauses.append("state = ?")
+        params.append(state)
+    if since is not None:
+        clauses.append("finished_at >= ?")
+        params.append(since)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    sql = (
+        "SELECT job_id, url, final_url, host, state, status, bytes, error, attempts, latency_ms,"
+        " body_sha256, body_path, strftime('%Y-%m-%dT%H:%M:%fZ', finished_at, 'unixepoch')"
+        f" AS finished_at FROM results {where} ORDER BY finished_at, job_id"
+    )
+    count = 0
+    for row in db.execute(sql, params):
+        if host and not fnmatch.fnmatchcase(row["host"], host.lower()):
+            continue
+        yield dict(row)
+        count += 1
+        if limit is not None and count >= limit:
+            return
+
+
+def minute_series(
+    db: sqlite3.Connection, *, since: float, host: str | None = None
+) -> list[dict[str, Any]]:
+    """Per-host, per-minute rows since `since` (unix time), oldest first."""
+    rows = db.execute(
+        "SELECT host, minute * 60 AS at, requests, status_2xx, status_3xx, status_4xx,"
+        " status_5xx, errors, bytes,"
+        " round(latency_sum_ms / NULLIF(requests - errors, 0), 1) AS latency_avg_ms,"
+        " round(latency_max_ms, 1) AS latency_max_ms"
+        " FROM host_minutes WHERE minute >= ? ORDER BY host, minute",
+        (int(since // 60),),
+    ).fetchall()
+    out = [dict(row) for row in rows]
+    if host:
+        out = [row for row in out if fnmatch.fnmatchcase(row["host"], host.lower())]
+    return out
+
+
+# -- presentation -------------------------------------------------------------------------
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def human_ms(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.2f} s"
+
+
+def success_percent(row: dict[str, Any]) -> str:
+    if not row["requests"]:
+        return "-"
+    return f"{100 * row['status_2xx'] / row['requests']:.1f}%"
+
+
+def render_table(rows: Sequence[dict[str, Any]], console: Console) -> None:
+    table = Table(show_lines=False, header_style="bold", box=None, pad_edge=False)
+    for name, justify in (
+        ("host", "left"), ("requests", "right"), ("ok %", "right"), ("2xx", "right"),
+        ("3xx", "right"), ("4xx", "right"), ("5xx", "right"), ("errors", "right"),
+        ("bytes", "right"), ("avg", "right"), ("max", "right"), ("last", "right"),
+        ("last request, UTC", "left"),
+    ):  # fmt: skip
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for row in rows:
+        table.add_row(
+            row["host"],
+            f"{row['requests']:,}",
+            success_percent(row),
+            f"{row['status_2xx']:,}",
+            f"{row['status_3xx']:,}",
+            f"{row['status_4xx']:,}",
+            f"{row['status_5xx']:,}",
+            f"{row['errors']:,}",
+            human_bytes(row["bytes"]),
+            human_ms(row["latency_avg_ms"]),
+            human_ms(row["latency_max_ms"]),
+            "-" if row["last_status"] is None else str(row["last_status"]),
+            (row["last_request_at"] or "-").replace("T", " ").removesuffix("Z")[:19],
+        )
+    console.print(table)
+
+
+def render_csv(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def sparkline(values: Sequence[float]) -> str:
+    top = max(values, default=0)
+    if top <= 0:
+        return _SPARKS[0] * len(values)
+    return "".join(_SPARKS[min(int(v / top * (len(_SPARKS) - 1) + 0.5), 7)] for v in values)
+
+
+def render_series(
+    rows: Sequence[dict[str, Any]], since: float, now: float, console: Console
+) -> None:
+    """One line per host: requests, errors and average latency per minute as sparklines."""
+    first, last = int(since // 60), int(now // 60)
+    by_host: dict[str, dict[int, dict[str, Any]]] = {}
+    for row in rows:
+        by_host.setdefault(row["host"], {})[int(row["at"]) // 60] = row
+    table = Table(header_style="bold")
+    for name in ("host", "requests/min", "errors/min", "avg latency", "total", "errors"):
+        table.add_column(name)
+    for host, minutes in sorted(by_host.items()):
+        span = [minutes.get(m) for m in range(first, last + 1)]
+        requests = [r["requests"] if r else 0 for r in span]
+        errors = [r["errors"] if r else 0 for r in span]
+        latency = [(r["latency_avg_ms"] or 0) if r else 0 for r in span]
+        table.add_row(
+            host,
+            sparkline(requests),
+            sparkline(errors),
+            sparkline(latency),
+            f"{sum(requests):,}",
+            f"{sum(errors):,}",
+        )
+    console.print(table)

@@ -1,0 +1,343 @@
+"""The daemon's side of the database: claims with leases, outcomes and counters, in batches.
+
+One aiosqlite connection serves every task, and aiosqlite runs each statement on its own
+thread: two tasks' statements would interleave, and one task's COMMIT would commit the other's
+half-done transaction. So every transaction runs under `_lock`, and `BEGIN IMMEDIATE` takes
+SQLite's write lock up front (a plain BEGIN that reads then writes fails at once while another
+process writes). Claims and outcomes are batched: no request costs a round trip of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiosqlite
+
+from fetcher.model import Exchange, Job, JobState, Outcome
+from fetcher.schema import connect_pragmas, migrate, prepare_path
+from fetcher.urls import Target, parse_url
+
+__all__ = ["Store"]
+
+_FINAL = (JobState.DONE, JobState.FAILED)
+_COUNTER_FIELDS = (
+    "requests", "status_2xx", "status_3xx", "status_4xx", "status_5xx", "errors", "bytes",
+    "latency_sum_ms", "latency_max_ms", "last_status", "last_request_at",
+)  # fmt: skip
+
+
+class Store:
+    """The queue and the counters, as the daemon (and `fetcher submit`) write them."""
+
+    def __init__(self, connection: aiosqlite.Connection, path: Path) -> None:
+        self._db = connection
+        self.path = path
+        self.owner = uuid.uuid4().hex
+        # Guards every transaction on the shared connection; above all the read-modify-write
+        # of a host's counters in `record`, which awaits between the read and the write.
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        prepare_path(path)
+        with sqlite3.connect(path, isolation_level=None) as plain:
+            plain.executescript(connect_pragmas())
+            migrate(plain)
+        plain.close()
+        connection = await aiosqlite.connect(path, isolation_level=None)
+        await connection.executescript(connect_pragmas())
+        return cls(connection, path)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    # -- the queue -------------------------------------------------------------------------
+
+    async def submit(self, targets: Iterable[Target]) -> int:
+        """Queue `targets`; returns how many were new (one already active is not queued again)."""
+        now = time.time()
+        async with self._transaction() as db:
+            cursor = await db.executemany(
+                "INSERT INTO jobs (url, host, state, created_at, updated_at)"
+                " VALUES (?, ?, 'queued', ?, ?) ON CONFLICT DO NOTHING",
+                ((t.url, t.host_key, now, now) for t in targets),
+            )
+            return cursor.rowcount
+
+    async def hosts_with_queued(self, after: str, limit: int) -> list[str]:
+        """Up to `limit` hosts with queued jobs, in key order after `after` (an index walk)."""
+        async with self._lock:
+            cursor = await self._db.execute(
+                """
+                WITH RECURSIVE walk(host) AS (
+                    SELECT (SELECT min(host) FROM jobs WHERE state = 'queued' AND host > ?)
+                    UNION ALL
+                    SELECT (SELECT min(host) FROM jobs WHERE state = 'queued' AND host > walk.host)
+                    FROM walk WHERE walk.host IS NOT NULL
+                    LIMIT ?
+                )
+                SELECT host FROM walk WHERE host IS NOT NULL
+                """,
+                (after, limit + 1),
+            )
+            return [row[0] for row in await cursor.fetchall()]
+
+    async def claim(self, wants: Sequence[tuple[str, int]], lease_s: float) -> list[Job]:
+        """Claim up to n queued jobs for each (host, n), oldest first, leased to this daemon."""
+        now = time.time()
+        jobs: list[Job] = []
+        async with self._transaction() as db:
+            for host, n in wants:
+                cursor = await db.execute(
+                    "UPDATE jobs SET state = 'running', lease_owner = ?, lease_until = ?,"
+                    " updated_at = ? WHERE id IN (SELECT id FROM jobs WHERE state = 'queued'"
+                    " AND host = ? ORDER BY id LIMIT ?) RETURNING id, url, host, attempts",
+                    (self.owner, now + lease_s, now, host, n),
+                )
+                rows = sorted(await cursor.fetchall())
+                jobs.extend(Job(i, url, h, attempts, parse_url(url)) for i, url, h, attempts in rows)
+        return jobs
+
+    async def promote_due(self) -> int:
+        """Jobs whose retry time has come go back to `queued`."""
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE jobs SET state = 'queued', next_attempt_at = NULL, updated_at = ?"
+                " WHERE state = 'retrying' AND next_attempt_at <= ?",
+                (time.time(), time.time()),
+            )
+            return cursor.rowcount
+
+    async def next_due_at(self) -> float | None:
+        async with self._lock:
+            cursor = await self._db.execute(
+                "SELECT min(next_attempt_at) FROM jobs WHERE state = 'retrying'"
+            )
+            row = await cursor.fetchone()
+        return None if row is None else row[0]
+
+    async def register(self) -> int:
+        """Announce this daemon and take back what dead daemons of this database held:
+        those on this machine whose process is gone, and any whose lease has run out."""
+        now = time.time()
+        async with self._transaction() as db:
+            cursor = await db.execute("SELECT id, pid, hostname FROM daemons")
+            dead = [
+                owner
+                for owner, pid, hostname in await cursor.fetchall()
+                if hostname == socket.gethostname() and not _alive(pid)
+            ]
+            await db.executemany("DELETE FROM daemons WHERE id = ?", [(d,) for d in dead])
+            await db.execute(
+                "INSERT INTO daemons VALUES (?, ?, ?, ?, ?)",
+                (self.owner, os.getpid(), socket.gethostname(), now, now),
+            )
+            cursor = await db.execute(
+                "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL,"
+                " updated_at = ? WHERE state = 'running' AND (lease_until < ? OR lease_owner"
+                " IN (SELECT value FROM json_each(?)) OR lease_owner NOT IN"
+                " (SELECT id FROM daemons))",
+                (now, now, _json_list(dead)),
+            )
+            return cursor.rowcount
+
+    async def heartbeat(self, lease_s: float) -> int:
+        """Extend the leases of the jobs this daemon holds; take back expired ones of others."""
+        now = time.time()
+        async with self._transaction() as db:
+            await db.execute("UPDATE daemons SET heartbeat_at = ? WHERE id = ?", (now, self.owner))
+            await db.execute(
+                "UPDATE jobs SET lease_until = ? WHERE state = 'running' AND lease_owner = ?",
+                (now + lease_s, self.owner),
+            )
+            await db.execute(
+                "DELETE FROM daemons WHERE heartbeat_at < ? AND id <> ?", (now - lease_s, self.owner)
+            )
+            cursor = await db.execute(
+                "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL,"
+                " updated_at = ? WHERE state = 'running' AND lease_owner <> ? AND lease_until < ?",
+                (now, self.owner, now),
+            )
+            return cursor.rowcount
+
+    async def release(self, jobs: Iterable[Job]) -> int:
+        """Put jobs this daemon holds back in the queue, attempts unchanged (shutdown)."""
+        now = time.time()
+        async with self._transaction() as db:
+            cursor = await db.executemany(
+                "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL,"
+                " updated_at = ? WHERE id = ? AND state = 'running' AND lease_owner = ?",
+                ((now, job.id, self.owner) for job in jobs),
+            )
+            return cursor.rowcount
+
+    async def release_all(self) -> int:
+        """Put every job this daemon still holds back in the queue (end of shutdown)."""
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL,"
+                " updated_at = ? WHERE state = 'running' AND lease_owner = ?",
+                (time.time(), self.owner),
+            )
+            return cursor.rowcount
+
+    async def unregister(self) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM daemons WHERE id = ?", (self.owner,))
+
+    async def counts(self) -> dict[str, int]:
+        async with self._lock:
+            cursor = await self._db.execute("SELECT state, n FROM job_counts")
+            return {state: n for state, n in await cursor.fetchall()}
+
+    async def is_idle(self) -> bool:
+        """No job anywhere is queued, retrying or running."""
+        counts = await self.counts()
+        return counts["queued"] + counts["retrying"] + counts["running"] == 0
+
+    # -- outcomes and counters -------------------------------------------------------------
+
+    async def record(self, outcomes: Sequence[Outcome]) -> None:
+        """Commit a batch of outcomes, the results of final ones, and every request they made
+        to the per-host counters and per-minute rows: all in one transaction."""
+        now = time.time()
+        exchanges = [e for o in outcomes for e in o.exchanges]
+        async with self._transaction() as db:
+            await db.executemany(
+                "UPDATE jobs SET state = ?, attempts = ?, next_attempt_at = ?, lease_owner = NULL,"
+                " lease_until = NULL, updated_at = ? WHERE id = ? AND lease_owner = ?",
+                [
+                    (o.state.value, o.attempts, o.next_attempt_at, now, o.job_id, self.owner)
+                    for o in outcomes
+                ],
+            )
+            await db.executemany(
+                "INSERT OR REPLACE INTO results (job_id, url, host, final_url, state, status,"
+                " bytes, error, attempts, latency_ms, body_sha256, body_path, finished_at)"
+                " SELECT id, url, host, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM jobs WHERE id = ?",
+                [
+                    (o.final_url, o.state.value, o.status, o.bytes, o.error, o.attempts,
+                     o.latency_ms, o.body_sha256, o.body_path, now, o.job_id)
+                    for o in outcomes
+                    if o.state in _FINAL
+                ],
+            )  # fmt: skip
+            if exchanges:
+                await self._count(db, exchanges)
+
+    async def _count(self, db: aiosqlite.Connection, exchanges: list[Exchange]) -> None:
+        hosts = sorted({e.host for e in exchanges})
+        cursor = await db.execute(
+            f"SELECT host, {', '.join(_COUNTER_FIELDS)} FROM host_counters"
+            " WHERE host IN (SELECT value FROM json_each(?))",
+            (_json_list(hosts),),
+        )
+        rows = {row[0]: list(row[1:]) for row in await cursor.fetchall()}
+        minutes: dict[tuple[str, int], list[float]] = {}
+        for e in exchanges:
+            row = rows.get(e.host)
+            if row is None:
+                row = rows[e.host] = [0, 0, 0, 0, 0, 0, 0, 0.0, 0.0, None, None]
+            minute = minutes.get((e.host, int(e.at // 60)))
+            if minute is None:
+                minute = minutes[(e.host, int(e.at // 60))] = [0, 0, 0, 0, 0, 0, 0, 0.0, 0.0]
+            _add(row, e)
+            _add(minute, e)
+            row[9] = e.status
+            row[10] = e.at
+        await db.executemany(
+            f"INSERT OR REPLACE INTO host_counters (host, {', '.join(_COUNTER_FIELDS)})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(host, *row) for host, row in rows.items()],
+        )
+        await db.executemany(
+            "INSERT INTO host_minutes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (host, minute) DO UPDATE SET requests = requests + excluded.requests,"
+            " status_2xx = status_2xx + excluded.status_2xx,"
+            " status_3xx = status_3xx + excluded.status_3xx,"
+            " status_4xx = status_4xx + excluded.status_4xx,"
+            " status_5xx = status_5xx + excluded.status_5xx,"
+            " errors = errors + excluded.errors, bytes = bytes + excluded.bytes,"
+            " latency_sum_ms = latency_sum_ms + excluded.latency_sum_ms,"
+            " latency_max_ms = max(latency_max_ms, excluded.latency_max_ms)",
+            [(host, minute, *row) for (host, minute), row in minutes.items()],
+        )
+
+    # -- retention --------------------------------------------------------------------------
+
+    async def prune(self, before: float, batch: int = 5000) -> tuple[int, list[str]]:
+        """Delete finished jobs, results and minute rows older than `before`, a batch per
+        transaction so fetching never waits long; returns (rows deleted, bodies no result
+        names any more). Cumulative counters are never pruned."""
+        deleted, orphans = 0, []
+        while True:
+            async with self._transaction() as db:
+                cursor = await db.execute(
+                    "DELETE FROM results WHERE job_id IN (SELECT job_id FROM results"
+                    " WHERE finished_at < ? LIMIT ?) RETURNING job_id, body_sha256",
+                    (before, batch),
+                )
+                rows = await cursor.fetchall()
+                await db.executemany(
+                    "DELETE FROM jobs WHERE id = ? AND state IN ('done', 'failed')",
+                    [(row[0],) for row in rows],
+                )
+                for sha in {row[1] for row in rows if row[1]}:
+                    cursor = await db.execute(
+                        "SELECT 1 FROM results WHERE body_sha256 = ? LIMIT 1", (sha,)
+                    )
+                    if await cursor.fetchone() is None:
+                        orphans.append(sha)
+                cursor = await db.execute(
+                    "DELETE FROM host_minutes WHERE minute < ?", (int(before // 60),)
+                )
+                deleted += len(rows) + max(cursor.rowcount, 0)
+            if len(rows) < batch:
+                return deleted, orphans
+            await asyncio.sleep(0)
+
+
+def _add(row: list[float], e: Exchange) -> None:
+    row[0] += 1
+    if e.status is None:
+        row[5] += 1
+    else:
+        row[min(max(e.status // 100, 2), 5) - 1] += 1
+        row[7] += e.latency_ms
+        row[8] = max(row[8], e.latency_ms)
+    row[6] += e.bytes
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _json_list(items: Iterable[str]) -> str:
+    import json
+
+    return json.dumps(list(items))
