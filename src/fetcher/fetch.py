@@ -202,8 +202,8 @@ class Fetcher:
 def _reason(exc: BaseException) -> str:
     """One line for an exception from the client stack, most specific cause first."""
     cause: BaseException = exc
-    while cause.__cause__ is not None and not isinstance(cause, aiohttp.ClientError):
-        cause = cause.__cause__
+    if isinstance(exc.__cause__, aiohttp.ClientError | OSError):
+        cause = exc.__cause__  # httpx-aiohttp maps aiohttp's errors coarsely; the cause says more
     text = str(cause).strip()
     detail = text.splitlines()[0][:200] if text else type(cause).__name__
     match cause:

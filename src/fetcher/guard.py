@@ -22,7 +22,16 @@ __all__ = ["Guard", "blocked_reason"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-_SHARED = ipaddress.IPv4Network("100.64.0.0/10")
+_ALSO_BLOCKED = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "100.64.0.0/10",  # shared address space (carrier-grade NAT)
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.88.99.0/24",  # 6to4 relay anycast
+        "198.18.0.0/15",  # benchmarking
+        "2001:db8::/32",  # documentation
+    )
+)
 _NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
 _COMPAT = ipaddress.IPv6Network("::/96")
 _DNS_TTL_S = 30.0
@@ -41,7 +50,7 @@ def blocked_reason(address: IPAddress) -> str | None:
         ("multicast", address.is_multicast),
         ("private", address.is_private),
         ("reserved", address.is_reserved),
-        ("shared address space", isinstance(address, ipaddress.IPv4Address) and address in _SHARED),
+        ("special-purpose", any(address in net for net in _ALSO_BLOCKED)),
         ("site-local", isinstance(address, ipaddress.IPv6Address) and address.is_site_local),
         ("not globally routable", not address.is_global),
     )

@@ -1,0 +1,17 @@
+"""Shared fixtures: every test starts with no FETCHER_* variable set."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No FETCHER_* variable, NOTIFY_SOCKET or STATE_DIRECTORY leaks in from the caller."""
+    for key in list(os.environ):
+        if key.startswith("FETCHER_") or key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "STATE_DIRECTORY"):
+            monkeypatch.delenv(key)
+    yield

@@ -1,0 +1,75 @@
+"""Configuration: defaults, env file, and wrong values exiting 78 with the variable named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fetcher.cli import main
+from fetcher.config import HostLimits, load_hosts_file, load_settings
+from fetcher.errors import ConfigError
+
+
+def test_defaults_match_the_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every default is the one SPEC gives; the database lives in ./var without systemd."""
+    s = load_settings()
+    assert (s.max_concurrency, s.host_concurrency, s.host_rate, s.host_burst) == (32, 4, 4.0, 1)
+    assert (s.max_attempts, s.timeout, s.max_body_bytes, s.max_redirects) == (4, 30, 10485760, 5)
+    assert s.db_path == Path("var/fetcher.db") and not s.allow_private
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/fetcher")
+    assert load_settings().db_path == Path("/var/lib/fetcher/fetcher.db")
+
+
+def test_env_file_is_read_and_environment_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Values come from the env file unless the environment sets them."""
+    env = tmp_path / "fetcher.env"
+    env.write_text("FETCHER_HOST_RATE=2.5\nFETCHER_MAX_ATTEMPTS=7\n")
+    monkeypatch.setenv("FETCHER_MAX_ATTEMPTS", "9")
+    s = load_settings(env)
+    assert (s.host_rate, s.max_attempts) == (2.5, 9)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("FETCHER_MAX_CONCURRENCY", "0"),
+        ("FETCHER_HOST_RATE", "fast"),
+        ("FETCHER_TIMEOUT", "-1"),
+        ("FETCHER_LOG_FORMAT", "xml"),
+        ("FETCHER_ALLOW_PRIVATE", "maybe"),
+        ("FETCHER_METRICS_ADDR", "nowhere"),
+        ("FETCHER_HOST_RATE", "inf"),
+    ],
+)
+def test_wrong_value_exits_78_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], name: str, value: str
+) -> None:
+    """A wrong value: exit 78 and one line naming the variable, no traceback."""
+    monkeypatch.setenv(name, value)
+    assert main(["status"]) == 78
+    err = capsys.readouterr().err
+    assert name in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_hosts_file_overrides_and_errors(tmp_path: Path) -> None:
+    """A hosts file overrides per host; a bad one names the file and the key."""
+    defaults = HostLimits(4.0, 1, 4)
+    good = tmp_path / "hosts.toml"
+    good.write_text('[hosts."API.example.com"]\nrate = 1.5\n[hosts."b.example:8080"]\nburst = 3\n')
+    assert load_hosts_file(good, defaults) == {
+        "api.example.com": HostLimits(1.5, 1, 4),
+        "b.example:8080": HostLimits(4.0, 3, 4),
+    }
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[hosts."a.example"]\nrate = -1\n')
+    with pytest.raises(ConfigError, match=r"bad.toml.*a.example.*rate"):
+        load_hosts_file(bad, defaults)
+    bad.write_text('[hosts."a.example"]\nspeed = 1\n')
+    with pytest.raises(ConfigError, match="speed: unknown key"):
+        load_hosts_file(bad, defaults)
+    bad.write_text("[hosts\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_hosts_file(bad, defaults)

@@ -1,0 +1,132 @@
+"""The fetch step against respx: statuses, errors, timeouts and byte counting."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import httpx
+import pytest
+import respx
+from respx.models import SideEffectError
+
+from fetcher.bodies import BodyStore
+from fetcher.config import Settings
+from fetcher.fetch import Fetcher, build_client
+from fetcher.guard import Guard
+from fetcher.urls import parse_url
+
+
+class RespxTransport(httpx.AsyncBaseTransport):
+    """respx's routes as a transport whose responses stream from their raw bytes, as a real
+    transport's do (respx pre-reads, and decodes, the responses it returns)."""
+
+    def __init__(self, router: respx.Router) -> None:
+        self._router = router
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            response = await self._router.async_handler(request)
+        except SideEffectError as exc:
+            raise exc.origin from None
+        return httpx.Response(
+            response.status_code, headers=response.headers, stream=response.stream, request=request
+        )
+
+
+def make_fetcher(router: respx.Router, tmp_path: Path, **overrides: object) -> Fetcher:
+    settings = Settings(db=tmp_path / "f.db", allow_private=True, **overrides)  # type: ignore[arg-type]
+    guard = Guard(allow_private=True)
+    client = build_client(settings, guard, transport=RespxTransport(router))
+    return Fetcher(settings, client, guard, BodyStore(tmp_path / "bodies"))
+
+
+@pytest.fixture
+def router() -> respx.Router:
+    """A respx router that every test fills with its own routes; no request leaves it."""
+    return respx.Router(assert_all_called=False)
+
+
+async def test_ok_response_counts_decoded_bytes_and_files_the_body(
+    router: respx.Router, tmp_path: Path
+) -> None:
+    """A 200 is reported with its status, decoded size, and a content-addressed body file."""
+    router.get("http://example.com/a").mock(return_value=httpx.Response(200, content=b"x" * 1500))
+    hop = await make_fetcher(router, tmp_path).fetch(parse_url("http://example.com/a"))
+    assert (hop.status, hop.bytes, hop.error, hop.refused) == (200, 1500, None, None)
+    assert hop.body_path is not None and hop.body_sha256 is not None
+    assert (tmp_path / "bodies" / hop.body_path).read_bytes() == b"x" * 1500
+
+
+async def test_gzip_body_is_counted_decoded(router: respx.Router, tmp_path: Path) -> None:
+    """`bytes` is the decoded size, not the size on the wire."""
+    body = gzip.compress(b"a" * 10_000)
+    router.get("http://example.com/z").mock(
+        return_value=httpx.Response(200, content=body, headers={"Content-Encoding": "gzip"})
+    )
+    hop = await make_fetcher(router, tmp_path).fetch(parse_url("http://example.com/z"))
+    assert hop.bytes == 10_000
+
+
+@pytest.mark.parametrize("status", [201, 204, 301, 404, 429, 500, 503])
+async def test_every_status_is_reported_as_it_came(
+    router: respx.Router, tmp_path: Path, status: int
+) -> None:
+    """The fetch step reports statuses; deciding what they mean is the policy's job."""
+    router.get("http://example.com/s").mock(
+        return_value=httpx.Response(status, headers={"Retry-After": "7", "Location": "/x"})
+    )
+    hop = await make_fetcher(router, tmp_path).fetch(parse_url("http://example.com/s"))
+    assert hop.status == status and hop.error is None
+    assert hop.retry_after == ("7" if status in (429, 503) else None)
+    assert hop.location == ("/x" if status == 301 else None)
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [
+        (httpx.ConnectError("refused"), "connect error"),
+        (httpx.ConnectTimeout("slow"), "connect timeout"),
+        (httpx.ReadTimeout("slow"), "read timeout"),
+        (httpx.RemoteProtocolError("bad"), "invalid response"),
+    ],
+)
+async def test_network_errors_become_reasons(
+    router: respx.Router, tmp_path: Path, exc: Exception, reason: str
+) -> None:
+    """No response: status None and a one-line reason, never an exception."""
+    router.get("http://example.com/e").mock(side_effect=exc)
+    hop = await make_fetcher(router, tmp_path).fetch(parse_url("http://example.com/e"))
+    assert hop.status is None
+    assert hop.error is not None and hop.error.startswith(reason)
+
+
+async def test_body_over_the_cap_is_refused(router: respx.Router, tmp_path: Path) -> None:
+    """A body past FETCHER_MAX_BODY_BYTES ends the hop refused, its partial body discarded."""
+    router.get("http://example.com/big").mock(return_value=httpx.Response(200, content=b"x" * 5000))
+    fetcher = make_fetcher(router, tmp_path, max_body_bytes=1000)
+    hop = await fetcher.fetch(parse_url("http://example.com/big"))
+    assert hop.refused is not None and "exceeds 1000 bytes" in hop.refused.reason
+    assert hop.status == 200 and hop.body_path is None
+
+
+async def test_gzip_bomb_is_stopped_at_the_cap(router: respx.Router, tmp_path: Path) -> None:
+    """A doubly gzipped bomb is refused without ever decoding it whole."""
+    bomb = gzip.compress(gzip.compress(b"\0" * (64 * 1024 * 1024)))
+    router.get("http://example.com/bomb").mock(
+        return_value=httpx.Response(200, content=bomb, headers={"Content-Encoding": "gzip, gzip"})
+    )
+    fetcher = make_fetcher(router, tmp_path, max_body_bytes=1_000_000)
+    hop = await fetcher.fetch(parse_url("http://example.com/bomb"))
+    assert hop.refused is not None and "exceeds" in hop.refused.reason
+
+
+async def test_user_agent_and_accept_encoding_are_sent(router: respx.Router, tmp_path: Path) -> None:
+    """Requests carry FETCHER_USER_AGENT and the encodings we can decode under the cap."""
+    route = router.get("http://example.com/ua").mock(return_value=httpx.Response(200))
+    await make_fetcher(router, tmp_path, user_agent="probe/1").fetch(
+        parse_url("http://example.com/ua")
+    )
+    sent = route.calls.last.request
+    assert sent.headers["user-agent"] == "probe/1"
+    assert sent.headers["accept-encoding"] == "gzip, deflate, br"

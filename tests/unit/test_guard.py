@@ -1,0 +1,70 @@
+"""The destination policy: every address in a blocked range is refused in every form."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fetcher.errors import BlockedDestination
+from fetcher.guard import Guard, blocked_reason
+from fetcher.urls import parse_url
+
+BLOCKED_V4 = [
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4",
+]  # fmt: skip
+BLOCKED_V6 = ["::1/128", "::/128", "fc00::/7", "fe80::/10", "ff00::/8"]
+
+
+def _in(network: str) -> st.SearchStrategy[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    net = ipaddress.ip_network(network)
+    return st.integers(0, net.num_addresses - 1).map(lambda i: net[i])
+
+
+def _v6_forms(v4: ipaddress.IPv4Address) -> list[ipaddress.IPv6Address]:
+    n = int(v4)
+    return [
+        ipaddress.IPv6Address(f"::ffff:{v4}"),  # IPv4-mapped
+        ipaddress.IPv6Address((0x2002 << 112) | (n << 80)),  # 6to4
+        ipaddress.IPv6Address((0x64FF9B << 96) | n),  # NAT64
+    ]
+
+
+@given(st.one_of([_in(n) for n in BLOCKED_V4]))
+def test_blocked_ipv4_is_refused_also_inside_ipv6(address: ipaddress.IPv4Address) -> None:
+    """A blocked IPv4 address is refused as it is and in the IPv6 forms that carry it."""
+    assert blocked_reason(address) is not None
+    for form in _v6_forms(address):
+        assert blocked_reason(form) is not None, form
+
+
+@given(st.one_of([_in(n) for n in BLOCKED_V6]))
+def test_blocked_ipv6_is_refused(address: ipaddress.IPv6Address) -> None:
+    """Loopback, unspecified, unique-local, link-local and multicast IPv6 are refused."""
+    assert blocked_reason(address) is not None
+
+
+@given(st.sampled_from(["8.8.8.8", "1.1.1.1", "93.184.215.14", "2606:4700::1111"]))
+def test_public_addresses_are_allowed(text: str) -> None:
+    """Public addresses pass."""
+    assert blocked_reason(ipaddress.ip_address(text)) is None
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.1", "2130706433", "0x7f000001", "0177.0.0.1", "[::ffff:127.0.0.1]", "[::1]",
+     "169.254.169.254", "localhost", "[::ffff:7f00:1]", "0"],
+)  # fmt: skip
+async def test_loopback_in_any_textual_form_is_blocked(host: str) -> None:
+    """Numeric hosts in any form, and names resolving to loopback, are blocked before connect."""
+    target = parse_url(f"http://{host}/")
+    with pytest.raises(BlockedDestination):
+        await Guard(allow_private=False).check(target.host, target.port)
+
+
+async def test_allow_private_lets_loopback_through() -> None:
+    """FETCHER_ALLOW_PRIVATE=true turns the policy off (tests and the demo use loopback)."""
+    assert await Guard(allow_private=True).check("127.0.0.1", 80) == ["127.0.0.1"]

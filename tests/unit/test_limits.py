@@ -1,0 +1,98 @@
+"""Host limits and the scheduler, on an injected clock: rate, burst, in-flight cap, no
+head-of-line blocking; backoff and Retry-After as numbers."""
+
+from __future__ import annotations
+
+from email.utils import formatdate
+
+import pytest
+
+from fetcher.config import HostLimits
+from fetcher.limits import HostLimiter, Limits
+from fetcher.model import Job
+from fetcher.scheduler import Scheduler, backoff_delay, retry_after_delay
+from fetcher.urls import parse_url
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_token_bucket_allows_burst_then_rate() -> None:
+    """Burst b at once after idle, then one request every 1/rate seconds."""
+    host = HostLimiter(HostLimits(rate=2.0, burst=3, concurrency=100))
+    starts = []
+    now = 0.0
+    while len(starts) < 9:
+        now = host.ready_at(now)
+        host.start(now)
+        starts.append(now)
+    assert starts[:3] == [0.0, 0.0, 0.0]
+    assert starts[3:] == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.5, 3.0])
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(1.0, 1), (4.0, 1), (2.0, 5), (10.0, 3)])
+def test_no_one_second_window_exceeds_rate_plus_burst(rate: float, burst: int) -> None:
+    """Over any one-second window a host receives at most rate + burst requests."""
+    host = HostLimiter(HostLimits(rate=rate, burst=burst, concurrency=1000))
+    starts, now = [], 0.0
+    for _ in range(200):
+        now = host.ready_at(now)
+        host.start(now)
+        starts.append(now)
+    for i, t in enumerate(starts):
+        in_window = sum(1 for u in starts[i:] if u <= t + 1.0)
+        assert in_window <= rate + burst
+
+
+def test_in_flight_cap_and_pause() -> None:
+    """A host at its in-flight cap is not ready; a pause moves its ready time."""
+    host = HostLimiter(HostLimits(rate=0, burst=1, concurrency=2))
+    host.start(0.0)
+    host.start(0.0)
+    assert host.ready_at(0.0) == float("inf")
+    host.finish()
+    assert host.ready_at(0.0) == 0.0
+    host.pause(5.0)
+    assert host.ready_at(1.0) == 5.0
+
+
+def test_scheduler_hands_out_the_ready_host_first() -> None:
+    """A paused host's jobs never stand in front of a ready host's (no head-of-line block)."""
+    clock = Clock()
+    limits = Limits(4, HostLimits(rate=1.0, burst=1, concurrency=4), {}, clock)
+    scheduler = Scheduler(limits, clock)
+    for i in range(3):
+        url = parse_url(f"http://slow.example/{i}")
+        scheduler.add(Job(i, url.url, url.host_key, 0, url))
+    fast = parse_url("http://fast.example/")
+    limits.host("slow.example").pause(clock.now + 60)
+    scheduler.add(Job(9, fast.url, fast.host_key, 0, fast))
+    job = scheduler._pop_ready()
+    assert job is not None and job.id == 9
+    assert scheduler._pop_ready() is None
+    clock.now += 60
+    job = scheduler._pop_ready()
+    assert job is not None and job.target.host_key == "slow.example"
+
+
+def test_backoff_is_exponential_capped_with_full_jitter() -> None:
+    """The ceiling doubles per attempt up to the cap; jitter scales it by [0, 1)."""
+    ceilings = [backoff_delay(a, base_s=1, max_s=10, rand=lambda: 1.0) for a in range(1, 7)]
+    assert ceilings == [1, 2, 4, 8, 10, 10]
+    assert backoff_delay(3, base_s=1, max_s=10, rand=lambda: 0.25) == 1.0
+
+
+def test_retry_after_seconds_and_dates() -> None:
+    """Retry-After in delta-seconds or as an HTTP date, capped; junk is ignored."""
+    now = 1_700_000_000.0
+    assert retry_after_delay("120", now=now, max_s=3600) == 120
+    assert retry_after_delay("99999", now=now, max_s=3600) == 3600
+    assert retry_after_delay(formatdate(now + 30, usegmt=True), now=now, max_s=3600) == 30
+    assert retry_after_delay(formatdate(now - 30, usegmt=True), now=now, max_s=3600) == 0
+    assert retry_after_delay("soon", now=now, max_s=3600) is None
+    assert retry_after_delay(None, now=now, max_s=3600) is None

@@ -1,0 +1,80 @@
+"""What a hop means for its job: final, retry, follow, refuse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fetcher.config import Settings
+from fetcher.errors import BlockedDestination
+from fetcher.fetch import Hop
+from fetcher.model import Job, JobState
+from fetcher.policy import decide, exchanges_of
+from fetcher.urls import parse_url
+
+NOW = 1_700_000_000.0
+
+
+def job(attempts: int = 0, hops: int = 0) -> Job:
+    t = parse_url("http://a.example/x")
+    return Job(1, t.url, t.host_key, attempts, t, hops)
+
+
+def hop(status: int | None, **kw: object) -> Hop:
+    return Hop(parse_url("http://a.example/x"), 1, 5.0, status=status, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(db=tmp_path / "f.db", max_attempts=3, backoff_base=1, max_redirects=2)
+
+
+@pytest.mark.parametrize("status", [200, 204, 304, 400, 404, 410])
+def test_final_responses_are_done(settings: Settings, status: int) -> None:
+    """2xx, unfollowed 3xx and 4xx but 408/429 end the job done after one request."""
+    outcome = decide(job(), hop(status), settings, now=NOW).outcome
+    assert outcome is not None and outcome.state is JobState.DONE and outcome.attempts == 1
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503])
+def test_retryable_statuses_retry_then_fail(settings: Settings, status: int) -> None:
+    """408, 429 and 5xx retry with backoff until FETCHER_MAX_ATTEMPTS, then fail."""
+    first = decide(job(0), hop(status), settings, now=NOW, rand=lambda: 0.5).outcome
+    assert first is not None and first.state is JobState.RETRYING
+    assert first.next_attempt_at == NOW + 0.5
+    last = decide(job(2), hop(status), settings, now=NOW).outcome
+    assert last is not None and last.state is JobState.FAILED and last.attempts == 3
+    assert last.error == f"gave up after 3 attempts: HTTP {status}"
+
+
+def test_retry_after_pauses_the_host_and_delays_the_job(settings: Settings) -> None:
+    """A 429 with Retry-After pauses the host that long; the job waits at least as long."""
+    decision = decide(job(), hop(429, retry_after="7"), settings, now=NOW, rand=lambda: 0.0)
+    assert decision.pause_s == 7 and not decision.throttled
+    assert decision.outcome is not None and decision.outcome.next_attempt_at == NOW + 7
+    assert decide(job(), hop(429), settings, now=NOW).throttled
+
+
+def test_redirects_follow_until_the_limit(settings: Settings) -> None:
+    """A 3xx with a usable Location is followed; past FETCHER_MAX_REDIRECTS it fails."""
+    follow = decide(job(hops=0), hop(302, location="http://b.example/y"), settings, now=NOW)
+    assert follow.follow is not None and follow.follow.host_key == "b.example"
+    over = decide(job(hops=2), hop(302, location="/y"), settings, now=NOW).outcome
+    assert over is not None and over.state is JobState.FAILED and over.error == "too many redirects"
+    unusable = decide(job(), hop(302, location="ftp://x/"), settings, now=NOW).outcome
+    assert unusable is not None and unusable.state is JobState.DONE and unusable.status == 302
+
+
+def test_refusals_fail_at_once_and_count_no_request(settings: Settings) -> None:
+    """A blocked destination fails the job without retrying and without a request counted."""
+    refused = Hop(parse_url("http://a.example/"), 0, 0.0, refused=BlockedDestination("blocked"))
+    outcome = decide(job(), refused, settings, now=NOW).outcome
+    assert outcome is not None and outcome.state is JobState.FAILED and outcome.error == "blocked"
+    assert exchanges_of(refused, NOW) == []
+
+
+def test_a_resent_request_counts_twice() -> None:
+    """aiohttp re-sends once after a reset on a reused connection: the host saw two requests."""
+    exchanges = exchanges_of(Hop(parse_url("http://a.example/"), 2, 3.0, status=200), NOW)
+    assert [e.status for e in exchanges] == [None, 200]

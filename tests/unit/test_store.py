@@ -1,0 +1,91 @@
+"""The store: the seed's lost-update race, for real against SQLite, and the queue's claims."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from fetcher.model import Exchange, JobState, Outcome
+from fetcher.store import Store
+from fetcher.urls import parse_url
+
+TASKS = 200
+
+
+async def test_unlocked_read_modify_write_loses_updates(tmp_path: Path) -> None:
+    """Without the lock, tasks that read a host's row, await, and write it back lose updates:
+    the race the store's lock exists for (this unlocked variant lives only here)."""
+    store = await Store.open(tmp_path / "f.db")
+    db = store._db
+    await db.execute(
+        "INSERT INTO host_counters VALUES ('h', 0, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL)"
+    )
+
+    async def unlocked_increment() -> None:
+        cursor = await db.execute("SELECT requests FROM host_counters WHERE host = 'h'")
+        (current,) = await cursor.fetchone()  # type: ignore[misc]
+        await asyncio.sleep(0)  # any await: another task reads the same value meanwhile
+        await db.execute("UPDATE host_counters SET requests = ? WHERE host = 'h'", (current + 1,))
+
+    await asyncio.gather(*(unlocked_increment() for _ in range(TASKS)))
+    cursor = await db.execute("SELECT requests FROM host_counters WHERE host = 'h'")
+    (final,) = await cursor.fetchone()  # type: ignore[misc]
+    await store.close()
+    assert final < TASKS
+
+
+async def test_locked_record_loses_no_update(tmp_path: Path) -> None:
+    """`Store.record` does the same read-modify-write under its lock: every request counts,
+    and the row adds up, however many batches commit at once."""
+    store = await Store.open(tmp_path / "f.db")
+    await store.submit([parse_url(f"http://h.example/{i}") for i in range(TASKS)])
+    jobs = await store.claim([("h.example", TASKS)], lease_s=60)
+    assert len(jobs) == TASKS
+
+    async def record(i: int) -> None:
+        status = (200, 301, 404, 500, None)[i % 5]
+        exchange = Exchange("h.example", status, 10, 5.0 + i, 1_700_000_000.0 + i)
+        state = JobState.DONE if status else JobState.FAILED
+        await store.record([Outcome(jobs[i].id, state, 1, status=status, exchanges=[exchange])])
+
+    await asyncio.gather(*(record(i) for i in range(TASKS)))
+    cursor = await store._db.execute("SELECT * FROM host_stats")
+    row = dict(zip([d[0] for d in cursor.description], await cursor.fetchone(), strict=True))  # type: ignore[arg-type]
+    counts = await store.counts()
+    await store.close()
+    assert row["requests"] == TASKS
+    assert row["status_2xx"] + row["status_3xx"] + row["status_4xx"] + row["status_5xx"] + row[
+        "errors"
+    ] == TASKS
+    assert row["errors"] == TASKS // 5 and row["bytes"] == 10 * TASKS
+    assert row["latency_max_ms"] == 5.0 + TASKS - 2  # the largest with a response (i=198)
+    assert counts["done"] + counts["failed"] == TASKS and counts["running"] == 0
+
+
+async def test_submit_does_not_queue_an_active_url_twice(tmp_path: Path) -> None:
+    """A URL already queued, retrying or running is not queued again; a finished one may be."""
+    store = await Store.open(tmp_path / "f.db")
+    url = parse_url("http://h.example/a")
+    assert await store.submit([url, url]) == 1
+    assert await store.submit([url]) == 0
+    [job] = await store.claim([("h.example", 5)], lease_s=60)
+    assert await store.submit([url]) == 0
+    await store.record([Outcome(job.id, JobState.DONE, 1, status=200)])
+    assert await store.submit([url]) == 1
+    await store.close()
+
+
+async def test_claims_walk_hosts_and_leases_expire(tmp_path: Path) -> None:
+    """Hosts are found by an index walk; a lease that runs out puts the job back in the queue."""
+    store = await Store.open(tmp_path / "f.db")
+    await store.submit([parse_url(f"http://h{i % 3}.example/{i}") for i in range(9)])
+    assert await store.hosts_with_queued("", 10) == ["h0.example", "h1.example", "h2.example"]
+    assert await store.hosts_with_queued("h0.example", 1) == ["h1.example", "h2.example"]
+    jobs = await store.claim([("h1.example", 2)], lease_s=60)
+    assert [j.host for j in jobs] == ["h1.example", "h1.example"]
+    await store._db.execute("UPDATE jobs SET lease_until = 0 WHERE state = 'running'")
+    other = await Store.open(tmp_path / "f.db")
+    assert await other.heartbeat(lease_s=60) == 2
+    assert (await other.counts())["queued"] == 9
+    await other.close()
+    await store.close()

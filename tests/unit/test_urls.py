@@ -1,0 +1,88 @@
+"""URL validation and the host key, with property tests for the numeric host forms."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fetcher.errors import InvalidURL
+from fetcher.urls import MAX_URL_LENGTH, normalize_host_key, parse_url
+
+
+@pytest.mark.parametrize(
+    ("raw", "url", "key"),
+    [
+        ("HTTP://Example.COM/a?b=1#frag", "http://example.com/a?b=1", "example.com"),
+        ("https://example.com:443", "https://example.com/", "example.com"),
+        ("http://example.com:8080/x", "http://example.com:8080/x", "example.com:8080"),
+        ("http://Bücher.example/ä", "http://xn--bcher-kva.example/%C3%A4", "xn--bcher-kva.example"),
+        ("http://[::1]:8443/", "http://[::1]:8443/", "[::1]:8443"),
+        ("http://127.1/", "http://127.0.0.1/", "127.0.0.1"),
+        ("http://2130706433/", "http://127.0.0.1/", "127.0.0.1"),
+        ("http://0x7f000001/", "http://127.0.0.1/", "127.0.0.1"),
+        ("http://0177.0.0.1/", "http://127.0.0.1/", "127.0.0.1"),
+        ("http://example.com./", "http://example.com/", "example.com"),
+    ],
+)
+def test_urls_are_normalised(raw: str, url: str, key: str) -> None:
+    """Accepted URLs are stored in one canonical form, with the host key SPEC describes."""
+    target = parse_url(raw)
+    assert (target.url, target.host_key) == (url, key)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("ftp://example.com/", "scheme"),
+        ("example.com/path", "scheme"),
+        ("http:///path", "no host"),
+        ("http://user:secret@example.com/", "credentials"),
+        ("http://exa mple.com/", "whitespace"),
+        ("http://example.com/\nInjected: yes", "control"),
+        ("http://example.com:99999/", "(?i)port"),
+        ("http://[::1/", "malformed"),
+        ("http://ex<ample.com/", "invalid host"),
+        ("http://1.2.3.4.5/", "IPv4"),
+        ("http://" + "a" * MAX_URL_LENGTH + ".com/", "longer"),
+    ],
+)
+def test_bad_urls_are_refused_with_a_reason(raw: str, reason: str) -> None:
+    """Each refusal says why, in words a person can act on."""
+    with pytest.raises(InvalidURL, match=reason):
+        parse_url(raw)
+
+
+@given(st.integers(0, 2**32 - 1), st.sampled_from(["dec", "hex", "oct", "short", "quad"]))
+def test_every_numeric_ipv4_form_becomes_the_dotted_quad(value: int, form: str) -> None:
+    """However an IPv4 address is written, the host key is its dotted quad."""
+    address = ipaddress.IPv4Address(value)
+    a, b, c, d = address.packed
+    text = {
+        "dec": str(value),
+        "hex": hex(value),
+        "oct": f"0{value:o}" if value else "0",
+        "short": f"{a}.{(b << 16) | (c << 8) | d}",
+        "quad": f"0x{a:x}.0{b:o}.{c}.0x{d:02x}",
+    }[form]
+    assert parse_url(f"http://{text}/").host == str(address)
+
+
+@given(st.text(max_size=300))
+def test_parse_url_never_fails_but_with_invalid_url(raw: str) -> None:
+    """Whatever a line holds, validation answers with a URL or an InvalidURL, nothing else."""
+    try:
+        target = parse_url(raw)
+    except InvalidURL:
+        return
+    assert target.url.startswith(("http://", "https://"))
+    assert target.url.isprintable() and " " not in target.url
+
+
+def test_host_keys_from_people_are_normalised() -> None:
+    """Host keys written in a hosts file match the keys URLs get."""
+    assert normalize_host_key("API.Example.com") == "api.example.com"
+    assert normalize_host_key("127.0.0.2:8080") == "127.0.0.2:8080"
+    assert normalize_host_key("bücher.example") == "xn--bcher-kva.example"
