@@ -1,0 +1,138 @@
+"""The loopback origin (127.0.0.2 … as distinct hosts) and the real daemon as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fetcher.demo import Origin
+
+ADDRESSES = [f"127.0.0.{i}" for i in range(2, 14)]
+
+
+@pytest.fixture(scope="session")
+def origin_server() -> Iterator[Origin]:
+    """One origin for the whole run, on twelve loopback addresses."""
+    with Origin(ADDRESSES) as origin:
+        yield origin
+
+
+@pytest.fixture
+def origin(origin_server: Origin) -> Origin:
+    """The origin with its counts cleared for this test."""
+    origin_server.reset_stats()
+    return origin_server
+
+
+class Fetcher:
+    """Runs `python -m fetcher` against this test's database, as production runs it."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.db = workdir / "fetcher.db"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("FETCHER_")},
+            "FETCHER_DB": str(self.db),
+            "FETCHER_ALLOW_PRIVATE": "true",  # the origin is on loopback
+            "FETCHER_LOG_FORMAT": "json",
+            "FETCHER_BACKOFF_BASE": "0.05",
+            "FETCHER_BACKOFF_MAX": "0.2",
+            "FETCHER_HOST_RATE": "0",
+        }
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def set(self, **variables: object) -> None:
+        for name, value in variables.items():
+            self.env[f"FETCHER_{name.upper()}"] = str(value)
+
+    def cli(self, *args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "fetcher", *args],
+            input=stdin, capture_output=True, text=True, env=self.env, timeout=timeout,
+        )  # fmt: skip
+
+    def submit(self, urls: list[str]) -> subprocess.CompletedProcess[str]:
+        result = self.cli("submit", "-f", "-", stdin="\n".join(urls) + "\n")
+        assert result.returncode in (0, 1), result.stderr
+        return result
+
+    def drain(self, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        result = self.cli("run", "--drain", timeout=timeout)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """The daemon in the background; stopped by its pid at the end of the test."""
+        log = open(self.workdir / f"daemon-{len(self._procs)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fetcher", "run", *args],
+            env=env or self.env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self._procs.append(proc)
+        return proc
+
+    def log_of(self, index: int = 0) -> list[dict[str, Any]]:
+        lines = (self.workdir / f"daemon-{index}.log").read_text().splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        result = self.cli("stats", "--json")
+        assert result.returncode == 0, result.stderr
+        return {row["host"]: row for row in json.loads(result.stdout)}
+
+    def status(self) -> dict[str, int]:
+        result = self.cli("status", "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+    def results(self) -> list[dict[str, Any]]:
+        result = self.cli("results")
+        assert result.returncode == 0, result.stderr
+        return [json.loads(line) for line in result.stdout.splitlines()]
+
+    def stop_all(self) -> None:
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+
+
+@pytest.fixture
+def fetcher(tmp_path: Path) -> Iterator[Fetcher]:
+    """A fresh database and the means to run fetcher on it; every daemon it starts is
+    killed by pid afterwards, also when the test fails."""
+    f = Fetcher(tmp_path)
+    try:
+        yield f
+    finally:
+        f.stop_all()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll `predicate` until it holds or `timeout` seconds pass (bounded, never forever)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def assert_counters_match(fetcher: Fetcher, origin: Origin) -> None:
+    """For every host: requests = what the origin received = the sum of classes and errors."""
+    stats = fetcher.stats()
+    for host, received in origin.stats.requests.items():
+        row = stats[host]
+        assert row["requests"] == received, (host, row, received)
+    for host, row in stats.items():
+        classes = sum(row[f"status_{c}xx"] for c in "2345") + row["errors"]
+        assert row["requests"] == classes, (host, row)

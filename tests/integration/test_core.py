@@ -1,0 +1,88 @@
+"""The core service end to end: caps, exact counters, submit's promises, status."""
+
+from __future__ import annotations
+
+import pytest
+
+from fetcher.demo import Origin
+
+from .conftest import Fetcher, assert_counters_match
+
+pytestmark = pytest.mark.integration
+
+
+def test_global_and_host_caps_are_reached_and_never_exceeded(
+    fetcher: Fetcher, origin: Origin
+) -> None:
+    """With 6 hosts of slow URLs, the origin sees at most FETCHER_MAX_CONCURRENCY requests at
+    once (and that many), and at most FETCHER_HOST_CONCURRENCY per host (and that many)."""
+    fetcher.set(max_concurrency=8, host_concurrency=3)
+    fetcher.submit([origin.url(f"slow/150/{n}", h) for h in range(6) for n in range(12)])
+    fetcher.drain()
+    assert origin.stats.max_total_in_flight == 8
+    assert max(origin.stats.max_in_flight.values()) <= 3
+    assert fetcher.status() | {"requests_per_s": 0} == {
+        "queued": 0, "retrying": 0, "running": 0, "done": 72, "failed": 0,
+        "requests_per_s": 0, "oldest_queued_s": None,
+    }  # fmt: skip
+
+
+def test_host_cap_is_reached_and_never_exceeded(fetcher: Fetcher, origin: Origin) -> None:
+    """With room in the global cap, each host gets exactly FETCHER_HOST_CONCURRENCY at once."""
+    fetcher.set(max_concurrency=16, host_concurrency=3)
+    fetcher.submit([origin.url(f"slow/150/{n}", h) for h in range(2) for n in range(12)])
+    fetcher.drain()
+    assert list(origin.stats.max_in_flight.values()) == [3, 3]
+
+
+def test_counters_equal_what_the_origin_received(fetcher: Fetcher, origin: Origin) -> None:
+    """Under concurrency, with retries, redirects, resets and errors, every host's `requests`
+    equals what the origin received and the sum of its status classes and errors."""
+    fetcher.set(max_concurrency=32, host_concurrency=8, max_attempts=3)
+    kinds = ["ok", "status/404", "status/500", "flaky/1", "limited", "redirect/2", "reset",
+             "truncated", "large/300000", "slow/50", "to/" + origin.host(5), "nolocation"]  # fmt: skip
+    urls = [origin.url(f"{kinds[n % len(kinds)]}/{n}", h) for h in range(5) for n in range(60)]
+    fetcher.submit(urls)
+    fetcher.drain()
+    assert_counters_match(fetcher, origin)
+    status = fetcher.status()
+    assert status["done"] + status["failed"] == len(urls)
+    assert status["queued"] == status["running"] == status["retrying"] == 0
+    assert len(fetcher.results()) == len(urls)
+
+
+def test_submit_rejects_bad_lines_and_queues_the_rest_once(
+    fetcher: Fetcher, origin: Origin
+) -> None:
+    """Bad URLs are rejected one by one with a reason (exit 1); good ones are queued once."""
+    good = origin.url("ok/1")
+    result = fetcher.submit(
+        [good, good, "ftp://x/", "# a comment", "", "http://exa mple.com/", "http://u:p@h.example/"]
+    )
+    assert result.returncode == 1
+    rejected = [line for line in result.stderr.splitlines() if line.startswith("rejected:")]
+    assert len(rejected) == 3
+    assert "scheme must be http or https" in rejected[0]
+    assert "u:p" not in result.stderr  # credentials are never echoed
+    assert "queued 1, already queued 1, rejected 3" in result.stderr
+    assert fetcher.submit([good]).returncode == 0
+    assert fetcher.status()["queued"] == 1
+    fetcher.drain()
+    assert origin.stats.requests[origin.host()] == 1
+    assert fetcher.submit([good]).returncode == 0
+    assert fetcher.status()["queued"] == 1  # a finished URL may be fetched again
+
+
+def test_results_and_stats_formats(fetcher: Fetcher, origin: Origin) -> None:
+    """`results` prints one JSON object per job with the fields SPEC names; stats --csv and
+    the table show the same hosts as --json."""
+    fetcher.submit([origin.url("ok/a"), origin.url("status/404/b", 1)])
+    fetcher.drain()
+    rows = fetcher.results()
+    assert {r["status"] for r in rows} == {200, 404}
+    for row in rows:
+        assert {"url", "state", "status", "bytes", "error", "attempts", "finished_at"} <= set(row)
+    csv = fetcher.cli("stats", "--csv").stdout.splitlines()
+    assert csv[0].startswith("host,requests") and len(csv) == 3
+    table = fetcher.cli("stats").stdout
+    assert origin.host(0) in table and origin.host(1) in table
