@@ -33,8 +33,6 @@ from fetcher.systemd import Notifier
 __all__ = ["Service", "Summary"]
 
 _log = get_logger("fetcher.service")
-_FLUSH_S = 0.05
-_FLUSH_MAX = 1000
 _WALK_HOSTS = 64
 _IDLE_POLL_S = 0.5
 
@@ -78,7 +76,7 @@ class Service:
         self._scheduler = Scheduler(self._limits, clock)
         self._stopping = asyncio.Event()
         self._settled = asyncio.Event()  # a job left memory: the feeder may claim more
-        self._in_flight: dict[asyncio.Task[None], Job] = {}
+        self._in_flight: dict[asyncio.Task[None], str] = {}  # task → host key it is fetching
         self._held: Counter[str] = Counter()
         self._max_held = max(8 * settings.max_concurrency, 512)
         self._outcomes: list[Outcome] = []
@@ -111,18 +109,28 @@ class Service:
 
     def _spawn(self, job: Job) -> None:
         task = asyncio.create_task(self._handle(job), name=f"fetch {job.id}")
-        self._in_flight[task] = job
+        self._in_flight[task] = job.target.host_key
         task.add_done_callback(self._reap)
 
     def _reap(self, task: asyncio.Task[None]) -> None:
-        job = self._in_flight.pop(task)
+        host = self._in_flight.pop(task)
         self._limits.slots.release()
-        self._scheduler.finished(job.target.host_key)
+        self._scheduler.finished(host)
         if not task.cancelled() and task.exception() is not None:
-            _log.error("job.crashed", job=job.id, exc_info=task.exception())
+            _log.error("job.crashed", task=task.get_name(), exc_info=task.exception())
 
     async def _handle(self, job: Job) -> None:
-        """Fetch one hop of `job`, then follow, retry or finish it."""
+        """Fetch one hop of `job`, then follow, retry or finish it. A bug met on the way
+        fails this job with the reason, never the daemon."""
+        try:
+            await self._step(job)
+        except Exception as exc:
+            _log.exception("job.crashed", job=job.id, url=job.url)
+            outcome = Outcome(job.id, JobState.FAILED, job.attempts + 1, error=f"internal error: {exc!r}")
+            outcome.exchanges = self._exchanges.pop(job.id, [])
+            self._settle(job, outcome)
+
+    async def _step(self, job: Job) -> None:
         hop = await self._fetcher.fetch(job.target)
         now = time.time()
         exchanges = exchanges_of(hop, now)
@@ -161,8 +169,7 @@ class Service:
 
     def _settle(self, job: Job, outcome: Outcome) -> None:
         self._outcomes.append(outcome)
-        if len(self._outcomes) >= _FLUSH_MAX:
-            self._flush_now.set()
+        self._flush_now.set()
         self._held[job.host] -= 1
         if self._held[job.host] <= 0:
             del self._held[job.host]
@@ -184,9 +191,11 @@ class Service:
         )
 
     async def _recorder(self) -> None:
+        """Group commit: whatever settled while the last commit ran goes in the next one, so
+        batches grow with the load and an outcome waits about one commit to be durable."""
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_now.wait(), _FLUSH_S)
+                await asyncio.wait_for(self._flush_now.wait(), _IDLE_POLL_S)
             self._flush_now.clear()
             await self._flush()
 

@@ -49,6 +49,7 @@ class Fetcher:
             "FETCHER_HOST_RATE": "0",
         }
         self._procs: list[subprocess.Popen[bytes]] = []
+        self._logs: list[Any] = []
 
     def set(self, **variables: object) -> None:
         for name, value in variables.items():
@@ -78,6 +79,7 @@ class Fetcher:
             env=env or self.env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self._procs.append(proc)
+        self._logs.append(log)
         return proc
 
     def log_of(self, index: int = 0) -> list[dict[str, Any]]:
@@ -104,6 +106,8 @@ class Fetcher:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(10)
+        for log in self._logs:
+            log.close()
 
 
 @pytest.fixture

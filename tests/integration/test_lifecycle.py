@@ -1,0 +1,106 @@
+"""The daemon as systemd runs it: sd_notify, SIGTERM drain, SIGKILL recovery, exit 78."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from fetcher.demo import Origin
+
+from .conftest import Fetcher, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def _messages(sock: socket.socket, until: float) -> list[str]:
+    out = []
+    sock.settimeout(0.1)
+    while time.monotonic() < until:
+        try:
+            out.append(sock.recv(4096).decode())
+        except TimeoutError:
+            continue
+    return out
+
+
+def test_notify_ready_watchdog_status_and_stopping(
+    fetcher: Fetcher, origin: Origin, tmp_path: Path
+) -> None:
+    """With NOTIFY_SOCKET and WATCHDOG_USEC set: READY=1, a STATUS= line, WATCHDOG=1 about
+    every half WATCHDOG_USEC, and STOPPING=1 after SIGTERM; exit 0."""
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        env = {**fetcher.env, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}
+        daemon = fetcher.start(env=env)
+        first = _messages(sock, time.monotonic() + 2.0)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(15) == 0
+        last = _messages(sock, time.monotonic() + 0.5)
+    ready = [m for m in first if "READY=1" in m]
+    assert ready and "STATUS=in flight 0, queued 0" in ready[0]
+    assert 5 <= sum("WATCHDOG=1" in m for m in first) <= 15  # ~every 0.2 s for ~2 s
+    assert any("STOPPING=1" in m for m in last)
+
+
+def test_sigterm_during_load_exits_0_within_grace_and_leaves_nothing_running(
+    fetcher: Fetcher, origin: Origin
+) -> None:
+    """SIGTERM: claiming stops, in-flight requests get the grace, the rest goes back to
+    `queued`, exit 0, no job left `running`."""
+    fetcher.set(max_concurrency=8, host_concurrency=8, shutdown_grace=1)
+    fetcher.submit([origin.url(f"slow/{300 if n % 2 else 5000}/{n}", n % 4) for n in range(80)])
+    daemon = fetcher.start()
+    assert wait_until(lambda: origin.stats.total_in_flight >= 8, timeout=10)
+    sent = time.monotonic()
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(15) == 0
+    assert time.monotonic() - sent < 1 + 2.0  # the grace, plus commit and exit
+    status = fetcher.status()
+    assert status["running"] == 0
+    assert status["queued"] + status["done"] == 80
+    stopped = [e for e in fetcher.log_of() if e["event"] == "service.stopped"]
+    assert stopped and stopped[0]["requeued"] == status["queued"]
+    fetcher.drain()  # what was put back is fetched by the next run
+    assert fetcher.status()["done"] == 80
+
+
+def test_sigkill_then_restart_finishes_every_job_refetching_only_what_was_in_flight(
+    fetcher: Fetcher, origin: Origin
+) -> None:
+    """After SIGKILL a restarted daemon reclaims the dead one's jobs at once: every job ends
+    done, and the extra requests are at most what was in flight."""
+    fetcher.set(max_concurrency=6, host_concurrency=6)
+    urls = [origin.url(f"slow/200/{n}", n % 3) for n in range(60)]
+    fetcher.submit(urls)
+    daemon = fetcher.start()
+    assert wait_until(lambda: sum(origin.stats.requests.values()) >= 15, timeout=15)
+    daemon.send_signal(signal.SIGKILL)
+    daemon.wait(10)
+    result = fetcher.drain(timeout=60)
+    assert "reclaimed" in result.stderr
+    status = fetcher.status()
+    assert status["done"] == 60 and status["running"] == 0
+    assert sum(origin.stats.requests.values()) - 60 <= 6
+
+
+def test_wrong_variable_exits_78_naming_it(fetcher: Fetcher) -> None:
+    """A wrong value: exit 78 (systemd does not restart on it), the variable named, no traceback."""
+    fetcher.set(max_concurrency="lots")
+    result = fetcher.cli("run")
+    assert result.returncode == 78
+    assert "FETCHER_MAX_CONCURRENCY" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_two_daemons_never_fetch_the_same_job(fetcher: Fetcher, origin: Origin) -> None:
+    """Two daemons on one database: every job is fetched once."""
+    fetcher.set(max_concurrency=4, host_concurrency=4)
+    fetcher.submit([origin.url(f"slow/20/{n}", n % 4) for n in range(120)])
+    first, second = fetcher.start("--drain"), fetcher.start("--drain")
+    assert first.wait(60) == 0 and second.wait(60) == 0
+    assert sum(origin.stats.requests.values()) == 120
+    assert fetcher.status()["done"] == 120
