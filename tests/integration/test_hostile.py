@@ -1,0 +1,98 @@
+"""Hostile input against the real daemon: private destinations, bombs, drips, loops, resets."""
+
+from __future__ import annotations
+
+import resource
+
+import pytest
+
+from fetcher.demo import Origin
+
+from .conftest import Fetcher, assert_counters_match
+
+pytestmark = pytest.mark.integration
+
+
+def test_private_policy_sends_nothing_to_loopback_in_any_form(
+    fetcher: Fetcher, origin: Origin
+) -> None:
+    """With FETCHER_ALLOW_PRIVATE=false, jobs naming the loopback origin in any form fail
+    `blocked destination` and the origin receives zero requests."""
+    fetcher.set(allow_private="false")
+    port = origin.port
+    forms = ["127.0.0.2", "127.1", "2130706433", "0x7f000001", "0177.0.0.1", "localhost",
+             "[::ffff:127.0.0.1]", "[::1]", "127.0.0.3"]  # fmt: skip
+    fetcher.submit([f"http://{form}:{port}/ok/{i}" for i, form in enumerate(forms)])
+    fetcher.submit([origin.url(f"to/{origin.host(1)}/y")])
+    fetcher.drain()
+    assert sum(origin.stats.requests.values()) == 0
+    results = fetcher.results()
+    assert len(results) == len(forms) + 1
+    for row in results:
+        assert row["state"] == "failed" and row["error"].startswith("blocked destination"), row
+        assert row["attempts"] == 1
+
+
+def test_huge_body_and_gzip_bomb_fail_with_small_memory(fetcher: Fetcher, origin: Origin) -> None:
+    """A 50 MB body and a 200 MB gzip bomb under a 1 MB cap both end failed; the daemon's
+    peak memory stays under 150 MB."""
+    fetcher.set(max_body_bytes=1_000_000, max_attempts=2)
+    fetcher.submit([origin.url("large/50000000/a"), origin.url("bomb/200/b"), origin.url("ok/c")])
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    fetcher.drain()
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert peak_kb < 150 * 1024, (before, peak_kb)
+    results = {r["url"].rsplit("/", 1)[1]: r for r in fetcher.results()}
+    for key in "ab":
+        assert results[key]["state"] == "failed"
+        assert results[key]["error"] == "body exceeds 1000000 bytes"
+        assert results[key]["attempts"] == 1
+    assert results["c"]["state"] == "done"
+
+
+def test_a_drip_is_cut_at_the_deadline(fetcher: Fetcher, origin: Origin) -> None:
+    """A server sending one byte a second is cut off at FETCHER_TIMEOUT for the whole request."""
+    fetcher.set(timeout=1.5, max_attempts=1)
+    fetcher.submit([origin.url("drip/x")])
+    result = fetcher.drain(timeout=30)
+    [row] = fetcher.results()
+    assert row["state"] == "failed" and "timeout" in row["error"]
+    [hop] = [e for e in _events(result.stderr) if e["event"] == "request.done"]
+    assert 1400 <= hop["latency_ms"] <= 2500
+
+
+def test_a_redirect_loop_stops_at_the_limit(fetcher: Fetcher, origin: Origin) -> None:
+    """A redirect loop ends failed `too many redirects` after FETCHER_MAX_REDIRECTS + 1 requests."""
+    fetcher.set(max_redirects=4)
+    fetcher.submit([origin.url("loop/x")])
+    fetcher.drain()
+    [row] = fetcher.results()
+    assert row["state"] == "failed" and row["error"] == "too many redirects"
+    assert origin.stats.requests[origin.host()] == 5
+
+
+def test_resets_truncation_and_bad_headers_are_errors_and_the_daemon_survives(
+    fetcher: Fetcher, origin: Origin
+) -> None:
+    """Resets, truncated bodies and oversized headers end their attempts as errors, counted;
+    the daemon goes on with the rest and drains."""
+    fetcher.set(max_attempts=2)
+    fetcher.submit([origin.url(f"{kind}/{n}") for kind in ("reset", "truncated", "bigheader")
+                    for n in range(3)] + [origin.url("ok/fine")])  # fmt: skip
+    fetcher.drain()
+    rows = {r["url"].split("/", 3)[3]: r for r in fetcher.results()}
+    assert rows["ok/fine"]["state"] == "done"
+    for kind in ("reset", "truncated", "bigheader"):
+        row = rows[f"{kind}/0"]
+        assert row["state"] == "failed" and row["attempts"] == 2, row
+    assert "truncated body" in rows["truncated/0"]["error"]
+    assert "invalid response" in rows["bigheader/0"]["error"]
+    stats = fetcher.stats()[origin.host()]
+    assert stats["errors"] >= 18 and stats["last_status"] in (None, 200)
+    assert_counters_match(fetcher, origin)
+
+
+def _events(stderr: str) -> list[dict[str, object]]:
+    import json
+
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
