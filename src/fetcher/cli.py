@@ -18,7 +18,6 @@ from rich.console import Console
 from fetcher import __version__, stats
 from fetcher.config import Settings, describe, load_hosts_file, load_settings
 from fetcher.errors import ConfigError, InvalidURL
-from fetcher.log import configure_logging, get_logger
 from fetcher.schema import SCHEMA_VERSION
 from fetcher.urls import Target, parse_url
 
@@ -162,9 +161,7 @@ async def _submit(settings: Settings, lines: Iterable[str]) -> int:
     finally:
         await store.close()
     duplicates = offered - accepted
-    print(
-        f"queued {accepted}, already queued {duplicates}, rejected {rejected}", file=sys.stderr
-    )
+    print(f"queued {accepted}, already queued {duplicates}, rejected {rejected}", file=sys.stderr)
     return EXIT_FAILURE if rejected else EXIT_OK
 
 
@@ -228,9 +225,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     db = stats.open_readonly(settings.db_path)
     summary = stats.status(db)
     if args.json:
-        print(json.dumps({k: summary[k] for k in ("queued", "retrying", "running", "done", "failed")}
-                         | {"requests_per_s": summary["requests_per_s"],
-                            "oldest_queued_s": summary["oldest_queued_s"]}))  # fmt: skip
+        print(json.dumps(summary))
     else:
         for key, value in summary.items():
             print(f"{key:>16}  {'-' if value is None else value}")
@@ -279,5 +274,3 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from fetcher.daemon import run_demo
 
     return run_demo(hosts=args.hosts, urls_per_host=args.urls)
-
-

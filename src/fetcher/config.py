@@ -131,7 +131,7 @@ def load_settings(env_file: Path | None = None) -> Settings:
     if env_file is not None and not env_file.is_file():
         raise ConfigError(f"{ENV_FILE_VARIABLE}: {env_file} is not a readable file")
     try:
-        return Settings(_env_file=env_file)  # type: ignore[call-arg]
+        return Settings(_env_file=env_file)
     except ValidationError as exc:
         raise ConfigError(_first_error(exc)) from None
 
@@ -184,7 +184,8 @@ def load_hosts_file(path: Path, defaults: HostLimits) -> dict[str, HostLimits]:
     hosts = data.get("hosts", {})
     if not isinstance(hosts, dict):
         raise ConfigError(f"FETCHER_HOSTS_FILE: {path}: 'hosts' must be a table")
-    from fetcher.urls import InvalidURL, normalize_host_key
+    from fetcher.errors import InvalidURL
+    from fetcher.urls import normalize_host_key
 
     limits = {}
     for key, table in hosts.items():

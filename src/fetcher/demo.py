@@ -138,7 +138,9 @@ class Origin:
                 s.in_flight[host] -= 1
                 s.total_in_flight -= 1
 
-    async def _respond(self, request: web.Request, parts: list[str], seen: int) -> web.StreamResponse:
+    async def _respond(
+        self, request: web.Request, parts: list[str], seen: int
+    ) -> web.StreamResponse:
         kind, arg = parts[0], (parts[1] if len(parts) > 1 else "")
         if kind == "slow":
             await asyncio.sleep(int(arg) / 1000)

@@ -1,12 +1,12 @@
 """Errors fetcher raises on purpose, and the reasons a job can end with.
 
-    FetcherError
-     ├── ConfigError        a wrong variable or hosts file: exit 78, the message names it
-     ├── InvalidURL         refused at submit (or when a redirect names one)
-     └── Refused            a job ends `failed` without (more) requests: reason stored in results
-          ├── BlockedDestination
-          ├── BodyTooLarge
-          └── TooManyRedirects
+FetcherError
+ ├── ConfigError        a wrong variable or hosts file: exit 78, the message names it
+ ├── InvalidURL         refused at submit (or when a redirect names one)
+ └── Refused            a job ends `failed` without (more) requests: reason stored in results
+      ├── BlockedDestination
+      ├── BodyTooLarge
+      └── TooManyRedirects
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """What a hop's result means for its job and its host: a pure function, tested with numbers.
 
-    refused (blocked, too large)            → failed, no retry
-    no response (network error, timeout)    → retry, or failed when attempts are used up
-    301/302/303/307/308 + usable Location   → follow: the next hop waits for its own host
-    408, 429, 5xx                           → retry (429/503 Retry-After pauses the host)
-    anything else                           → done
+refused (blocked, too large)            → failed, no retry
+no response (network error, timeout)    → retry, or failed when attempts are used up
+301/302/303/307/308 + usable Location   → follow: the next hop waits for its own host
+408, 429, 5xx                           → retry (429/503 Retry-After pauses the host)
+anything else                           → done
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ functions of their inputs, tested with numbers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import math
 import random
@@ -112,10 +113,8 @@ class Scheduler:
         delay = max_wait_s
         if self._heap:
             delay = min(delay, max(self._heap[0][0] - self._clock(), 0.0))
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout=delay)
-        except TimeoutError:
-            pass
         return self._pop_ready()
 
     def _pop_ready(self) -> Job | None:

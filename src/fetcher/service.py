@@ -1,10 +1,10 @@
 """The daemon: claim jobs, fetch them within the limits, record what happened, stop cleanly.
 
-    run: lifecycle (signals, READY … STOPPING) around
-         loop: take a global slot → the job of the host ready first → spawn fetch → repeat
-         beside it: the feeder (claims, retries due, leases), the recorder (batched commits)
-    stop: no more claims; in-flight requests get FETCHER_SHUTDOWN_GRACE, then are cancelled;
-          outcomes are committed; whatever is left goes back to `queued`.
+run: lifecycle (signals, READY … STOPPING) around
+     loop: take a global slot → the job of the host ready first → spawn fetch → repeat
+     beside it: the feeder (claims, retries due, leases), the recorder (batched commits)
+stop: no more claims; in-flight requests get FETCHER_SHUTDOWN_GRACE, then are cancelled;
+      outcomes are committed; whatever is left goes back to `queued`.
 """
 
 from __future__ import annotations
@@ -126,7 +126,9 @@ class Service:
             await self._step(job)
         except Exception as exc:
             _log.exception("job.crashed", job=job.id, url=job.url)
-            outcome = Outcome(job.id, JobState.FAILED, job.attempts + 1, error=f"internal error: {exc!r}")
+            outcome = Outcome(
+                job.id, JobState.FAILED, job.attempts + 1, error=f"internal error: {exc!r}"
+            )
             outcome.exchanges = self._exchanges.pop(job.id, [])
             self._settle(job, outcome)
 

@@ -99,7 +99,8 @@ def results(
     since: float | None = None,
     limit: int | None = None,
 ) -> Iterator[dict[str, Any]]:
-    clauses, params = [], []
+    clauses: list[str] = []
+    params: list[object] = []
     if state:
         clauses.append("state = ?")
         params.append(state)
@@ -196,7 +197,9 @@ def render_table(rows: Sequence[dict[str, Any]], console: Console) -> None:
 
 def render_csv(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(
+        out, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n"
+    )
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()

@@ -114,7 +114,9 @@ class Store:
                     (self.owner, now + lease_s, now, host, n),
                 )
                 rows = sorted(await cursor.fetchall())
-                jobs.extend(Job(i, url, h, attempts, parse_url(url)) for i, url, h, attempts in rows)
+                jobs.extend(
+                    Job(i, url, h, attempts, parse_url(url)) for i, url, h, attempts in rows
+                )
         return jobs
 
     async def promote_due(self) -> int:
@@ -170,7 +172,8 @@ class Store:
                 (now + lease_s, self.owner),
             )
             await db.execute(
-                "DELETE FROM daemons WHERE heartbeat_at < ? AND id <> ?", (now - lease_s, self.owner)
+                "DELETE FROM daemons WHERE heartbeat_at < ? AND id <> ?",
+                (now - lease_s, self.owner),
             )
             cursor = await db.execute(
                 "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL,"
@@ -296,7 +299,7 @@ class Store:
                     " WHERE finished_at < ? LIMIT ?) RETURNING job_id, body_sha256",
                     (before, batch),
                 )
-                rows = await cursor.fetchall()
+                rows = list(await cursor.fetchall())
                 await db.executemany(
                     "DELETE FROM jobs WHERE id = ? AND state IN ('done', 'failed')",
                     [(row[0],) for row in rows],

@@ -6,6 +6,8 @@ abstract socket when it starts with '@'). Without `NOTIFY_SOCKET` every call doe
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 from collections.abc import Mapping
 
@@ -21,7 +23,7 @@ class Notifier:
             self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         usec = environ.get("WATCHDOG_USEC", "")
         pid = environ.get("WATCHDOG_PID", "")
-        mine = not pid or (pid.isdigit() and int(pid) == _getpid())
+        mine = not pid or (pid.isdigit() and int(pid) == os.getpid())
         self.watchdog_s = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 and mine else None
 
     @property
@@ -34,18 +36,10 @@ class Notifier:
         if self._socket is None:
             return
         message = "\n".join(f"{key}={value}" for key, value in fields.items())
-        try:
+        with contextlib.suppress(OSError):
             self._socket.sendto(message.encode(), self._address)
-        except OSError:
-            pass
 
     def close(self) -> None:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
-
-
-def _getpid() -> int:
-    import os
-
-    return os.getpid()

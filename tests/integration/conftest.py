@@ -55,7 +55,9 @@ class Fetcher:
         for name, value in variables.items():
             self.env[f"FETCHER_{name.upper()}"] = str(value)
 
-    def cli(self, *args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, stdin: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "fetcher", *args],
             input=stdin, capture_output=True, text=True, env=self.env, timeout=timeout,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+from typing import Any
 
 import pytest
 
@@ -92,7 +93,7 @@ def test_resets_truncation_and_bad_headers_are_errors_and_the_daemon_survives(
     assert_counters_match(fetcher, origin)
 
 
-def _events(stderr: str) -> list[dict[str, object]]:
+def _events(stderr: str) -> list[dict[str, Any]]:
     import json
 
     return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]

@@ -96,9 +96,7 @@ def test_many_slow_hosts_fill_a_small_global_cap(fetcher: Fetcher, origin: Origi
     assert elapsed < ideal + 2.5  # process start-up and the drain poll included
 
 
-def test_sighup_changes_a_hosts_rate_in_a_running_daemon(
-    fetcher: Fetcher, origin: Origin
-) -> None:
+def test_sighup_changes_a_hosts_rate_in_a_running_daemon(fetcher: Fetcher, origin: Origin) -> None:
     """A rewritten hosts file, then SIGHUP: the host speeds up without a restart."""
     hosts = fetcher.workdir / "hosts.toml"
     hosts.write_text(f'[hosts."{origin.host()}"]\nrate = 2\n')
@@ -116,9 +114,7 @@ def test_sighup_changes_a_hosts_rate_in_a_running_daemon(
     assert any(e["event"] == "hosts.reloaded" for e in fetcher.log_of())
 
 
-def test_a_bad_hosts_file_on_reload_keeps_the_old_limits(
-    fetcher: Fetcher, origin: Origin
-) -> None:
+def test_a_bad_hosts_file_on_reload_keeps_the_old_limits(fetcher: Fetcher, origin: Origin) -> None:
     """A broken file on SIGHUP is logged and ignored; the daemon keeps fetching."""
     hosts = fetcher.workdir / "hosts.toml"
     hosts.write_text(f'[hosts."{origin.host()}"]\nrate = 20\n')

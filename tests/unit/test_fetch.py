@@ -121,7 +121,9 @@ async def test_gzip_bomb_is_stopped_at_the_cap(router: respx.Router, tmp_path: P
     assert hop.refused is not None and "exceeds" in hop.refused.reason
 
 
-async def test_user_agent_and_accept_encoding_are_sent(router: respx.Router, tmp_path: Path) -> None:
+async def test_user_agent_and_accept_encoding_are_sent(
+    router: respx.Router, tmp_path: Path
+) -> None:
     """Requests carry FETCHER_USER_AGENT and the encodings we can decode under the cap."""
     route = router.get("http://example.com/ua").mock(return_value=httpx.Response(200))
     await make_fetcher(router, tmp_path, user_agent="probe/1").fetch(

@@ -25,7 +25,7 @@ class Clock:
 def test_token_bucket_allows_burst_then_rate() -> None:
     """Burst b at once after idle, then one request every 1/rate seconds."""
     host = HostLimiter(HostLimits(rate=2.0, burst=3, concurrency=100))
-    starts = []
+    starts: list[float] = []
     now = 0.0
     while len(starts) < 9:
         now = host.ready_at(now)
@@ -39,7 +39,8 @@ def test_token_bucket_allows_burst_then_rate() -> None:
 def test_no_one_second_window_exceeds_rate_plus_burst(rate: float, burst: int) -> None:
     """Over any one-second window a host receives at most rate + burst requests."""
     host = HostLimiter(HostLimits(rate=rate, burst=burst, concurrency=1000))
-    starts, now = [], 0.0
+    starts: list[float] = []
+    now = 0.0
     for _ in range(200):
         now = host.ready_at(now)
         host.start(now)

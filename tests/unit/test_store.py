@@ -54,9 +54,14 @@ async def test_locked_record_loses_no_update(tmp_path: Path) -> None:
     counts = await store.counts()
     await store.close()
     assert row["requests"] == TASKS
-    assert row["status_2xx"] + row["status_3xx"] + row["status_4xx"] + row["status_5xx"] + row[
-        "errors"
-    ] == TASKS
+    assert (
+        row["status_2xx"]
+        + row["status_3xx"]
+        + row["status_4xx"]
+        + row["status_5xx"]
+        + row["errors"]
+        == TASKS
+    )
     assert row["errors"] == TASKS // 5 and row["bytes"] == 10 * TASKS
     assert row["latency_max_ms"] == 5.0 + TASKS - 2  # the largest with a response (i=198)
     assert counts["done"] + counts["failed"] == TASKS and counts["running"] == 0
