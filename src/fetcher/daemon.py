@@ -62,7 +62,9 @@ async def _run(settings: Settings, overrides: dict, *, drain: bool, progress: bo
     bodies = BodyStore(settings.bodies_path) if settings.bodies_path else None
     fetcher = Fetcher(settings, build_client(settings, guard), guard, bodies)
     notifier = Notifier(os.environ)
-    service = Service(settings, store, fetcher, drain=drain, overrides=overrides, notifier=notifier)
+    service = Service(
+        settings, store, fetcher, drain=drain, overrides=overrides, notifier=notifier, bodies=bodies
+    )
     shown = asyncio.create_task(_show_progress(store)) if progress else None
     try:
         await service.run()

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fetcher.bodies import BodyStore
 from fetcher.config import HostLimits, Settings, load_hosts_file
 from fetcher.errors import ConfigError
 from fetcher.fetch import Fetcher, Hop
@@ -35,6 +36,7 @@ __all__ = ["Service", "Summary"]
 _log = get_logger("fetcher.service")
 _WALK_HOSTS = 64
 _IDLE_POLL_S = 0.5
+_PRUNE_EVERY_S = 600.0
 
 
 @dataclass(slots=True)
@@ -60,6 +62,7 @@ class Service:
         drain: bool = False,
         overrides: Mapping[str, HostLimits] | None = None,
         notifier: Notifier | None = None,
+        bodies: BodyStore | None = None,
         install_signal_handlers: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -68,6 +71,7 @@ class Service:
         self._fetcher = fetcher
         self._drain = drain
         self._notifier = notifier or Notifier({})
+        self._bodies = bodies
         self._install_signals = install_signal_handlers
         self._clock = clock
         self._limits = Limits(
@@ -252,8 +256,12 @@ class Service:
         idle host meters are refreshed."""
         heartbeat_s = self._settings.lease_s / 4
         last_heartbeat = self._clock()
+        last_prune = -math.inf
         while not self._stopping.is_set():
             await asyncio.sleep(0.25)
+            if self._clock() - last_prune >= _PRUNE_EVERY_S:
+                last_prune = self._clock()
+                await self._prune()
             if await self._store.promote_due():
                 self._settled.set()
             if self._clock() - last_heartbeat >= heartbeat_s:
@@ -263,6 +271,19 @@ class Service:
                     _log.warning("jobs.reclaimed", jobs=reclaimed, why="lease expired")
                 self._limits.forget_idle()
                 self._notifier.notify(STATUS=await self._status_line())
+
+    async def _prune(self) -> None:
+        """FETCHER_RETENTION_DAYS: old results, finished jobs, minute rows and the bodies no
+        result names any more go, a batch per transaction; cumulative counters stay."""
+        days = self._settings.retention_days
+        if days <= 0:
+            return
+        deleted, orphans = await self._store.prune(time.time() - days * 86400)
+        if self._bodies is not None:
+            for sha in orphans:
+                self._bodies.path_for(sha).unlink(missing_ok=True)
+        if deleted or orphans:
+            _log.info("retention.pruned", rows=deleted, bodies=len(orphans), days=days)
 
     async def _watchdog(self, interval_s: float) -> None:
         """WATCHDOG=1 from the event loop itself: a loop that stops turning stops the pings."""

@@ -94,3 +94,25 @@ async def test_claims_walk_hosts_and_leases_expire(tmp_path: Path) -> None:
     assert (await other.counts())["queued"] == 9
     await other.close()
     await store.close()
+
+
+async def test_prune_removes_old_results_and_minutes_but_never_counters(tmp_path: Path) -> None:
+    """Retention deletes old results, finished jobs and minute rows, names bodies no result
+    uses any more, and leaves the cumulative counters alone."""
+    store = await Store.open(tmp_path / "f.db")
+    await store.submit([parse_url(f"http://h.example/{i}") for i in range(4)])
+    jobs = await store.claim([("h.example", 4)], lease_s=60)
+    old = Exchange("h.example", 200, 1, 1.0, 100.0)
+    outcomes = [
+        Outcome(j.id, JobState.DONE, 1, status=200, body_sha256=f"sha{i % 2}", exchanges=[old])
+        for i, j in enumerate(jobs)
+    ]
+    await store.record(outcomes)
+    await store._db.execute("UPDATE results SET finished_at = 0 WHERE job_id IN (1, 3)")
+    deleted, orphans = await store.prune(before=500.0)
+    assert orphans == ["sha0"]  # sha1 is still named by the results of jobs 2 and 4
+    assert deleted == 2 + 1  # two results, one minute row (at t=100 s)
+    cursor = await store._db.execute("SELECT requests FROM host_stats")
+    assert await cursor.fetchone() == (4,)
+    assert (await store.counts())["done"] == 2
+    await store.close()
