@@ -68,8 +68,10 @@ async def test_locked_record_loses_no_update(tmp_path: Path) -> None:
 
 
 async def test_submit_does_not_queue_an_active_url_twice(tmp_path: Path) -> None:
-    """A URL already queued, retrying or running is not queued again; a finished one may be."""
+    """A URL already queued, retrying or running is not queued again; a finished one may be.
+    The database file is readable by its owner only."""
     store = await Store.open(tmp_path / "f.db")
+    assert (tmp_path / "f.db").stat().st_mode & 0o077 == 0
     url = parse_url("http://h.example/a")
     assert await store.submit([url, url]) == 1
     assert await store.submit([url]) == 0
