@@ -84,7 +84,6 @@ class Limits:
         # held until that request's outcome is known; waiting for a host never holds one
         # for a host that is not ready (the scheduler hands out the host ready first).
         self.slots = asyncio.Semaphore(max_concurrency)
-        self.max_concurrency = max_concurrency
         self._defaults = defaults
         self._overrides = dict(overrides)
         self._clock = clock

@@ -18,9 +18,6 @@ class JobState(StrEnum):
     FAILED = "failed"
 
 
-ACTIVE_STATES = (JobState.QUEUED, JobState.RETRYING, JobState.RUNNING)
-
-
 @dataclass(slots=True)
 class Job:
     """A claimed job. `target` is the hop being fetched: the URL, or where it redirected."""

@@ -129,14 +129,6 @@ class Store:
             )
             return cursor.rowcount
 
-    async def next_due_at(self) -> float | None:
-        async with self._lock:
-            cursor = await self._db.execute(
-                "SELECT min(next_attempt_at) FROM jobs WHERE state = 'retrying'"
-            )
-            row = await cursor.fetchone()
-        return None if row is None else row[0]
-
     async def register(self) -> int:
         """Announce this daemon and take back what dead daemons of this database held:
         those on this machine whose process is gone, and any whose lease has run out."""
@@ -179,17 +171,6 @@ class Store:
                 "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL,"
                 " updated_at = ? WHERE state = 'running' AND lease_owner <> ? AND lease_until < ?",
                 (now, self.owner, now),
-            )
-            return cursor.rowcount
-
-    async def release(self, jobs: Iterable[Job]) -> int:
-        """Put jobs this daemon holds back in the queue, attempts unchanged (shutdown)."""
-        now = time.time()
-        async with self._transaction() as db:
-            cursor = await db.executemany(
-                "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL,"
-                " updated_at = ? WHERE id = ? AND state = 'running' AND lease_owner = ?",
-                ((now, job.id, self.owner) for job in jobs),
             )
             return cursor.rowcount
 
