@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import re
 import sqlite3
@@ -120,13 +121,8 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     lines: Iterable[str] = args.urls
     if args.file:
         stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
-        lines = _chain(args.urls, _url_lines(stream))
+        lines = itertools.chain(args.urls, _url_lines(stream))
     return asyncio.run(_submit(settings, lines))
-
-
-def _chain(first: Iterable[str], second: Iterable[str]) -> Iterator[str]:
-    yield from first
-    yield from second
 
 
 def _url_lines(stream: TextIO) -> Iterator[str]:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from rich.console import Console
@@ -18,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fetcher import __version__
 from fetcher.bodies import BodyStore
-from fetcher.config import Settings, load_hosts_file
+from fetcher.config import HostLimits, Settings, load_hosts_file
 from fetcher.demo import Origin
 from fetcher.fetch import Fetcher, build_client
 from fetcher.guard import Guard
@@ -46,7 +47,9 @@ def run_daemon(settings: Settings, *, drain: bool, progress: bool) -> int:
     return 0
 
 
-async def _run(settings: Settings, overrides: dict, *, drain: bool, progress: bool) -> None:  # type: ignore[type-arg]
+async def _run(
+    settings: Settings, overrides: Mapping[str, HostLimits], *, drain: bool, progress: bool
+) -> None:
     _log.info(
         "service.starting",
         version=__version__,

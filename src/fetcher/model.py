@@ -28,6 +28,7 @@ class Job:
     attempts: int  # attempts made before the current one
     target: Target
     hops: int = 0
+    exchanges: list[Exchange] = field(default_factory=list)  # this attempt's requests so far
 
 
 @dataclass(frozen=True, slots=True)

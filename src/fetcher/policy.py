@@ -61,7 +61,7 @@ def decide(
         return Decision(outcome=_final(job, hop, JobState.FAILED, hop.refused.reason))
     status = hop.status
     if status is None:
-        return _retry(job, hop, settings, now, rand, hop.error or "no response")
+        return _retry(job, hop, settings, now, rand, hop.error or "no response", 0.0)
     if status in _FOLLOWED and hop.location:
         try:
             target = join_redirect(hop.target.url, hop.location)
@@ -71,12 +71,12 @@ def decide(
             return Decision(outcome=_final(job, hop, JobState.FAILED, "too many redirects"))
         return Decision(follow=target)
     if status in (408, 429) or status >= 500:
-        decision = _retry(job, hop, settings, now, rand, f"HTTP {status}")
+        asked = None
         if status in (429, 503):
-            decision.pause_s = retry_after_delay(
-                hop.retry_after, now=now, max_s=settings.retry_after_max
-            )
-            decision.throttled = status == 429 and decision.pause_s is None
+            asked = retry_after_delay(hop.retry_after, now=now, max_s=settings.retry_after_max)
+        decision = _retry(job, hop, settings, now, rand, f"HTTP {status}", asked or 0.0)
+        decision.pause_s = asked
+        decision.throttled = status == 429 and asked is None
         return decision
     return Decision(outcome=_final(job, hop, JobState.DONE, None))
 
@@ -97,7 +97,13 @@ def _final(job: Job, hop: Hop, state: JobState, error: str | None) -> Outcome:
 
 
 def _retry(
-    job: Job, hop: Hop, settings: Settings, now: float, rand: Callable[[], float], reason: str
+    job: Job,
+    hop: Hop,
+    settings: Settings,
+    now: float,
+    rand: Callable[[], float],
+    reason: str,
+    least_delay_s: float,
 ) -> Decision:
     attempts = job.attempts + 1
     if attempts >= settings.max_attempts:
@@ -106,9 +112,7 @@ def _retry(
     delay = backoff_delay(
         attempts, base_s=settings.backoff_base, max_s=settings.backoff_max, rand=rand
     )
-    if hop.status in (429, 503):
-        asked = retry_after_delay(hop.retry_after, now=now, max_s=settings.retry_after_max)
-        delay = max(delay, asked or 0.0)
+    delay = max(delay, least_delay_s)
     outcome = Outcome(
         job.id,
         JobState.RETRYING,

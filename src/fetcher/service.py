@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import signal
 import time
@@ -25,7 +26,7 @@ from fetcher.errors import ConfigError
 from fetcher.fetch import Fetcher, Hop
 from fetcher.limits import Limits
 from fetcher.log import get_logger
-from fetcher.model import Exchange, Job, JobState, Outcome
+from fetcher.model import Job, JobState, Outcome
 from fetcher.policy import decide, exchanges_of
 from fetcher.scheduler import Scheduler
 from fetcher.store import Store
@@ -84,7 +85,6 @@ class Service:
         self._held: Counter[str] = Counter()
         self._max_held = max(8 * settings.max_concurrency, 512)
         self._outcomes: list[Outcome] = []
-        self._exchanges: dict[int, list[Exchange]] = {}
         self._flush_now = asyncio.Event()
         self._grace_timer: asyncio.TimerHandle | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -133,15 +133,13 @@ class Service:
             outcome = Outcome(
                 job.id, JobState.FAILED, job.attempts + 1, error=f"internal error: {exc!r}"
             )
-            outcome.exchanges = self._exchanges.pop(job.id, [])
             self._settle(job, outcome)
 
     async def _step(self, job: Job) -> None:
         hop = await self._fetcher.fetch(job.target)
         now = time.time()
         exchanges = exchanges_of(hop, now)
-        job_exchanges = self._exchanges.setdefault(job.id, [])
-        job_exchanges.extend(exchanges)
+        job.exchanges.extend(exchanges)
         self.summary.requests += len(exchanges)
         self._log_hop(job, hop)
         decision = decide(job, hop, self._settings, now=now)
@@ -152,7 +150,6 @@ class Service:
             self._scheduler.add(job)
             return
         assert decision.outcome is not None
-        decision.outcome.exchanges = self._exchanges.pop(job.id)
         self._settle(job, decision.outcome)
 
     # -- limits the hosts ask for -------------------------------------------------------------
@@ -174,6 +171,7 @@ class Service:
     # -- recording ----------------------------------------------------------------------------
 
     def _settle(self, job: Job, outcome: Outcome) -> None:
+        outcome.exchanges, job.exchanges = job.exchanges, []
         self._outcomes.append(outcome)
         self._flush_now.set()
         self._held[job.host] -= 1
@@ -345,20 +343,10 @@ class Service:
             await self._flush()
             self.summary.requeued = await self._store.release_all()
             await self._store.unregister()
-            _log.info("service.stopped", **self._summary_fields())
+            _log.info("service.stopped", **dataclasses.asdict(self.summary))
 
     def _start(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._background.append(asyncio.create_task(coro, name=name))
-
-    def _summary_fields(self) -> dict[str, int]:
-        s = self.summary
-        return {
-            "done": s.done,
-            "failed": s.failed,
-            "retried": s.retried,
-            "requests": s.requests,
-            "requeued": s.requeued,
-        }
 
     def stop(self, why: str = "stop") -> None:
         """Stop claiming; in-flight requests get the shutdown grace, then are cancelled."""

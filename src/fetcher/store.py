@@ -10,6 +10,7 @@ process writes). Claims and outcomes are batched: no request costs a round trip 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import sqlite3
@@ -322,6 +323,4 @@ def _alive(pid: int) -> bool:
 
 
 def _json_list(items: Iterable[str]) -> str:
-    import json
-
     return json.dumps(list(items))
