@@ -15,6 +15,7 @@ from typing import IO
 __all__ = ["BodySink", "BodyStore"]
 
 _SPILL_BYTES = 256 * 1024
+_KNOWN_MAX = 100_000
 
 
 class BodyStore:
@@ -24,12 +25,35 @@ class BodyStore:
         self.root = root
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         (root / "tmp").mkdir(mode=0o700, exist_ok=True)
+        self._tmp = str(root / "tmp")
+        self._known: set[str] = set()  # digests filed by this process: no stat() for repeats
 
     def sink(self) -> BodySink:
         return BodySink(self)
 
     def path_for(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256
+
+    def file(self, digest: str, data: bytes | None, spilled: str | None) -> None:
+        """Put a body under its digest, from memory or from its spill file; once per digest."""
+        if digest in self._known:
+            if spilled is not None:
+                os.unlink(spilled)
+            return
+        final = os.path.join(self.root, digest[:2], digest)
+        if os.path.exists(final):
+            if spilled is not None:
+                os.unlink(spilled)
+        else:
+            os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)
+            if spilled is None:
+                fd, spilled = tempfile.mkstemp(dir=self._tmp)
+                with os.fdopen(fd, "wb") as out:
+                    out.write(data or b"")
+            os.replace(spilled, final)
+        if len(self._known) >= _KNOWN_MAX:
+            self._known.clear()
+        self._known.add(digest)
 
     def relative(self, sha256: str) -> str:
         return f"{sha256[:2]}/{sha256}"
@@ -60,20 +84,12 @@ class BodySink:
     def commit(self) -> tuple[str, str]:
         """File the body; (sha256, path relative to the body directory)."""
         digest = self._hash.hexdigest()
-        final = self._store.path_for(digest)
         if self._file is not None:
             self._file.close()
-            if final.exists():
-                os.unlink(self._file.name)
-            else:
-                final.parent.mkdir(mode=0o700, exist_ok=True)
-                os.replace(self._file.name, final)
-        elif not final.exists():
-            final.parent.mkdir(mode=0o700, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self._store.root / "tmp")
-            with os.fdopen(fd, "wb") as out:
-                out.write(self._buffer)
-            os.replace(tmp, final)
+            self._store.file(digest, None, self._file.name)
+            self._file = None
+        else:
+            self._store.file(digest, bytes(self._buffer), None)
         return digest, self._store.relative(digest)
 
     def discard(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import itertools
 import json
 import re
@@ -12,26 +11,31 @@ import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any, TextIO
 
 from fetcher import __version__, stats
-from fetcher.config import Settings, describe, load_hosts_file, load_settings
-from fetcher.errors import ConfigError, InvalidURL
-from fetcher.schema import SCHEMA_VERSION
-from fetcher.urls import Target, parse_url
+from fetcher.errors import ConfigError
+from fetcher.locations import database_path
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from fetcher.config import Settings
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 78
-_SUBMIT_CHUNK = 50_000
+_SUBMIT_CHUNK = 100_000
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        if args.read_only:  # stats, status, results: only the database is needed
+            return int(args.command(args, args.db or database_path(args.env_file)))
+        from fetcher.config import load_settings
+
         settings = load_settings(args.env_file)
         if args.db is not None:
             settings = settings.model_copy(update={"db": args.db})
@@ -56,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fetcher {__version__}")
     parser.add_argument("--env-file", type=Path, help="read FETCHER_* variables from this file")
     parser.add_argument("--db", type=Path, help="the database (overrides FETCHER_DB)")
+    parser.set_defaults(read_only=False)
     sub = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="the daemon, in the foreground")
@@ -78,18 +83,18 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--watch", action="store_true", help="refresh in place every 2 s")
     st.add_argument("--since", help="with --by minute: how far back (30m, 1h, 2d)")
     st.add_argument("--by", choices=["minute"], help="per-minute series instead of totals")
-    st.set_defaults(command=cmd_stats)
+    st.set_defaults(command=cmd_stats, read_only=True)
 
     status = sub.add_parser("status", help="the queue by state and current throughput")
     status.add_argument("--json", action="store_true")
-    status.set_defaults(command=cmd_status)
+    status.set_defaults(command=cmd_status, read_only=True)
 
     res = sub.add_parser("results", help="finished jobs, one JSON object a line")
     res.add_argument("--state", choices=["done", "failed"])
     res.add_argument("--host", help="host glob")
     res.add_argument("--since", help="finished within this long (30m, 1h, 2d)")
     res.add_argument("--limit", type=int)
-    res.set_defaults(command=cmd_results)
+    res.set_defaults(command=cmd_results, read_only=True)
 
     config = sub.add_parser("config", help="the effective configuration and its sources")
     config.add_argument("--json", action="store_true")
@@ -115,6 +120,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
     if not args.urls and not args.file:
         print("fetcher submit: give URLs or -f FILE", file=sys.stderr)
         return EXIT_USAGE
@@ -134,26 +141,33 @@ def _url_lines(stream: TextIO) -> Iterator[str]:
 
 
 async def _submit(settings: Settings, lines: Iterable[str]) -> int:
+    import asyncio
+
+    from fetcher.errors import InvalidURL
     from fetcher.store import Store
+    from fetcher.urls import Target, parse_url
 
     store = await Store.open(settings.db_path)
     accepted = rejected = offered = 0
+    inserting: asyncio.Task[int] | None = None  # the last chunk goes in while the next is read
     try:
         chunk: list[Target] = []
-        for raw in lines:
-            try:
-                chunk.append(parse_url(raw))
-            except InvalidURL as exc:
-                rejected += 1
-                print(f"rejected: {_printable(raw)}: {exc.reason}", file=sys.stderr)
-                continue
-            if len(chunk) >= _SUBMIT_CHUNK:
-                accepted += await store.submit(chunk)
+        for raw in itertools.chain(lines, [None]):
+            if raw is not None:
+                try:
+                    chunk.append(parse_url(raw))
+                except InvalidURL as exc:
+                    rejected += 1
+                    print(f"rejected: {_printable(raw)}: {exc.reason}", file=sys.stderr)
+                    continue
+            if len(chunk) >= _SUBMIT_CHUNK or (raw is None and chunk):
+                if inserting is not None:
+                    accepted += await inserting
+                inserting = asyncio.create_task(store.submit(chunk))
                 offered += len(chunk)
                 chunk = []
-        if chunk:
-            accepted += await store.submit(chunk)
-            offered += len(chunk)
+        if inserting is not None:
+            accepted += await inserting
     finally:
         await store.close()
     duplicates = offered - accepted
@@ -170,9 +184,14 @@ def _printable(raw: str) -> str:
 # -- read side ------------------------------------------------------------------------------
 
 
-def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
-    db = stats.open_readonly(settings.db_path)
-    console = Console() if sys.stdout.isatty() else Console(width=160)
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def cmd_stats(args: argparse.Namespace, path: Path) -> int:
+    db = stats.open_readonly(path)
     if args.by == "minute" or args.since:
         since = time.time() - _duration(args.since or "1h")
         rows = stats.minute_series(db, since=since, host=args.host)
@@ -181,7 +200,7 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
         elif args.csv:
             sys.stdout.write(stats.render_csv(rows, list(rows[0]) if rows else ["host"]))
         else:
-            stats.render_series(rows, since, time.time(), console)
+            stats.render_series(rows, since, time.time(), _console())
         return EXIT_OK
     try:
         rows = stats.host_stats(db, host=args.host, sort=args.sort)
@@ -193,9 +212,9 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
     elif args.csv:
         sys.stdout.write(stats.render_csv(rows, stats.STAT_FIELDS))
     elif args.watch:
-        _watch(db, args, console)
+        _watch(db, args, _console())
     else:
-        stats.render_table(rows, console)
+        stats.render_table(rows, _console())
     return EXIT_OK
 
 
@@ -217,8 +236,8 @@ def _watch(db: sqlite3.Connection, args: argparse.Namespace, console: Console) -
             live.update(frame())
 
 
-def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    db = stats.open_readonly(settings.db_path)
+def cmd_status(args: argparse.Namespace, path: Path) -> int:
+    db = stats.open_readonly(path)
     summary = stats.status(db)
     if args.json:
         print(json.dumps(summary))
@@ -228,8 +247,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
-    db = stats.open_readonly(settings.db_path)
+def cmd_results(args: argparse.Namespace, path: Path) -> int:
+    db = stats.open_readonly(path)
     since = time.time() - _duration(args.since) if args.since else None
     out = sys.stdout
     for row in stats.results(db, state=args.state, host=args.host, since=since, limit=args.limit):
@@ -238,6 +257,9 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    from fetcher.config import describe, load_hosts_file
+    from fetcher.schema import SCHEMA_VERSION
+
     rows = describe(settings, args.env_file)
     if settings.hosts_file is not None:
         load_hosts_file(settings.hosts_file, settings.default_limits)  # validate it too

@@ -19,11 +19,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fetcher import __version__
 from fetcher.errors import ConfigError
+from fetcher.locations import ENV_FILE_VARIABLE, default_database, env_file_from_environment
 
 __all__ = ["HostLimits", "Settings", "describe", "load_hosts_file", "load_settings"]
 
 ENV_PREFIX = "FETCHER_"
-ENV_FILE_VARIABLE = "FETCHER_ENV_FILE"
 
 
 class Settings(BaseSettings):
@@ -92,9 +92,7 @@ class Settings(BaseSettings):
     def _defaults_from_db(self) -> Settings:
         db = self.db
         if db is None:
-            state_dir = os.environ.get("STATE_DIRECTORY")
-            base = Path(state_dir.split(":")[0]) if state_dir else Path("var")
-            db = base / "fetcher.db"
+            db = default_database()
             object.__setattr__(self, "db", db)
         if self.body_dir is None:
             object.__setattr__(self, "body_dir", db.parent / "bodies")
@@ -127,18 +125,13 @@ class HostLimits:
 
 def load_settings(env_file: Path | None = None) -> Settings:
     """Build the settings from the environment and the env file; `ConfigError` if one is wrong."""
-    env_file = env_file or _env_file_from_environment()
+    env_file = env_file or env_file_from_environment()
     if env_file is not None and not env_file.is_file():
         raise ConfigError(f"{ENV_FILE_VARIABLE}: {env_file} is not a readable file")
     try:
         return Settings(_env_file=env_file)
     except ValidationError as exc:
         raise ConfigError(_first_error(exc)) from None
-
-
-def _env_file_from_environment() -> Path | None:
-    value = os.environ.get(ENV_FILE_VARIABLE)
-    return Path(value) if value else None
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -154,7 +147,7 @@ def _first_error(exc: ValidationError) -> str:
 
 def describe(settings: Settings, env_file: Path | None = None) -> list[tuple[str, Any, str]]:
     """Each variable with its effective value and where it came from."""
-    env_file = env_file or _env_file_from_environment()
+    env_file = env_file or env_file_from_environment()
     from_file = {k.upper(): v for k, v in dotenv_values(env_file).items()} if env_file else {}
     rows = []
     for field in Settings.model_fields:

@@ -21,7 +21,7 @@ from fetcher import __version__
 from fetcher.bodies import BodyStore
 from fetcher.config import HostLimits, Settings, load_hosts_file
 from fetcher.demo import Origin
-from fetcher.fetch import Fetcher, build_client
+from fetcher.fetch import Fetcher, build_transport
 from fetcher.guard import Guard
 from fetcher.log import configure_logging, get_logger
 from fetcher.service import Service
@@ -63,7 +63,7 @@ async def _run(
     store = await Store.open(settings.db_path)
     guard = Guard(allow_private=settings.allow_private)
     bodies = BodyStore(settings.bodies_path) if settings.bodies_path else None
-    fetcher = Fetcher(settings, build_client(settings, guard), guard, bodies)
+    fetcher = Fetcher(settings, build_transport(settings, guard), guard, bodies)
     notifier = Notifier(os.environ)
     service = Service(
         settings, store, fetcher, drain=drain, overrides=overrides, notifier=notifier, bodies=bodies

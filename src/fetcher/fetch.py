@@ -1,8 +1,11 @@
 """One hop of a job on the wire: guard → send → read the body under a deadline and a cap.
 
 The only module that speaks HTTP. It uses httpx's API over aiohttp's transport (httpx's own
-transport slows down as concurrency grows: encode/httpx#3215); `build_client` takes any
-transport, which is where the unit tests put respx. Library errors become one-line reasons here.
+transport slows down as concurrency grows: encode/httpx#3215). Requests go straight to the
+transport, httpx.Request in, httpx.Response out: no client layer, so no cookie jar carries one
+job's cookies into another's request, and no per-request cost for features a fetcher does not
+use. Any transport will do, which is where the unit tests put respx. Library errors become
+one-line reasons here.
 
     guard.check (resolve, refuse non-public, pin)
       → client.send (connect to the pinned address; a middleware counts every send and checks
@@ -33,7 +36,7 @@ from fetcher.errors import BlockedDestination, BodyTooLarge, Refused
 from fetcher.guard import Guard, blocked_reason
 from fetcher.urls import Target
 
-__all__ = ["Fetcher", "Hop", "build_client"]
+__all__ = ["Fetcher", "Hop", "build_transport"]
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _sends: ContextVar[list[int]] = ContextVar("fetcher_sends")
@@ -103,41 +106,48 @@ def _middleware(allow_private: bool) -> Any:
     return count_and_check
 
 
-def build_client(
-    settings: Settings, guard: Guard, transport: httpx.AsyncBaseTransport | None = None
-) -> httpx.AsyncClient:
-    """The HTTP client: aiohttp's transport pinned to the guard's addresses, unless a test
-    passes its own `transport`."""
-    if transport is None:
+def build_transport(settings: Settings, guard: Guard) -> httpx.AsyncBaseTransport:
+    """aiohttp's transport, connecting only to the addresses the guard approved."""
 
-        def session() -> aiohttp.ClientSession:
-            connector = aiohttp.TCPConnector(
-                limit=0, use_dns_cache=False, resolver=_PinnedResolver(guard), keepalive_timeout=30
-            )
-            return aiohttp.ClientSession(
-                connector=connector,
-                trust_env=False,
-                auto_decompress=False,
-                middlewares=(_middleware(settings.allow_private),),
-            )
+    def session() -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=0, use_dns_cache=False, resolver=_PinnedResolver(guard), keepalive_timeout=30
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            trust_env=False,
+            auto_decompress=False,
+            middlewares=(_middleware(settings.allow_private),),
+        )
 
-        transport = AiohttpTransport(client=session, trust_env=False)
-    return httpx.AsyncClient(
-        transport=transport,
-        trust_env=False,
-        follow_redirects=False,
-        timeout=httpx.Timeout(settings.timeout, connect=settings.connect_timeout),
-        headers={"User-Agent": settings.user_agent, "Accept-Encoding": ACCEPT_ENCODING},
-    )
+    transport: httpx.AsyncBaseTransport = AiohttpTransport(client=session, trust_env=False)
+    return transport
 
 
 class Fetcher:
     """Fetches one hop of a job."""
 
     def __init__(
-        self, settings: Settings, client: httpx.AsyncClient, guard: Guard, bodies: BodyStore | None
+        self,
+        settings: Settings,
+        transport: httpx.AsyncBaseTransport,
+        guard: Guard,
+        bodies: BodyStore | None,
     ) -> None:
-        self._client = client
+        self._transport = transport
+        self._headers = {
+            "User-Agent": settings.user_agent,
+            "Accept": "*/*",
+            "Accept-Encoding": ACCEPT_ENCODING,
+        }
+        self._extensions = {
+            "timeout": {
+                "connect": settings.connect_timeout,
+                "read": settings.timeout,
+                "write": settings.timeout,
+                "pool": settings.timeout,
+            }
+        }
         self._guard = guard
         self._bodies = bodies
         self._check_first = not settings.allow_private
@@ -145,7 +155,7 @@ class Fetcher:
         self._max_body_bytes = settings.max_body_bytes
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()
 
     async def fetch(self, target: Target, *, keep_body: bool = True) -> Hop:
         """Send one GET to `target` and read its response; never raises for the network's sake."""
@@ -175,8 +185,10 @@ class Fetcher:
         return hop
 
     async def _exchange(self, hop: Hop, sink: BodySink | None) -> None:
-        request = self._client.build_request("GET", hop.target.url)
-        response = await self._client.send(request, stream=True)
+        request = httpx.Request(
+            "GET", hop.target.url, headers=self._headers, extensions=self._extensions
+        )
+        response = await self._transport.handle_async_request(request)
         try:
             hop.status = status = response.status_code
             headers = response.headers

@@ -177,6 +177,8 @@ class Service:
         self._held[job.host] -= 1
         if self._held[job.host] <= 0:
             del self._held[job.host]
+            if self._drain and not self._held:
+                self._scheduler.wake()  # perhaps the last job: let the loop check at once
         self._settled.set()
         state = outcome.state
         if state is JobState.DONE:
@@ -297,9 +299,9 @@ class Service:
         )
 
     async def _drained(self) -> bool:
-        if self._in_flight or self._scheduler.pending or self._outcomes or self._held:
+        if self._in_flight or self._scheduler.pending or self._held:
             return False
-        await self._flush()
+        await self._flush()  # the store's lock is FIFO: this also waits for a commit under way
         return await self._store.is_idle()
 
     # -- lifecycle ---------------------------------------------------------------------------

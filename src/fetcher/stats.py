@@ -12,12 +12,12 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from fetcher.schema import BUSY_TIMEOUT_MS
+
+if TYPE_CHECKING:  # rich is imported where a table is drawn: --json and --csv need none of it
+    from rich.console import Console
 
 __all__ = [
     "STAT_FIELDS",
@@ -84,8 +84,8 @@ def status(db: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
         1 - elapsed_in_minute / 60
     )
     result["requests_per_s"] = round(last_60s / 60, 2)
-    oldest = db.execute(
-        "SELECT created_at FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1"
+    oldest = db.execute(  # in id order, not through the (state, host, id) index: see README
+        "SELECT created_at FROM jobs NOT INDEXED WHERE state = 'queued' ORDER BY id LIMIT 1"
     ).fetchone()
     result["oldest_queued_s"] = None if oldest is None else round(now - oldest[0], 1)
     return result
@@ -168,6 +168,8 @@ def success_percent(row: dict[str, Any]) -> str:
 
 
 def render_table(rows: Sequence[dict[str, Any]], console: Console) -> None:
+    from rich.table import Table
+
     table = Table(show_lines=False, header_style="bold", box=None, pad_edge=False)
     for name, justify in (
         ("host", "left"), ("requests", "right"), ("ok %", "right"), ("2xx", "right"),
@@ -215,6 +217,8 @@ def sparkline(values: Sequence[float]) -> str:
 def render_series(
     rows: Sequence[dict[str, Any]], since: float, now: float, console: Console
 ) -> None:
+    from rich.table import Table
+
     """One line per host: requests, errors and average latency per minute as sparklines."""
     first, last = int(since // 60), int(now // 60)
     by_host: dict[str, dict[int, dict[str, Any]]] = {}

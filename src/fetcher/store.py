@@ -24,7 +24,7 @@ import aiosqlite
 
 from fetcher.model import Exchange, Job, JobState, Outcome
 from fetcher.schema import connect_pragmas, migrate, prepare_path
-from fetcher.urls import Target, parse_url
+from fetcher.urls import Target, stored_target
 
 __all__ = ["Store"]
 
@@ -76,13 +76,21 @@ class Store:
     async def submit(self, targets: Iterable[Target]) -> int:
         """Queue `targets`; returns how many were new (one already active is not queued again)."""
         now = time.time()
+        rows = [
+            (t.url, t.host_key, now, now)
+            # host by host (a stable sort keeps each host's order): the index inserts then
+            # touch each page once per batch instead of once per URL
+            for t in sorted(targets, key=_host_key)
+        ]
         async with self._transaction() as db:
             cursor = await db.executemany(
                 "INSERT INTO jobs (url, host, state, created_at, updated_at)"
                 " VALUES (?, ?, 'queued', ?, ?) ON CONFLICT DO NOTHING",
-                ((t.url, t.host_key, now, now) for t in targets),
+                rows,
             )
-            return cursor.rowcount
+            added = cursor.rowcount
+            await db.execute("UPDATE job_counts SET n = n + ? WHERE state = 'queued'", (added,))
+            return added
 
     async def hosts_with_queued(self, after: str, limit: int) -> list[str]:
         """Up to `limit` hosts with queued jobs, in key order after `after` (an index walk)."""
@@ -116,7 +124,7 @@ class Store:
                 )
                 rows = sorted(await cursor.fetchall())
                 jobs.extend(
-                    Job(i, url, h, attempts, parse_url(url)) for i, url, h, attempts in rows
+                    Job(i, url, h, attempts, stored_target(url, h)) for i, url, h, attempts in rows
                 )
         return jobs
 
@@ -299,6 +307,10 @@ class Store:
             if len(rows) < batch:
                 return deleted, orphans
             await asyncio.sleep(0)
+
+
+def _host_key(target: Target) -> str:
+    return target.host_key
 
 
 def _add(row: list[float], e: Exchange) -> None:

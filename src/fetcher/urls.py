@@ -19,7 +19,14 @@ import idna
 
 from fetcher.errors import InvalidURL
 
-__all__ = ["MAX_URL_LENGTH", "Target", "join_redirect", "normalize_host_key", "parse_url"]
+__all__ = [
+    "MAX_URL_LENGTH",
+    "Target",
+    "join_redirect",
+    "normalize_host_key",
+    "parse_url",
+    "stored_target",
+]
 
 MAX_URL_LENGTH = 4096
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -27,6 +34,16 @@ _FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\x9f\u2028\u2029]")
 _ASCII_HOST = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]{0,251}[a-z0-9_.])?")
 _IPV4_PART = re.compile(r"0[xX][0-9a-fA-F]*|[0-9]+")
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+# The common case, already in normal form but for case: parse_url's answer without urlsplit,
+# IDNA or quoting. Anything else (numeric hosts included) takes the full path.
+_PLAIN = re.compile(
+    r"(https?)://([a-z0-9-]+(?:\.[a-z0-9-]+)*)(?::([0-9]{1,5}))?"
+    r"(/[A-Za-z0-9/%:@!$&'()*+,;=._~-]*)?(\?[A-Za-z0-9/?%:@!$&'()*+,;=._~-]*)?",
+    re.IGNORECASE,
+)
+_NUMERIC_LABEL = re.compile(r"[0-9]+|0[xX][0-9a-fA-F]*")
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_DOTTED_QUAD = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 _QUERY_SAFE = _PATH_SAFE + "?"
 
 
@@ -43,6 +60,11 @@ class Target:
 
 def parse_url(raw: str) -> Target:
     """Validate and normalise `raw`; `InvalidURL` says why it is refused."""
+    plain = _PLAIN.fullmatch(raw) if len(raw) <= MAX_URL_LENGTH else None
+    if plain is not None:
+        target = _plain_target(*plain.groups())
+        if target is not None:
+            return target
     if len(raw) > MAX_URL_LENGTH:
         raise InvalidURL(f"longer than {MAX_URL_LENGTH} characters")
     if _FORBIDDEN.search(raw):
@@ -70,6 +92,37 @@ def parse_url(raw: str) -> Target:
     if len(url) > MAX_URL_LENGTH:
         raise InvalidURL(f"longer than {MAX_URL_LENGTH} characters once normalised")
     return Target(url, key, host, port, scheme)
+
+
+def _plain_target(
+    scheme: str, host: str, port_text: str | None, path: str | None, query: str | None
+) -> Target | None:
+    scheme, host = scheme.lower(), host.lower()
+    if _NUMERIC_LABEL.fullmatch(host.rpartition(".")[2]):
+        if not _DOTTED_QUAD.fullmatch(host):
+            return None  # other numeric forms: the WHATWG parser rewrites them
+    elif not _ASCII_HOST.fullmatch(host):
+        return None
+    default = _DEFAULT_PORTS[scheme]
+    port = int(port_text) if port_text else default
+    if not 0 < port < 65536:
+        return None
+    key = host if port == default else f"{host}:{port}"
+    url = f"{scheme}://{key}{path or '/'}{query if query and len(query) > 1 else ''}"
+    return Target(url, key, host, port, scheme)
+
+
+def stored_target(url: str, host_key: str) -> Target:
+    """The Target of a URL `parse_url` already normalised (as the queue stores it), rebuilt
+    without validating it again."""
+    scheme = url[: url.index(":")]
+    if host_key.startswith("["):
+        end = host_key.index("]")
+        host, port_text = host_key[1:end], host_key[end + 2 :]
+    else:
+        host, _, port_text = host_key.partition(":")
+    port = int(port_text) if port_text else _DEFAULT_PORTS[scheme]
+    return Target(url, host_key, host, port, scheme)
 
 
 def join_redirect(base: str, location: str) -> Target:

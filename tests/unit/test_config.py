@@ -49,7 +49,7 @@ def test_wrong_value_exits_78_naming_the_variable(
 ) -> None:
     """A wrong value: exit 78 and one line naming the variable, no traceback."""
     monkeypatch.setenv(name, value)
-    assert main(["status"]) == 78
+    assert main(["config"]) == 78
     err = capsys.readouterr().err
     assert name in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
@@ -73,3 +73,15 @@ def test_hosts_file_overrides_and_errors(tmp_path: Path) -> None:
     bad.write_text("[hosts\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_hosts_file(bad, defaults)
+
+
+def test_read_commands_need_only_the_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """stats/status/results find FETCHER_DB in the env file, and a wrong variable they do not
+    use does not stop them (an operator can look while fixing the configuration)."""
+    env = tmp_path / "fetcher.env"
+    env.write_text(f"FETCHER_DB={tmp_path / 'elsewhere.db'}\n")
+    monkeypatch.setenv("FETCHER_MAX_CONCURRENCY", "lots")
+    assert main(["--env-file", str(env), "status", "--json"]) == 1
+    assert f"no database at {tmp_path / 'elsewhere.db'}" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from respx.models import SideEffectError
 
 from fetcher.bodies import BodyStore
 from fetcher.config import Settings
-from fetcher.fetch import Fetcher, build_client
+from fetcher.fetch import Fetcher
 from fetcher.guard import Guard
 from fetcher.urls import parse_url
 
@@ -37,8 +37,7 @@ class RespxTransport(httpx.AsyncBaseTransport):
 def make_fetcher(router: respx.Router, tmp_path: Path, **overrides: object) -> Fetcher:
     settings = Settings(db=tmp_path / "f.db", allow_private=True, **overrides)  # type: ignore[arg-type]
     guard = Guard(allow_private=True)
-    client = build_client(settings, guard, transport=RespxTransport(router))
-    return Fetcher(settings, client, guard, BodyStore(tmp_path / "bodies"))
+    return Fetcher(settings, RespxTransport(router), guard, BodyStore(tmp_path / "bodies"))
 
 
 @pytest.fixture
@@ -132,3 +131,17 @@ async def test_user_agent_and_accept_encoding_are_sent(
     sent = route.calls.last.request
     assert sent.headers["user-agent"] == "probe/1"
     assert sent.headers["accept-encoding"] == "gzip, deflate, br"
+
+
+async def test_no_cookie_carries_from_one_job_to_another(
+    router: respx.Router, tmp_path: Path
+) -> None:
+    """A cookie one response sets is not sent with the next request (there is no jar)."""
+    router.get("http://example.com/set").mock(
+        return_value=httpx.Response(200, headers={"Set-Cookie": "session=secret; Path=/"})
+    )
+    route = router.get("http://example.com/next").mock(return_value=httpx.Response(200))
+    fetcher = make_fetcher(router, tmp_path)
+    await fetcher.fetch(parse_url("http://example.com/set"))
+    await fetcher.fetch(parse_url("http://example.com/next"))
+    assert "cookie" not in route.calls.last.request.headers

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fetcher.errors import InvalidURL
-from fetcher.urls import MAX_URL_LENGTH, normalize_host_key, parse_url
+from fetcher.urls import MAX_URL_LENGTH, normalize_host_key, parse_url, stored_target
 
 
 @pytest.mark.parametrize(
@@ -86,3 +87,49 @@ def test_host_keys_from_people_are_normalised() -> None:
     assert normalize_host_key("API.Example.com") == "api.example.com"
     assert normalize_host_key("127.0.0.2:8080") == "127.0.0.2:8080"
     assert normalize_host_key("bücher.example") == "xn--bcher-kva.example"
+
+
+@given(
+    st.sampled_from(["http", "https"]),
+    st.sampled_from(["example.com", "127.0.0.2", "[::1]", "xn--bcher-kva.example"]),
+    st.one_of(st.none(), st.integers(1, 65535)),
+)
+def test_stored_target_rebuilds_what_parse_url_made(
+    scheme: str, host: str, port: int | None
+) -> None:
+    """The queue rebuilds a Target from (url, host key) exactly as parse_url made it."""
+    target = parse_url(f"{scheme}://{host}{'' if port is None else f':{port}'}/p?q=1")
+    assert stored_target(target.url, target.host_key) == target
+
+
+_URLISH = st.text(alphabet="hHtTpPsS:/.?#%@0123456789abcxyzXYZ-_~=&+[]é ", max_size=40)
+
+
+@given(st.one_of(_URLISH, st.builds(lambda a, b: f"http://{a}/{b}", _URLISH, _URLISH)))
+@example("HTTP://Example.COM:80/a?b=1")
+@example("https://a-b.example:8443/x/y?")
+@example("http://h.example:0/")
+@example("http://-bad.example/")
+@example("http://127.0.0.2:8080/x")
+@example("http://127.00.0.1/")
+@example("http://1.2.3/")
+@example("http://h.example/%zz;@:&")
+def test_the_fast_path_agrees_with_the_full_parser(raw: str) -> None:
+    """parse_url's shortcut for plain URLs gives exactly what the full parser gives."""
+    from fetcher import urls
+
+    def outcome(parse: object) -> object:
+        try:
+            return parse(raw)  # type: ignore[operator]
+        except InvalidURL as exc:
+            return ("invalid", exc.reason)
+
+    plain = urls._PLAIN.fullmatch(raw)
+    fast = urls._plain_target(*plain.groups()) if plain else None
+    if fast is not None:
+        saved = urls._PLAIN
+        urls._PLAIN = re.compile(r"(?!)")  # the full path only
+        try:
+            assert outcome(urls.parse_url) == fast
+        finally:
+            urls._PLAIN = saved
