@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format install-service clean
+.PHONY: demo test lint format bench bench-smoke install-service clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,13 +19,20 @@ test: lint  ## lint, then the whole test suite
 	$(BIN)/pytest
 
 lint: $(STAMP)  ## ruff (lint and format) and mypy --strict
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix src tests
-	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench
+
+bench: $(STAMP)  ## throughput against the bare loops and Scrapy, politeness, scale (see BENCHMARKS.md)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python bench/run.py --scale
+
+bench-smoke: $(STAMP)  ## the benchmark at tiny sizes: does it still run
+	$(BIN)/python bench/run.py --smoke --scale
 
 install-service:  ## install fetcher as a systemd service (as root)
 	sh config/install.sh

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+import resource
 import sqlite3
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from fetcher.demo import Origin
 from fetcher.fetch import Fetcher, build_transport
 from fetcher.guard import Guard
 from fetcher.log import configure_logging, get_logger
+from fetcher.metrics import Metrics
 from fetcher.service import Service
 from fetcher.store import Store
 from fetcher.systemd import Notifier
@@ -36,6 +38,7 @@ _log = get_logger("fetcher.daemon")
 def run_daemon(settings: Settings, *, drain: bool, progress: bool) -> int:
     """`fetcher run`: exit 0 after a clean stop (or a finished drain), 1 on a failure."""
     configure_logging(settings.log_format, settings.log_level)
+    _raise_open_files_limit()
     overrides = (
         load_hosts_file(settings.hosts_file, settings.default_limits) if settings.hosts_file else {}
     )
@@ -45,6 +48,15 @@ def run_daemon(settings: Settings, *, drain: bool, progress: bool) -> int:
         _log.error("service.failed", error=str(exc))
         return 1
     return 0
+
+
+def _raise_open_files_limit() -> None:
+    """Idle keep-alive connections to many hosts are many open files: take the hard limit
+    (systemd's default soft limit is 1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 async def _run(
@@ -65,8 +77,22 @@ async def _run(
     bodies = BodyStore(settings.bodies_path) if settings.bodies_path else None
     fetcher = Fetcher(settings, build_transport(settings, guard), guard, bodies)
     notifier = Notifier(os.environ)
+    metrics = Metrics(settings.metrics_addr) if settings.metrics_addr else None
+    if metrics is not None:
+        _log.info("metrics.serving", addr=settings.metrics_addr, loopback=metrics.loopback)
+        if not metrics.loopback:
+            _log.warning(
+                "metrics.exposed", addr=settings.metrics_addr, why="not a loopback address"
+            )
     service = Service(
-        settings, store, fetcher, drain=drain, overrides=overrides, notifier=notifier, bodies=bodies
+        settings,
+        store,
+        fetcher,
+        drain=drain,
+        overrides=overrides,
+        notifier=notifier,
+        bodies=bodies,
+        metrics=metrics,
     )
     shown = asyncio.create_task(_show_progress(store)) if progress else None
     try:
@@ -77,6 +103,8 @@ async def _run(
         await fetcher.aclose()
         await store.close()
         notifier.close()
+        if metrics is not None:
+            metrics.close()
 
 
 async def _show_progress(store: Store) -> None:

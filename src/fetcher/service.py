@@ -26,6 +26,7 @@ from fetcher.errors import ConfigError
 from fetcher.fetch import Fetcher, Hop
 from fetcher.limits import Limits
 from fetcher.log import get_logger
+from fetcher.metrics import Metrics
 from fetcher.model import Job, JobState, Outcome
 from fetcher.policy import decide, exchanges_of
 from fetcher.scheduler import Scheduler
@@ -64,6 +65,7 @@ class Service:
         overrides: Mapping[str, HostLimits] | None = None,
         notifier: Notifier | None = None,
         bodies: BodyStore | None = None,
+        metrics: Metrics | None = None,
         install_signal_handlers: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -73,6 +75,7 @@ class Service:
         self._drain = drain
         self._notifier = notifier or Notifier({})
         self._bodies = bodies
+        self._metrics = metrics
         self._install_signals = install_signal_handlers
         self._clock = clock
         self._limits = Limits(
@@ -215,6 +218,9 @@ class Service:
             self._outcomes[:0] = batch  # keep them: the next flush tries again
             _log.exception("store.record_failed", outcomes=len(batch))
             await asyncio.sleep(1.0)
+            return
+        if self._metrics is not None:
+            self._metrics.count(e for outcome in batch for e in outcome.exchanges)
 
     # -- feeding the scheduler ----------------------------------------------------------------
 
@@ -257,8 +263,12 @@ class Service:
         heartbeat_s = self._settings.lease_s / 4
         last_heartbeat = self._clock()
         last_prune = -math.inf
+        ticks = 0
         while not self._stopping.is_set():
             await asyncio.sleep(0.25)
+            ticks += 1
+            if self._metrics is not None and ticks % 4 == 0:
+                self._metrics.queue(await self._store.counts())
             if self._clock() - last_prune >= _PRUNE_EVERY_S:
                 last_prune = self._clock()
                 await self._prune()
@@ -314,6 +324,9 @@ class Service:
             loop.add_signal_handler(signal.SIGINT, self.stop, "SIGINT")
             loop.add_signal_handler(signal.SIGHUP, self.reload_hosts)
         reclaimed = await self._store.register()
+        if self._metrics is not None:
+            self._metrics.in_flight.set_function(lambda: len(self._in_flight))
+            self._metrics.queue(await self._store.counts())
         self._start(self._feeder(), "feeder")
         self._start(self._recorder(), "recorder")
         self._start(self._housekeeper(), "housekeeper")

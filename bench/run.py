@@ -1,0 +1,415 @@
+"""`make bench`: fetcher against the bare loops, its politeness, and its scale, on loopback.
+
+    throughput   nginx (or the demo origin) pinned to core 0, each client pinned to core 1;
+                 for 1 and 16 hosts, interleaved repetitions of: `fetcher run --drain` (fresh
+                 database, URLs submitted beforehand), the bare httpx + Semaphore loop with httpx's
+                 default transport, the same over the aiohttp transport fetcher uses, and Scrapy
+                 when it is installed. Requests/s is URLs / wall time of the client's process.
+    politeness   achieved rate and the worst one-second window for one host at a set rate; the
+                 head-of-line scenario (11 hosts x 20 URLs at 2/s each, global cap 4).
+    scale        (--scale) submit of 1,000,000 URLs over 10,000 hosts; the daemon's RSS with them
+                 queued and at 10k / 100k done; status and stats query times meanwhile.
+
+Prints Markdown; BENCHMARKS.md keeps the figures of a run with the command that made them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from fetcher import __version__, stats
+from fetcher.demo import Origin
+
+HERE = Path(__file__).parent
+PORT = 18080
+SCALE_PORT = 18081
+ADDRESSES = [f"127.0.0.{i}" for i in range(2, 18)]
+BODY = "x" * 1023
+
+
+def pinned(core: int) -> list[str]:
+    """`taskset -c CORE` where the machine has two cores and taskset; nothing otherwise."""
+    if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+        return ["taskset", "-c", str(core)]
+    return []
+
+
+# -- the origin -------------------------------------------------------------------------------
+
+
+class Nginx:
+    """nginx from Debian's packages, one worker, a 1 kB answer on 16 loopback addresses."""
+
+    def __init__(self, workdir: Path, scale: bool) -> None:
+        listens = [f"listen {a}:{PORT};" for a in ADDRESSES]
+        if scale:  # 10,000 host keys: 127.0.x.y, reachable through the wildcard address
+            listens.append(f"listen {SCALE_PORT};")
+        self.conf = workdir / "nginx.conf"
+        self.conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off;
+  keepalive_requests 100000000;
+  keepalive_timeout 120s;
+  server {{
+    {" ".join(listens)}
+    location / {{ default_type text/plain; return 200 "{BODY}\\n"; }}
+  }}
+}}
+""")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def available() -> bool:
+        if shutil.which("nginx"):
+            return True
+        if os.geteuid() == 0 and shutil.which("apt-get"):
+            quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+            subprocess.run(["apt-get", "update", "-qq"], check=False, **quiet)  # type: ignore[call-overload]
+            subprocess.run(  # type: ignore[call-overload]
+                ["apt-get", "install", "-y", "-qq", "nginx-light"],
+                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+                check=False,
+                **quiet,
+            )
+        return shutil.which("nginx") is not None
+
+    def __enter__(self) -> Nginx:
+        nginx = shutil.which("nginx") or "nginx"
+        self.proc = subprocess.Popen(
+            [*pinned(0), nginx, "-c", str(self.conf), "-p", str(self.conf.parent)]
+        )
+        wait_for(f"http://{ADDRESSES[0]}:{PORT}/")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+class FallbackOrigin:
+    """The demo origin (aiohttp) in a process of its own on core 0, when nginx is not to be had.
+    It is slower than nginx: every client's figure is lower, the ratios still compare them."""
+
+    def __enter__(self) -> FallbackOrigin:
+        code = (
+            "import time; from fetcher.demo import Origin; "
+            f"o = Origin({ADDRESSES!r}, {PORT}).start(); time.sleep(86400)"
+        )
+        self.proc = subprocess.Popen([*pinned(0), sys.executable, "-c", code])
+        wait_for(f"http://{ADDRESSES[0]}:{PORT}/ok/")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def wait_for(url: str, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"the origin did not answer at {url}")
+
+
+# -- throughput -------------------------------------------------------------------------------
+
+
+def fetcher_env(db: Path, **variables: object) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FETCHER_")}
+    env |= {"FETCHER_DB": str(db), "FETCHER_ALLOW_PRIVATE": "true", "FETCHER_LOG_FORMAT": "json"}
+    env |= {f"FETCHER_{k.upper()}": str(v) for k, v in variables.items()}
+    return env
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> float:
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+    started = time.perf_counter()
+    subprocess.run(cmd, env=env, stdout=out, stderr=out, check=True)
+    elapsed = time.perf_counter() - started
+    if log:
+        out.close()  # type: ignore[union-attr]
+    return elapsed
+
+
+def run_fetcher(urls: Path, concurrency: int, workdir: Path) -> float:
+    db = workdir / "bench.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    shutil.rmtree(workdir / "bodies", ignore_errors=True)
+    env = fetcher_env(db, max_concurrency=concurrency, host_concurrency=concurrency, host_rate=0)
+    fetcher = [sys.executable, "-m", "fetcher"]
+    subprocess.run([*fetcher, "submit", "-f", str(urls)], env=env, check=True, capture_output=True)
+    elapsed = timed([*pinned(1), *fetcher, "run", "--drain"], env, workdir / "fetcher.log")
+    done = stats.status(stats.open_readonly(db))["done"]
+    if done != count_lines(urls):
+        raise RuntimeError(f"fetcher finished {done} of {count_lines(urls)} jobs")
+    return elapsed
+
+
+def timed_client(cmd: list[str], urls: Path) -> float:
+    """Run a baseline client; it prints how many 200s it got, which must be every URL."""
+    started = time.perf_counter()
+    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=True)
+    elapsed = time.perf_counter() - started
+    got, wanted = int(result.stdout.split()[-1]), count_lines(urls)
+    if got != wanted:
+        raise RuntimeError(f"{cmd[-3:]} got {got} answers of {wanted}")
+    return elapsed
+
+
+def run_bare(transport: str) -> Callable[[Path, int, Path], float]:
+    def run(urls: Path, concurrency: int, workdir: Path) -> float:
+        script = str(HERE / "bare.py")
+        cmd = [*pinned(1), sys.executable, script, transport, str(concurrency), str(urls)]
+        return timed_client(cmd, urls)
+
+    return run
+
+
+def run_scrapy(urls: Path, concurrency: int, workdir: Path) -> float:
+    script = str(HERE / "scrapy_spider.py")
+    return timed_client([*pinned(1), sys.executable, script, str(concurrency), str(urls)], urls)
+
+
+def count_lines(path: Path) -> int:
+    with path.open() as f:
+        return sum(1 for _ in f)
+
+
+def throughput(workdir: Path, n: int, concurrency: int, reps: int) -> list[str]:
+    clients: dict[str, Callable[[Path, int, Path], float]] = {
+        "fetcher run --drain": run_fetcher,
+        "bare httpx (default transport)": run_bare("default"),
+        "bare httpx over httpx-aiohttp": run_bare("aiohttp"),
+    }
+    try:
+        import scrapy  # noqa: F401
+
+        clients["Scrapy"] = run_scrapy
+    except ImportError:
+        pass
+    lines = [
+        f"### Throughput: {n:,} URLs, C={concurrency}, 1 kB answers, median of {reps}",
+        "",
+        "| hosts | client | req/s (median) | runs | fetcher ÷ client |",
+        "|---|---|---|---|---|",
+    ]
+    for hosts in (1, 16):
+        urls = workdir / f"urls-{hosts}.txt"
+        urls.write_text("".join(f"http://{ADDRESSES[i % hosts]}:{PORT}/{i}\n" for i in range(n)))
+        rates: dict[str, list[float]] = {name: [] for name in clients}
+        for _ in range(reps):  # interleaved: machine noise falls on every client alike
+            for name, run in clients.items():
+                rates[name].append(n / run(urls, concurrency, workdir))
+        ours = statistics.median(rates["fetcher run --drain"])
+        for name, values in rates.items():
+            median = statistics.median(values)
+            runs = ", ".join(f"{v:,.0f}" for v in values)
+            lines.append(f"| {hosts} | {name} | {median:,.0f} | {runs} | {ours / median:.2f} |")
+        print("\n".join(lines[-len(clients) :]), flush=True)
+    return lines
+
+
+# -- politeness -------------------------------------------------------------------------------
+
+
+def politeness(workdir: Path, smoke: bool) -> list[str]:
+    lines = ["### Politeness", ""]
+    fetcher = [sys.executable, "-m", "fetcher"]
+    n, rate = (40, 20) if smoke else (600, 20)
+    with Origin(ADDRESSES[:12], 0) as origin:
+        db = workdir / "rate.db"
+        env = fetcher_env(db, host_rate=rate, host_burst=1, host_concurrency=8)
+        urls = "\n".join(origin.url(f"ok/{i}") for i in range(n))
+        subprocess.run(
+            [*fetcher, "submit", "-f", "-"],
+            input=urls.encode(),
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        timed([*fetcher, "run", "--drain"], env, workdir / "rate.log")
+        arrivals = sorted(origin.stats.arrivals[origin.host()])
+        achieved = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+        worst = max(sum(1 for u in arrivals[i:] if u <= t + 1.0) for i, t in enumerate(arrivals))
+        lines += [
+            f"- Rate precision, one host at {rate}/s, burst 1, {n} URLs: achieved"
+            f" {achieved:.2f}/s ({100 * (achieved / rate - 1):+.2f} %), worst one-second window"
+            f" {worst} requests (limit rate + burst = {rate + 1}).",
+        ]
+        origin.reset_stats()
+        db = workdir / "hol.db"
+        per_host = 5 if smoke else 20
+        env = fetcher_env(db, host_rate=2, host_burst=1, max_concurrency=4)
+        urls = "\n".join(origin.url(f"ok/{i}", h) for h in range(11) for i in range(per_host))
+        subprocess.run(
+            [*fetcher, "submit", "-f", "-"],
+            input=urls.encode(),
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        wall = timed([*fetcher, "run", "--drain"], env, workdir / "hol.log")
+        every = [t for ts in origin.stats.arrivals.values() for t in ts]
+        ideal = (per_host - 1) / 2
+        lines += [
+            f"- Head-of-line: 11 hosts x {per_host} URLs at 2/s each, global cap 4: requests span"
+            f" {max(every) - min(every):.2f} s (ideal {ideal:.1f} s), `run --drain` wall"
+            f" {wall:.2f} s (process start and exit included).",
+        ]
+    print("\n".join(lines), flush=True)
+    return lines
+
+
+# -- scale ------------------------------------------------------------------------------------
+
+
+def rss_kb(pid: int, field: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def scale(workdir: Path, smoke: bool) -> list[str]:
+    n, hosts = (20_000, 1_000) if smoke else (1_000_000, 10_000)
+    urls = workdir / "scale.txt"
+    with urls.open("w") as f:
+        for i in range(n):
+            h = i % hosts
+            f.write(f"http://127.0.{h // 250}.{2 + h % 250}:{SCALE_PORT}/item/{i}\n")
+    db = workdir / "scale.db"
+    env = fetcher_env(db, max_concurrency=64, host_concurrency=4, host_rate=0)
+    fetcher = [sys.executable, "-m", "fetcher"]
+    submit_s = timed([*fetcher, "submit", "-f", str(urls)], env)
+    lines = [
+        "### Scale",
+        "",
+        f"- `fetcher submit -f` of {n:,} URLs over {hosts:,} hosts: {submit_s:.1f} s.",
+    ]
+    log = open(workdir / "scale.log", "wb")  # noqa: SIM115
+    daemon = subprocess.Popen([*pinned(1), *fetcher, "run"], env=env, stdout=log, stderr=log)
+    reader = stats.open_readonly(db)
+    marks: dict[int, int] = {}
+    queries: list[tuple[float, float]] = []
+    cli: list[float] = []
+    peak_queued_rss = 0
+    deadline = time.monotonic() + (60 if smoke else 240)
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            t0 = time.perf_counter()
+            summary = stats.status(reader)
+            t1 = time.perf_counter()
+            stats.host_stats(reader)
+            t2 = time.perf_counter()
+            queries.append(((t1 - t0) * 1000, (t2 - t1) * 1000))
+            if len(cli) < 5:
+                cli.append(timed([*fetcher, "status", "--json"], env) * 1000)
+            rss = rss_kb(daemon.pid)
+            if summary["done"] < 1000:
+                peak_queued_rss = max(peak_queued_rss, rss)
+            for mark in (10_000, 100_000):
+                if summary["done"] >= mark and mark not in marks:
+                    marks[mark] = rss
+            if 100_000 in marks or (smoke and summary["queued"] == 0):
+                break
+        hwm = rss_kb(daemon.pid, "VmHWM")
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
+        log.close()
+    status_ms = statistics.median(q[0] for q in queries)
+    stats_ms = statistics.median(q[1] for q in queries)
+    lines += [
+        f"- Daemon RSS with the queue full (first 1,000 jobs): {peak_queued_rss / 1024:.0f} MB;"
+        f" peak over the run (VmHWM): {hwm / 1024:.0f} MB.",
+        "- RSS at "
+        + ", ".join(f"{mark:,} done: {kb / 1024:.0f} MB" for mark, kb in sorted(marks.items()))
+        + ".",
+        f"- While the daemon runs: status query {status_ms:.1f} ms, stats query ({hosts:,} hosts)"
+        f" {stats_ms:.1f} ms (medians of {len(queries)}); whole `fetcher status --json` process"
+        f" {statistics.median(cli):.0f} ms (median of {len(cli)}).",
+    ]
+    print("\n".join(lines), flush=True)
+    return lines
+
+
+# -- main -------------------------------------------------------------------------------------
+
+
+def machine() -> list[str]:
+    versions = []
+    for package in ("httpx", "httpx-aiohttp", "aiohttp", "aiosqlite", "structlog", "scrapy"):
+        try:
+            from importlib.metadata import version
+
+            versions.append(f"{package} {version(package)}")
+        except Exception:  # noqa: S112 - an optional package that is not installed
+            continue
+    return [
+        f"- Machine: {platform.machine()}, {os.cpu_count()} cores, Python"
+        f" {platform.python_version()}, SQLite {sqlite3.sqlite_version}, fetcher {__version__}.",
+        f"- Versions: {', '.join(versions)}.",
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: does it still run")
+    parser.add_argument("--urls", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--scale", action="store_true", help="also the million-job figures")
+    parser.add_argument("--only", choices=["throughput", "politeness", "scale"])
+    args = parser.parse_args()
+    if args.smoke:
+        args.urls, args.reps = 500, 1
+    workdir = Path(tempfile.mkdtemp(prefix="fetcher-bench-"))
+    report = ["## `" + " ".join(["make bench", *sys.argv[1:]]) + "`", "", *machine()]
+    use_nginx = Nginx.available()
+    origin_name = "nginx" if use_nginx else "the demo origin (nginx could not be installed)"
+    report.append(f"- Origin: {origin_name}, on core 0; clients on core 1.")
+    print("\n".join(report), flush=True)
+    origin = Nginx(workdir, args.scale) if use_nginx else FallbackOrigin()
+    with origin:
+        if args.only in (None, "throughput"):
+            report += ["", *throughput(workdir, args.urls, args.concurrency, args.reps)]
+        if args.only in (None, "scale") and (args.scale or args.only == "scale"):
+            if not use_nginx:
+                raise SystemExit("the scale run needs nginx (the wildcard address)")
+            report += ["", *scale(workdir, args.smoke)]
+    if args.only in (None, "politeness"):
+        report += ["", *politeness(workdir, args.smoke)]
+    out = HERE / "out"
+    out.mkdir(exist_ok=True)
+    (out / "latest.md").write_text("\n".join(report) + "\n")
+    print(f"\n(written to {out / 'latest.md'}; work files in {workdir})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""The stats database as a product: formats agree, filters and sorting, the minute series,
+retention while fetching, the metrics endpoint, reads while the daemon writes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import signal
+import socket
+import sqlite3
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from fetcher.demo import Origin
+
+from .conftest import Fetcher, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def _run_mix(fetcher: Fetcher, origin: Origin) -> None:
+    fetcher.set(max_attempts=2)
+    kinds = ["ok", "status/404", "status/500", "redirect/1", "reset", "large/200000"]
+    fetcher.submit([origin.url(f"{kinds[n % 6]}/{n}", n % 3) for n in range(36)])
+    fetcher.drain()
+
+
+def test_table_json_and_csv_agree_and_filters_sort(fetcher: Fetcher, origin: Origin) -> None:
+    """The three formats show the same numbers; --host globs and --sort order them."""
+    _run_mix(fetcher, origin)
+    rows = list(fetcher.stats().values())
+    as_csv = list(csv.DictReader(io.StringIO(fetcher.cli("stats", "--csv").stdout)))
+    assert [r["host"] for r in as_csv] == [r["host"] for r in rows]
+    for j, c in zip(rows, as_csv, strict=True):
+        for key in ("requests", "status_2xx", "status_5xx", "errors", "bytes"):
+            assert str(j[key]) == c[key]
+    table = fetcher.cli("stats").stdout
+    for row in rows:
+        line = next(line for line in table.splitlines() if line.startswith(row["host"]))
+        assert f"{row['requests']:,}" in line.split()
+    one = fetcher.cli("stats", "--json", "--host", f"*.{origin.addresses[1].split('.')[-1]}:*")
+    assert [r["host"] for r in json.loads(one.stdout)] == [origin.host(1)]
+    by_host = fetcher.cli("stats", "--json", "--sort", "host").stdout
+    hosts = [r["host"] for r in json.loads(by_host)]
+    assert hosts == sorted(hosts)
+    bad = fetcher.cli("stats", "--sort", "nonsense")
+    assert bad.returncode == 2 and "cannot sort by" in bad.stderr
+
+
+def test_minute_series_sums_to_the_counters(fetcher: Fetcher, origin: Origin) -> None:
+    """Per host, the per-minute rows add up to the cumulative counters."""
+    _run_mix(fetcher, origin)
+    rows = fetcher.stats()
+    series = json.loads(fetcher.cli("stats", "--since", "1h", "--json").stdout)
+    for host, row in rows.items():
+        minutes = [m for m in series if m["host"] == host]
+        for key in ("requests", "status_2xx", "status_3xx", "status_4xx", "status_5xx", "errors",
+                    "bytes"):  # fmt: skip
+            assert sum(m[key] for m in minutes) == row[key], (host, key)
+    chart = fetcher.cli("stats", "--since", "1h", "--by", "minute").stdout
+    assert origin.host(0) in chart
+
+
+def test_retention_prunes_old_rows_while_fetching(fetcher: Fetcher, origin: Origin) -> None:
+    """Old results, jobs, minute rows and unreferenced bodies go; new ones and the cumulative
+    counters stay; the daemon fetches meanwhile."""
+    fetcher.submit([origin.url(f"ok/old-{n}") for n in range(5)])
+    fetcher.drain()
+    before = fetcher.stats()[origin.host()]["requests"]
+    db = sqlite3.connect(fetcher.db)
+    with db:
+        db.execute("UPDATE results SET finished_at = finished_at - 40 * 86400")
+        db.execute("UPDATE host_minutes SET minute = minute - 40 * 1440")
+    db.close()
+    fetcher.set(retention_days=30)
+    fetcher.submit([origin.url(f"slow/100/new-{n}") for n in range(10)])
+    fetcher.drain()
+    results = fetcher.results()
+    assert sorted(r["url"].rsplit("/", 1)[1] for r in results) == [f"new-{n}" for n in range(10)]
+    assert fetcher.stats()[origin.host()]["requests"] == before + 10
+    db = sqlite3.connect(fetcher.db)
+    assert db.execute("SELECT count(*) FROM jobs").fetchone() == (10,)
+    assert db.execute("SELECT min(minute) FROM host_minutes").fetchone()[0] > time.time() // 60 - 60
+    db.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _scrape(port: int) -> dict[tuple[str, str | None, str | None], float]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    return {
+        (s.name, s.labels.get("host", s.labels.get("state")), s.labels.get("class")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_endpoint_agrees_with_the_stats_view(fetcher: Fetcher, origin: Origin) -> None:
+    """The Prometheus counters equal host_stats once the daemon has committed its batches;
+    the CLI reads the database while the daemon writes it."""
+    port = _free_port()
+    fetcher.set(metrics_addr=f"127.0.0.1:{port}", max_attempts=2)
+    kinds = ["ok", "status/404", "status/503", "reset", "slow/50"]
+    fetcher.submit([origin.url(f"{kinds[n % 5]}/{n}", n % 2) for n in range(40)])
+    daemon = fetcher.start()
+    assert wait_until(lambda: fetcher.status()["done"] + fetcher.status()["failed"] == 40, 30)
+    stats = fetcher.stats()
+    samples = _scrape(port)
+    for host, row in stats.items():
+        assert samples[("fetcher_requests_total", host, None)] == row["requests"]
+        assert samples.get(("fetcher_errors_total", host, None), 0) == row["errors"]
+        assert samples[("fetcher_response_bytes_total", host, None)] == row["bytes"]
+        for cls in ("2xx", "4xx", "5xx"):
+            value = samples.get(("fetcher_responses_total", host, cls), 0)
+            assert value == row[f"status_{cls}"], (host, cls)
+    assert samples[("fetcher_in_flight", None, None)] == 0
+    done = fetcher.status()["done"]
+    assert wait_until(lambda: _scrape(port).get(("fetcher_queue_jobs", "done", None)) == done, 5)
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(15) == 0
