@@ -9,7 +9,6 @@ from typing import Any
 import scrapy
 from scrapy.crawler import CrawlerProcess
 
-
 RESPONSES = [0]  # 200s received; printed for the benchmark to check
 
 
@@ -19,7 +18,6 @@ class Bench(scrapy.Spider):  # type: ignore[misc,unused-ignore]  # untyped witho
     def __init__(self, urls: list[str], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._urls = urls
-
 
     async def start(self) -> AsyncIterator[scrapy.Request]:
         for url in self._urls:
