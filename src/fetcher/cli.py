@@ -289,6 +289,6 @@ def _duration(text: str) -> float:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from fetcher.daemon import run_demo
+    from fetcher.demo import run_demo
 
     return run_demo(hosts=args.hosts, urls_per_host=args.urls)

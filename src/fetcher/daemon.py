@@ -1,5 +1,4 @@
-"""Putting the daemon together: settings → store, guard, client, limits → `Service.run`.
-Also `fetcher demo`, which runs that daemon, as a subprocess, against the loopback origin."""
+"""Putting the daemon together: settings → store, guard, transport, limits → `Service.run`."""
 
 from __future__ import annotations
 
@@ -8,29 +7,19 @@ import os
 import platform
 import resource
 import sqlite3
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Mapping
-from pathlib import Path
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fetcher import __version__
 from fetcher.bodies import BodyStore
 from fetcher.config import HostLimits, Settings, load_hosts_file
-from fetcher.demo import Origin
 from fetcher.fetch import Fetcher, build_transport
 from fetcher.guard import Guard
 from fetcher.log import configure_logging, get_logger
-from fetcher.metrics import Metrics
 from fetcher.service import Service
 from fetcher.store import Store
 from fetcher.systemd import Notifier
 
-__all__ = ["run_daemon", "run_demo"]
+__all__ = ["run_daemon"]
 
 _log = get_logger("fetcher.daemon")
 
@@ -77,8 +66,11 @@ async def _run(
     bodies = BodyStore(settings.bodies_path) if settings.bodies_path else None
     fetcher = Fetcher(settings, build_transport(settings, guard), guard, bodies)
     notifier = Notifier(os.environ)
-    metrics = Metrics(settings.metrics_addr) if settings.metrics_addr else None
-    if metrics is not None:
+    metrics = None
+    if settings.metrics_addr:
+        from fetcher.metrics import Metrics  # prometheus_client only when asked for
+
+        metrics = Metrics(settings.metrics_addr)
         _log.info("metrics.serving", addr=settings.metrics_addr, loopback=metrics.loopback)
         if not metrics.loopback:
             _log.warning(
@@ -108,6 +100,15 @@ async def _run(
 
 
 async def _show_progress(store: Store) -> None:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     console = Console(stderr=True)
     columns = (
         TextColumn("fetching"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -122,54 +123,3 @@ async def _show_progress(store: Store) -> None:
             detail = f"failed {counts['failed']}, retrying {counts['retrying']}"
             bar.update(task, total=total, completed=finished, detail=detail)
             await asyncio.sleep(0.2)
-
-
-# -- demo ------------------------------------------------------------------------------------
-
-
-def _demo_urls(origin: Origin, hosts: int, per_host: int) -> list[str]:
-    kinds = [
-        "ok", "ok", "ok", "ok", "slow/300", "ok", "limited", "ok", "flaky/1", "status/404",
-        "large/2000000", "redirect/2", "ok", "status/500", "to", "ok",
-    ]  # fmt: skip
-    urls = []
-    for h in range(hosts):
-        for n in range(per_host):
-            kind = kinds[n % len(kinds)]
-            if kind == "to":
-                kind = f"to/{origin.host((h + 1) % hosts)}"
-            urls.append(origin.url(f"{kind}/{n}", h))
-    return urls
-
-
-def run_demo(*, hosts: int, urls_per_host: int) -> int:
-    """Start the origin on 127.0.0.2…, submit a mix of URLs, run `fetcher run --drain` on
-    them, and show the stats table next to what the origin received."""
-    console = Console()
-    addresses = [f"127.0.0.{i + 2}" for i in range(hosts)]
-    workdir = Path(tempfile.mkdtemp(prefix="fetcher-demo-"))
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("FETCHER_")},
-        "FETCHER_DB": str(workdir / "fetcher.db"),
-        "FETCHER_ALLOW_PRIVATE": "true",  # the origin lives on loopback
-        "FETCHER_HOST_RATE": "10",
-        "FETCHER_HOST_BURST": "4",
-        "FETCHER_MAX_ATTEMPTS": "3",
-        "FETCHER_BACKOFF_BASE": "0.2",
-        "FETCHER_LOG_LEVEL": "warning",
-    }
-    fetcher = [sys.executable, "-m", "fetcher"]
-    with Origin(addresses) as origin:
-        console.rule(f"origin on {', '.join(addresses)} port {origin.port}; database {workdir}")
-        urls = "\n".join(_demo_urls(origin, hosts, urls_per_host)) + "\n"
-        subprocess.run([*fetcher, "submit", "-f", "-"], input=urls, text=True, env=env, check=True)
-        started = time.monotonic()
-        subprocess.run([*fetcher, "run", "--drain"], env=env, check=True, timeout=600)
-        elapsed = time.monotonic() - started
-        console.rule(f"drained in {elapsed:.1f} s: fetcher stats")
-        subprocess.run([*fetcher, "stats", "--sort", "host"], env=env, check=True)
-        subprocess.run([*fetcher, "status"], env=env, check=True)
-        received = dict(sorted(origin.stats.requests.items()))
-    console.print("requests the origin received, per host:", received)
-    console.print(f"query it yourself: sqlite3 {workdir}/fetcher.db 'SELECT * FROM host_stats'")
-    return 0

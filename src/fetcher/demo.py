@@ -20,17 +20,23 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from functools import cache
+from pathlib import Path
 
 from aiohttp import web
+from rich.console import Console
 
-__all__ = ["Origin", "OriginStats"]
+__all__ = ["Origin", "OriginStats", "run_demo"]
 
 _BODY = (b"fetcher demo origin. " * 49)[:1024]
 
@@ -233,3 +239,54 @@ def _free_port(addresses: list[str]) -> int:
             continue
         return port
     raise RuntimeError("no port free on every origin address")
+
+
+# -- fetcher demo ---------------------------------------------------------------------------
+
+
+def _demo_urls(origin: Origin, hosts: int, per_host: int) -> list[str]:
+    kinds = [
+        "ok", "ok", "ok", "ok", "slow/300", "ok", "limited", "ok", "flaky/1", "status/404",
+        "large/2000000", "redirect/2", "ok", "status/500", "to", "ok",
+    ]  # fmt: skip
+    urls = []
+    for h in range(hosts):
+        for n in range(per_host):
+            kind = kinds[n % len(kinds)]
+            if kind == "to":
+                kind = f"to/{origin.host((h + 1) % hosts)}"
+            urls.append(origin.url(f"{kind}/{n}", h))
+    return urls
+
+
+def run_demo(*, hosts: int, urls_per_host: int) -> int:
+    """Start the origin on 127.0.0.2…, submit a mix of URLs, run `fetcher run --drain` on
+    them, and show the stats table next to what the origin received."""
+    console = Console()
+    addresses = [f"127.0.0.{i + 2}" for i in range(hosts)]
+    workdir = Path(tempfile.mkdtemp(prefix="fetcher-demo-"))
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FETCHER_")},
+        "FETCHER_DB": str(workdir / "fetcher.db"),
+        "FETCHER_ALLOW_PRIVATE": "true",  # the origin lives on loopback
+        "FETCHER_HOST_RATE": "10",
+        "FETCHER_HOST_BURST": "4",
+        "FETCHER_MAX_ATTEMPTS": "3",
+        "FETCHER_BACKOFF_BASE": "0.2",
+        "FETCHER_LOG_LEVEL": "warning",
+    }
+    fetcher = [sys.executable, "-m", "fetcher"]
+    with Origin(addresses) as origin:
+        console.rule(f"origin on {', '.join(addresses)} port {origin.port}; database {workdir}")
+        urls = "\n".join(_demo_urls(origin, hosts, urls_per_host)) + "\n"
+        subprocess.run([*fetcher, "submit", "-f", "-"], input=urls, text=True, env=env, check=True)
+        started = time.monotonic()
+        subprocess.run([*fetcher, "run", "--drain"], env=env, check=True, timeout=600)
+        elapsed = time.monotonic() - started
+        console.rule(f"drained in {elapsed:.1f} s: fetcher stats")
+        subprocess.run([*fetcher, "stats", "--sort", "host"], env=env, check=True)
+        subprocess.run([*fetcher, "status"], env=env, check=True)
+        received = dict(sorted(origin.stats.requests.items()))
+    console.print("requests the origin received, per host:", received)
+    console.print(f"query it yourself: sqlite3 {workdir}/fetcher.db 'SELECT * FROM host_stats'")
+    return 0

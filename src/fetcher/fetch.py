@@ -38,6 +38,7 @@ from fetcher.urls import Target
 
 __all__ = ["Fetcher", "Hop", "build_transport"]
 
+_KEEPALIVE_S = 5.0
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _sends: ContextVar[list[int]] = ContextVar("fetcher_sends")
 
@@ -111,7 +112,12 @@ def build_transport(settings: Settings, guard: Guard) -> httpx.AsyncBaseTranspor
 
     def session() -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
-            limit=0, use_dns_cache=False, resolver=_PinnedResolver(guard), keepalive_timeout=30
+            limit=0,
+            use_dns_cache=False,
+            resolver=_PinnedResolver(guard),
+            # idle connections are memory and file descriptors: over thousands of hosts, keep
+            # only those a host reuses soon
+            keepalive_timeout=_KEEPALIVE_S,
         )
         return aiohttp.ClientSession(
             connector=connector,
@@ -135,11 +141,9 @@ class Fetcher:
         bodies: BodyStore | None,
     ) -> None:
         self._transport = transport
-        self._headers = {
-            "User-Agent": settings.user_agent,
-            "Accept": "*/*",
-            "Accept-Encoding": ACCEPT_ENCODING,
-        }
+        self._headers = httpx.Headers(
+            {"User-Agent": settings.user_agent, "Accept": "*/*", "Accept-Encoding": ACCEPT_ENCODING}
+        )
         self._extensions = {
             "timeout": {
                 "connect": settings.connect_timeout,

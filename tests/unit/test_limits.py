@@ -50,6 +50,22 @@ def test_no_one_second_window_exceeds_rate_plus_burst(rate: float, burst: int) -
         assert in_window <= rate + burst
 
 
+def test_late_starts_do_not_slow_the_rate_nor_break_the_windows() -> None:
+    """A loop that wakes 3 ms late every time still gets the configured rate, and no window
+    of one second holds more than rate + burst."""
+    host = HostLimiter(HostLimits(rate=20.0, burst=1, concurrency=100))
+    starts: list[float] = []
+    now = 0.0
+    for _ in range(400):
+        now = host.ready_at(now) + 0.003
+        host.start(now)
+        host.finish()
+        starts.append(now)
+    assert (len(starts) - 1) / (starts[-1] - starts[0]) == pytest.approx(20.0, rel=0.001)
+    for i, t in enumerate(starts):
+        assert sum(1 for u in starts[i:] if u <= t + 1.0) <= 20 + 1
+
+
 def test_in_flight_cap_and_pause() -> None:
     """A host at its in-flight cap is not ready; a pause moves its ready time."""
     host = HostLimiter(HostLimits(rate=0, burst=1, concurrency=2))
