@@ -96,6 +96,17 @@ def test_wrong_variable_exits_78_naming_it(fetcher: Fetcher) -> None:
     assert "FETCHER_MAX_CONCURRENCY" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_bad_hosts_file_at_start_exits_78_naming_file_and_key(fetcher: Fetcher) -> None:
+    """A wrong hosts file is a configuration error: exit 78, the file and the key named."""
+    hosts = fetcher.workdir / "hosts.toml"
+    hosts.write_text('[hosts."a.example"]\nconcurrency = 0\n')
+    fetcher.set(hosts_file=hosts)
+    result = fetcher.cli("run")
+    assert result.returncode == 78
+    assert "hosts.toml" in result.stderr and "a.example" in result.stderr
+    assert "concurrency" in result.stderr
+
+
 def test_two_daemons_never_fetch_the_same_job(fetcher: Fetcher, origin: Origin) -> None:
     """Two daemons on one database: every job is fetched once."""
     fetcher.set(max_concurrency=4, host_concurrency=4)

@@ -78,6 +78,18 @@ def test_in_flight_cap_and_pause() -> None:
     assert host.ready_at(1.0) == 5.0
 
 
+def test_429_without_retry_after_pauses_longer_each_time_then_recovers() -> None:
+    """Repeated 429s without Retry-After pause the host twice as long each time; responses
+    that are not 429 bring it back toward its configured pace."""
+    host = HostLimiter(HostLimits(rate=0, burst=1, concurrency=4))
+    pauses = [host.throttle(100.0, base_s=1, max_s=5) for _ in range(4)]
+    assert pauses == [1, 2, 4, 5]
+    assert host.ready_at(100.0) == 105.0
+    for _ in range(4):
+        host.recover()
+    assert host.throttle(200.0, base_s=1, max_s=5) == 1
+
+
 def test_scheduler_hands_out_the_ready_host_first() -> None:
     """A paused host's jobs never stand in front of a ready host's (no head-of-line block)."""
     clock = Clock()
