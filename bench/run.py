@@ -236,22 +236,27 @@ def throughput(workdir: Path, n: int, concurrency: int, reps: int) -> list[str]:
 # -- politeness -------------------------------------------------------------------------------
 
 
+def submit_and_drain(urls: str, env: dict[str, str], log: Path) -> float:
+    """Submit `urls` (one a line), then time `fetcher run --drain` on them."""
+    fetcher = [sys.executable, "-m", "fetcher"]
+    subprocess.run(
+        [*fetcher, "submit", "-f", "-"],
+        input=urls.encode(),
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    return timed([*fetcher, "run", "--drain"], env, log)
+
+
 def politeness(workdir: Path, smoke: bool) -> list[str]:
     lines = ["### Politeness", ""]
-    fetcher = [sys.executable, "-m", "fetcher"]
     n, rate = (40, 20) if smoke else (600, 20)
     with Origin(ADDRESSES[:12], 0) as origin:
         db = workdir / "rate.db"
         env = fetcher_env(db, host_rate=rate, host_burst=1, host_concurrency=8)
         urls = "\n".join(origin.url(f"ok/{i}") for i in range(n))
-        subprocess.run(
-            [*fetcher, "submit", "-f", "-"],
-            input=urls.encode(),
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        timed([*fetcher, "run", "--drain"], env, workdir / "rate.log")
+        submit_and_drain(urls, env, workdir / "rate.log")
         arrivals = sorted(origin.stats.arrivals[origin.host()])
         achieved = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
         worst = max(sum(1 for u in arrivals[i:] if u <= t + 1.0) for i, t in enumerate(arrivals))
@@ -265,14 +270,7 @@ def politeness(workdir: Path, smoke: bool) -> list[str]:
         per_host = 5 if smoke else 20
         env = fetcher_env(db, host_rate=2, host_burst=1, max_concurrency=4)
         urls = "\n".join(origin.url(f"ok/{i}", h) for h in range(11) for i in range(per_host))
-        subprocess.run(
-            [*fetcher, "submit", "-f", "-"],
-            input=urls.encode(),
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        wall = timed([*fetcher, "run", "--drain"], env, workdir / "hol.log")
+        wall = submit_and_drain(urls, env, workdir / "hol.log")
         every = [t for ts in origin.stats.arrivals.values() for t in ts]
         ideal = (per_host - 1) / 2
         lines += [
