@@ -5,7 +5,9 @@ from __future__ import annotations
 import signal
 import socket
 import time
+from collections import Counter
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -69,11 +71,12 @@ def test_sigterm_during_load_exits_0_within_grace_and_leaves_nothing_running(
     assert fetcher.status()["done"] == 80
 
 
-def test_sigkill_then_restart_finishes_every_job_refetching_only_what_was_in_flight(
+def test_sigkill_then_restart_refetches_only_what_was_not_committed(
     fetcher: Fetcher, origin: Origin
 ) -> None:
-    """After SIGKILL a restarted daemon reclaims the dead one's jobs at once: every job ends
-    done, and the extra requests are at most what was in flight."""
+    """After SIGKILL a restarted daemon reclaims the dead one's jobs at once and every job ends
+    done. What was committed before the kill is never fetched again; what was not (in flight,
+    or finished inside the open commit window) is fetched once more, never twice."""
     fetcher.set(max_concurrency=6, host_concurrency=6)
     urls = [origin.url(f"slow/200/{n}", n % 3) for n in range(60)]
     fetcher.submit(urls)
@@ -81,11 +84,21 @@ def test_sigkill_then_restart_finishes_every_job_refetching_only_what_was_in_fli
     assert wait_until(lambda: sum(origin.stats.requests.values()) >= 15, timeout=15)
     daemon.send_signal(signal.SIGKILL)
     daemon.wait(10)
+    committed = {urlsplit(r["url"]).path for r in fetcher.results()}
+    seen_before = sum(origin.stats.requests.values())
+    assert 0 < len(committed) < seen_before  # killed mid-run, with requests unrecorded
+
     result = fetcher.drain(timeout=60)
     assert "reclaimed" in result.stderr
     status = fetcher.status()
     assert status["done"] == 60 and status["running"] == 0
-    assert sum(origin.stats.requests.values()) - 60 <= 6
+    fetched = Counter[str]()
+    for (_host, path), n in origin.stats.paths.items():
+        fetched[path] += n
+    assert len(fetched) == 60 and max(fetched.values()) <= 2
+    refetched = {path for path, n in fetched.items() if n == 2}
+    assert not refetched & committed
+    assert len(refetched) <= seen_before - len(committed)
 
 
 def test_wrong_variable_exits_78_naming_it(fetcher: Fetcher) -> None:
