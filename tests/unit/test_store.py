@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
+from fetcher import schema
 from fetcher.model import Exchange, JobState, Outcome
 from fetcher.store import Store
 from fetcher.urls import parse_url
@@ -117,4 +119,74 @@ async def test_prune_removes_old_results_and_minutes_but_never_counters(tmp_path
     cursor = await store._db.execute("SELECT requests FROM host_stats")
     assert await cursor.fetchone() == (4,)
     assert (await store.counts())["done"] == 2
+    await store.close()
+
+
+async def test_record_writes_each_outcome_to_its_own_job_and_result(tmp_path: Path) -> None:
+    """A batch goes in as one statement per table: every field lands on its own job and
+    result, retries get no result, and a job whose lease another daemon took is left alone."""
+    store = await Store.open(tmp_path / "f.db")
+    await store.submit([parse_url(f"http://h.example/{i}") for i in range(4)])
+    a, b, c, d = await store.claim([("h.example", 4)], lease_s=60)
+    await store._db.execute("UPDATE jobs SET lease_owner = 'other' WHERE id = ?", (d.id,))
+    await store.record(
+        [
+            Outcome(a.id, JobState.DONE, 1, status=200, bytes=7, latency_ms=1.5,
+                    final_url="http://h.example/a2", body_sha256="s", body_path="p"),
+            Outcome(b.id, JobState.FAILED, 3, error="it's \"broken\" — ünïcode"),
+            Outcome(c.id, JobState.RETRYING, 2, status=503, next_attempt_at=1234.5),
+            Outcome(d.id, JobState.DONE, 1, status=200),
+        ]
+    )  # fmt: skip
+    cursor = await store._db.execute(
+        "SELECT id, state, attempts, next_attempt_at, lease_owner FROM jobs ORDER BY id"
+    )
+    assert list(await cursor.fetchall()) == [
+        (a.id, "done", 1, None, None),
+        (b.id, "failed", 3, None, None),
+        (c.id, "retrying", 2, 1234.5, None),
+        (d.id, "running", 0, None, "other"),
+    ]
+    cursor = await store._db.execute(
+        "SELECT job_id, url, final_url, state, status, bytes, error, attempts, latency_ms,"
+        " body_sha256, body_path FROM results ORDER BY job_id"
+    )
+    assert list(await cursor.fetchall()) == [
+        (a.id, a.url, "http://h.example/a2", "done", 200, 7, None, 1, 1.5, "s", "p"),
+        (b.id, b.url, None, "failed", None, 0, "it's \"broken\" — ünïcode", 3, None, None, None),
+    ]  # fmt: skip
+    assert (await store.counts()) == {
+        "queued": 0, "retrying": 1, "running": 1, "done": 1, "failed": 1
+    }  # fmt: skip
+    await store.close()
+
+
+async def test_a_version_1_database_is_migrated_and_claims_use_the_queued_index(
+    tmp_path: Path,
+) -> None:
+    """Schema migrations run in order on an existing database, its jobs intact; the claim
+    walks the index of queued jobs only."""
+    path = tmp_path / "f.db"
+    with sqlite3.connect(path, isolation_level=None) as db:
+        for statement in schema._split(schema._MIGRATIONS[0]):
+            db.execute(statement)
+        db.execute("PRAGMA user_version = 1")
+        db.execute(
+            "INSERT INTO jobs (url, host, state, created_at, updated_at)"
+            " VALUES ('http://h.example/', 'h.example', 'queued', 0, 0)"
+        )
+        db.execute("UPDATE job_counts SET n = 1 WHERE state = 'queued'")
+    db.close()
+    store = await Store.open(path)
+    cursor = await store._db.execute("PRAGMA user_version")
+    assert await cursor.fetchone() == (schema.SCHEMA_VERSION,)
+    cursor = await store._db.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE state = 'queued' AND host = ?"
+        " ORDER BY id LIMIT 5",
+        ("h.example",),
+    )
+    assert "jobs_queued" in str(await cursor.fetchall())
+    [job] = await store.claim([("h.example", 5)], lease_s=60)
+    assert job.url == "http://h.example/"
+    assert (await store.counts())["running"] == 1
     await store.close()
