@@ -144,14 +144,9 @@ class Fetcher:
         self._headers = httpx.Headers(
             {"User-Agent": settings.user_agent, "Accept": "*/*", "Accept-Encoding": ACCEPT_ENCODING}
         )
-        self._extensions = {
-            "timeout": {
-                "connect": settings.connect_timeout,
-                "read": settings.timeout,
-                "write": settings.timeout,
-                "pool": settings.timeout,
-            }
-        }
+        # Only the connect timeout goes to the transport: the whole-hop deadline below covers
+        # every read, and per-read timers cost aiohttp a timer reschedule per chunk.
+        self._extensions = {"timeout": {"connect": settings.connect_timeout}}
         self._guard = guard
         self._bodies = bodies
         self._check_first = not settings.allow_private
@@ -194,13 +189,9 @@ class Fetcher:
         )
         response = await self._transport.handle_async_request(request)
         try:
-            hop.status = status = response.status_code
-            headers = response.headers
-            if status in _REDIRECTS:
-                hop.location = headers.get("location")
-            if status in (429, 503):
-                hop.retry_after = headers.get("retry-after")
-            decoder = CappedDecoder(headers.get("content-encoding", ""), self._max_body_bytes)
+            hop.status = response.status_code
+            encoding = _read_headers(hop, response.headers.raw)
+            decoder = CappedDecoder(encoding, self._max_body_bytes)
             async for raw in response.aiter_raw():
                 for piece in decoder.feed(raw):
                     if sink is not None:
@@ -213,6 +204,22 @@ class Fetcher:
             await response.aclose()
         if sink is not None and hop.location is None:
             hop.body_sha256, hop.body_path = sink.commit()
+
+
+def _read_headers(hop: Hop, raw: list[tuple[bytes, bytes]]) -> str:
+    """One pass over the raw headers (httpx's Headers.get decodes all of them per call): set
+    the hop's Location and Retry-After (the first of each) where they matter; return every
+    Content-Encoding, in order, as one list (codings split across headers stack too)."""
+    encodings = []
+    for key, value in raw:
+        name = key.lower()
+        if name == b"content-encoding":
+            encodings.append(value.decode("latin-1"))
+        elif name == b"location" and hop.status in _REDIRECTS and hop.location is None:
+            hop.location = value.decode("latin-1")
+        elif name == b"retry-after" and hop.status in (429, 503) and hop.retry_after is None:
+            hop.retry_after = value.decode("latin-1")
+    return ", ".join(encodings)
 
 
 def _reason(exc: BaseException) -> str:

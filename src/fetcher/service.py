@@ -100,7 +100,8 @@ class Service:
 
     async def run(self) -> Summary:
         async with self._lifecycle():
-            while not self._stopping.is_set():
+            drained = self._drain and await self._drained()  # an empty queue ends at once
+            while not drained and not self._stopping.is_set():
                 await self._limits.slots.acquire()
                 job = await self._next_job()
                 if job is None:
@@ -363,7 +364,9 @@ class Service:
             await self._flush()
             self.summary.requeued = await self._store.release_all()
             await self._store.unregister()
-            _log.info("service.stopped", **dataclasses.asdict(self.summary))
+            _log.info(
+                "service.stopped", **dataclasses.asdict(self.summary), peak_rss_kb=_peak_rss_kb()
+            )
 
     def _start(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._background.append(asyncio.create_task(coro, name=name))
@@ -417,3 +420,16 @@ class Service:
             bytes=hop.bytes,
             error=hop.error or (hop.refused.reason if hop.refused else None),
         )
+
+
+def _peak_rss_kb() -> int | None:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, it does not count the
+    parent's memory that a fork carried up to exec). None where /proc is not Linux's."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None

@@ -120,6 +120,26 @@ async def test_gzip_bomb_is_stopped_at_the_cap(router: respx.Router, tmp_path: P
     assert hop.refused is not None and "exceeds" in hop.refused.reason
 
 
+async def test_codings_split_across_headers_stack_and_the_first_location_wins(
+    router: respx.Router, tmp_path: Path
+) -> None:
+    """Two Content-Encoding headers are two codings, decoded in turn (so a bomb cannot hide
+    its second layer in a second header); of two Locations, the first is followed."""
+    body = gzip.compress(gzip.compress(b"b" * 3000))
+    headers = [("content-encoding", "gzip"), ("CONTENT-ENCODING", "gzip")]
+    router.get("http://example.com/two").mock(
+        return_value=httpx.Response(200, content=body, headers=headers)
+    )
+    router.get("http://example.com/moved").mock(
+        return_value=httpx.Response(302, headers=[("Location", "/first"), ("location", "/2nd")])
+    )
+    fetcher = make_fetcher(router, tmp_path)
+    hop = await fetcher.fetch(parse_url("http://example.com/two"))
+    assert (hop.status, hop.bytes, hop.error) == (200, 3000, None)
+    hop = await fetcher.fetch(parse_url("http://example.com/moved"))
+    assert (hop.status, hop.location) == (302, "/first")
+
+
 async def test_user_agent_and_accept_encoding_are_sent(
     router: respx.Router, tmp_path: Path
 ) -> None:
