@@ -166,7 +166,7 @@ class Store:
                 " updated_at = ? WHERE state = 'running' AND (lease_until < ? OR lease_owner"
                 " IN (SELECT value FROM json_each(?)) OR lease_owner NOT IN"
                 " (SELECT id FROM daemons))",
-                (now, now, _json_list(dead)),
+                (now, now, _json_array(dead)),
             )
             return cursor.rowcount
 
@@ -235,7 +235,7 @@ class Store:
                     " WHERE jobs.lease_owner = ?",
                     (
                         now,
-                        _json_rows(
+                        _json_array(
                             (o.job_id, o.final_url, o.state.value, o.status, o.bytes, o.error,
                              o.attempts, o.latency_ms, o.body_sha256, o.body_path)
                             for o in finals
@@ -250,7 +250,7 @@ class Store:
                 f" WHERE jobs.id = {_field(0)} AND jobs.lease_owner = ?",
                 (
                     now,
-                    _json_rows((o.job_id, o.state.value, o.attempts, o.next_attempt_at)
+                    _json_array((o.job_id, o.state.value, o.attempts, o.next_attempt_at)
                                for o in outcomes),
                     self.owner,
                 ),
@@ -263,7 +263,7 @@ class Store:
         cursor = await db.execute(
             f"SELECT host, {', '.join(_COUNTER_FIELDS)} FROM host_counters"
             " WHERE host IN (SELECT value FROM json_each(?))",
-            (_json_list(hosts),),
+            (_json_array(hosts),),
         )
         rows = {row[0]: list(row[1:]) for row in await cursor.fetchall()}
         minutes: dict[tuple[str, int], list[float]] = {}
@@ -355,12 +355,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _json_list(items: Iterable[str]) -> str:
+def _json_array(items: Iterable[object]) -> str:
+    """A batch as one parameter, read back in SQL with json_each."""
     return json.dumps(list(items))
-
-
-def _json_rows(rows: Iterable[tuple[object, ...]]) -> str:
-    return json.dumps(list(rows))
 
 
 def _field(i: int) -> str:
