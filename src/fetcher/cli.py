@@ -147,7 +147,7 @@ async def _submit(settings: Settings, lines: Iterable[str]) -> int:
     from fetcher.store import Store
     from fetcher.urls import Target, parse_url
 
-    store = await Store.open(settings.db_path)
+    store = await Store.open(settings.db_path, cache_mib=32)  # the url index of a big queue
     accepted = rejected = offered = 0
     inserting: asyncio.Task[int] | None = None  # the last chunk goes in while the next is read
     try:

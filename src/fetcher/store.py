@@ -49,7 +49,7 @@ class Store:
         self._lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: Path) -> Store:
+    async def open(cls, path: Path, *, cache_mib: int = 8) -> Store:
         if sqlite3.sqlite_version_info < _MIN_SQLITE:
             raise ConfigError(
                 f"SQLite {sqlite3.sqlite_version} is too old: fetcher needs 3.35 or newer"
@@ -61,7 +61,7 @@ class Store:
             migrate(plain)
         plain.close()
         connection = await aiosqlite.connect(path, isolation_level=None)
-        await connection.executescript(connect_pragmas())
+        await connection.executescript(connect_pragmas(cache_mib))
         return cls(connection, path)
 
     async def close(self) -> None:
