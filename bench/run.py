@@ -327,6 +327,8 @@ def scale(workdir: Path, smoke: bool) -> list[str]:
             queries.append(((t1 - t0) * 1000, (t2 - t1) * 1000))
             if len(cli) < 5:
                 cli.append(timed([*fetcher, "status", "--json"], env) * 1000)
+            if summary["retrying"] or summary["failed"]:  # every request must be answered
+                raise RuntimeError(f"the origin is not answering every request: {summary}")
             rss = rss_kb(daemon.pid)
             if summary["done"] < 1000:
                 peak_queued_rss = max(peak_queued_rss, rss)
@@ -392,11 +394,12 @@ def main() -> int:
     origin_name = "nginx" if use_nginx else "the demo origin (nginx could not be installed)"
     report.append(f"- Origin: {origin_name}, on core 0; clients on core 1.")
     print("\n".join(report), flush=True)
-    origin = Nginx(workdir, args.scale) if use_nginx else FallbackOrigin()
+    with_scale = args.only == "scale" or (args.scale and args.only is None)
+    origin = Nginx(workdir, with_scale) if use_nginx else FallbackOrigin()
     with origin:
         if args.only in (None, "throughput"):
             report += ["", *throughput(workdir, args.urls, args.concurrency, args.reps)]
-        if args.only in (None, "scale") and (args.scale or args.only == "scale"):
+        if with_scale:
             if not use_nginx:
                 raise SystemExit("the scale run needs nginx (the wildcard address)")
             report += ["", *scale(workdir, args.smoke)]
