@@ -84,7 +84,9 @@ def status(db: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
         1 - elapsed_in_minute / 60
     )
     result["requests_per_s"] = round(last_60s / 60, 2)
-    oldest = db.execute(  # in id order, not through the (state, host, id) index: see README
+    # In id order from the start: it stops at the first queued job, past the finished ones
+    # before it (the queued-jobs index is in host order, a walk of every queued job).
+    oldest = db.execute(
         "SELECT created_at FROM jobs NOT INDEXED WHERE state = 'queued' ORDER BY id LIMIT 1"
     ).fetchone()
     result["oldest_queued_s"] = None if oldest is None else round(now - oldest[0], 1)
