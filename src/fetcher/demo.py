@@ -12,6 +12,7 @@ and hostile endpoints; the first path segment says which:
     /large/<bytes>/…   a body of that size           /redirect/<n>/…   302 n times, then /ok/
     /to/<host:port>/…  302 to /ok/ on another host   /loop/…           302 to itself, forever
     /drip/…            one byte a second             /bomb/<mb>/…      gzip of <mb> MB of zeros
+                                                     /brbomb/<mb>/…    the same in brotli
     /reset/…           the connection reset          /truncated/…      half the declared body
     /bigheader/…       a 64 kB header line           /nolocation/…     302 without Location
 """
@@ -33,6 +34,7 @@ from email.utils import formatdate
 from functools import cache
 from pathlib import Path
 
+import brotli
 from aiohttp import web
 from rich.console import Console
 
@@ -57,6 +59,12 @@ class OriginStats:
 @cache
 def _bomb(mb: int) -> bytes:
     return gzip.compress(b"\0" * (mb * 1024 * 1024), compresslevel=9)
+
+
+@cache
+def _brotli_bomb(mb: int) -> bytes:
+    data: bytes = brotli.compress(b"\0" * (mb * 1024 * 1024), quality=5)  # ~300 bytes
+    return data
 
 
 class Origin:
@@ -175,6 +183,8 @@ class Origin:
             return await self._drip(request)
         elif kind == "bomb":
             return web.Response(body=_bomb(int(arg)), headers={"Content-Encoding": "gzip"})
+        elif kind == "brbomb":
+            return web.Response(body=_brotli_bomb(int(arg)), headers={"Content-Encoding": "br"})
         elif kind == "reset":
             _reset(request)
             return web.Response()

@@ -33,16 +33,17 @@ def test_private_policy_sends_nothing_to_loopback_in_any_form(
         assert row["attempts"] == 1
 
 
-def test_huge_body_and_gzip_bomb_fail_with_small_memory(fetcher: Fetcher, origin: Origin) -> None:
-    """A 50 MB body and a 200 MB gzip bomb under a 1 MB cap both end failed; the daemon's
-    peak memory stays under 150 MB."""
+def test_huge_body_and_bombs_fail_with_small_memory(fetcher: Fetcher, origin: Origin) -> None:
+    """A 50 MB body, a 200 MB gzip bomb and a 200 MB brotli bomb under a 1 MB cap all end
+    failed; the daemon's peak memory stays under 150 MB."""
     fetcher.set(max_body_bytes=1_000_000, max_attempts=2)
-    fetcher.submit([origin.url("large/50000000/a"), origin.url("bomb/200/b"), origin.url("ok/c")])
+    urls = ["large/50000000/a", "bomb/200/b", "brbomb/200/d", "ok/c"]
+    fetcher.submit([origin.url(u) for u in urls])
     result = fetcher.drain()
     [stopped] = [e for e in _events(result.stderr) if e["event"] == "service.stopped"]
     assert 0 < stopped["peak_rss_kb"] < 150 * 1024, stopped  # VmHWM of the daemon itself
     results = {r["url"].rsplit("/", 1)[1]: r for r in fetcher.results()}
-    for key in "ab":
+    for key in "abd":
         assert results[key]["state"] == "failed"
         assert results[key]["error"] == "body exceeds 1000000 bytes"
         assert results[key]["attempts"] == 1
