@@ -35,7 +35,7 @@ from fetcher.systemd import Notifier
 if TYPE_CHECKING:
     from fetcher.metrics import Metrics
 
-__all__ = ["Service", "Summary"]
+__all__ = ["Service", "Summary", "allot"]
 
 _log = get_logger("fetcher.service")
 _WALK_HOSTS = 64
@@ -231,18 +231,16 @@ class Service:
 
     async def _feeder(self) -> None:
         """Claim queued jobs, host by host, while there is room; a host holds only a few
-        seconds' worth, so a slow host's backlog never crowds out the others."""
+        seconds' worth, so a slow host's backlog never crowds out the others, and the room is
+        shared among the hosts of a walk, so the slots go to many hosts at once rather than
+        to the first few (which then open a connection for every slot)."""
         cursor = ""
         claimed_this_cycle = 0
         while not self._stopping.is_set():
             room = self._max_held - sum(self._held.values())
             hosts = await self._store.hosts_with_queued(cursor, _WALK_HOSTS) if room > 0 else []
-            wants = []
-            for host in hosts[:_WALK_HOSTS]:
-                n = min(self._host_room(host), room)
-                if n > 0:
-                    wants.append((host, n))
-                    room -= n
+            wants = allot(room, [(host, self._host_room(host)) for host in hosts[:_WALK_HOSTS]])
+            room -= sum(n for _, n in wants)
             jobs = await self._store.claim(wants, self._settings.lease_s) if wants else []
             for job in jobs:
                 self._held[job.host] += 1
@@ -420,6 +418,19 @@ class Service:
             bytes=hop.bytes,
             error=hop.error or (hop.refused.reason if hop.refused else None),
         )
+
+
+def allot(room: int, hosts: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Split `room` (jobs the daemon may still hold) among `hosts`, each (host, room it has
+    left): an equal share each, never more than a host's own room."""
+    share = math.ceil(room / len(hosts)) if hosts else 0
+    wants = []
+    for host, own in hosts:
+        n = min(own, share, room)
+        if n > 0:
+            wants.append((host, n))
+            room -= n
+    return wants
 
 
 def _peak_rss_kb() -> int | None:

@@ -11,6 +11,7 @@ from fetcher.config import HostLimits
 from fetcher.limits import HostLimiter, Limits
 from fetcher.model import Job
 from fetcher.scheduler import Scheduler, backoff_delay, retry_after_delay
+from fetcher.service import allot
 from fetcher.urls import parse_url
 
 
@@ -125,3 +126,12 @@ def test_retry_after_seconds_and_dates() -> None:
     assert retry_after_delay(formatdate(now - 30, usegmt=True), now=now, max_s=3600) == 0
     assert retry_after_delay("soon", now=now, max_s=3600) is None
     assert retry_after_delay(None, now=now, max_s=3600) is None
+
+
+def test_the_feeder_shares_its_room_among_the_hosts_of_a_walk() -> None:
+    """Room for 512 jobs and 16 hosts that could each take 193: 32 each, not 193 + 193 +
+    126 for the first three (whose slots would then each want a connection of their own)."""
+    assert allot(512, [(f"h{i}", 193) for i in range(16)]) == [(f"h{i}", 32) for i in range(16)]
+    assert allot(512, [("only", 193)]) == [("only", 193)]
+    assert allot(10, [("a", 193), ("b", 1), ("c", 193), ("d", 0)]) == [("a", 3), ("b", 1), ("c", 3)]
+    assert allot(0, [("a", 5)]) == [] and allot(5, []) == []
