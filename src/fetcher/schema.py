@@ -128,7 +128,7 @@ _MIGRATIONS: list[str] = [
     CREATE VIEW queue AS SELECT state, n AS jobs FROM job_counts;
     """,
     # 2: the claim index holds queued jobs only, so a claim or an outcome no longer moves
-    # entries within it (-30 % of a job's SQL time); jobs_finished had no reader
+    # entries within it; jobs_finished had no reader
     """
     DROP INDEX jobs_claim;
     DROP INDEX jobs_finished;

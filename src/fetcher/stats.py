@@ -85,7 +85,7 @@ def status(db: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
     )
     result["requests_per_s"] = round(last_60s / 60, 2)
     # In id order from the start: it stops at the first queued job, past the finished ones
-    # before it (the queued-jobs index is in host order, a walk of every queued job).
+    # before it.
     oldest = db.execute(
         "SELECT created_at FROM jobs NOT INDEXED WHERE state = 'queued' ORDER BY id LIMIT 1"
     ).fetchone()
