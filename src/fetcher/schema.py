@@ -151,9 +151,9 @@ def connect_pragmas(cache_mib: int = 8) -> str:
     """Every connection: WAL (readers never block the writer), a busy timeout, and
     synchronous=NORMAL (in WAL a commit survives a crash of the process; power loss may lose
     the last commits, never corrupt), and a page cache of `cache_mib`. The daemon keeps the
-    default 8 MiB: its reads of a big queue come from the OS's cache as fast (100,000 jobs of
-    a 300,000 queue over 10,000 hosts: 45 s with 8 MiB, 47 s with 32, and 120 MB resident
-    instead of 149); a bulk submit wants the url index in its own cache."""
+    default 8 MiB: its reads of a big queue come from the OS's cache as fast (`make bench
+    --only scale`: peak 122-125 MB with 8 MiB, 144 MB with 32); a bulk submit wants the url
+    index in its own cache."""
     return (
         "PRAGMA page_size = 8192;"  # takes effect only as the file is created: 1M-URL submits -20 %
         f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS};"
