@@ -1,5 +1,6 @@
-"""The baselines: a bare httpx + asyncio.Semaphore loop over the same URLs, with httpx's default
-transport or the aiohttp transport fetcher uses. Prints how many responses it read."""
+"""The baselines: a bare httpx + asyncio.Semaphore loop over the same URLs, over httpx's
+default transport, over fetcher's own aiohttp transport, or over httpx-aiohttp's (when the bench
+extra installed it). Prints how many responses it read."""
 
 from __future__ import annotations
 
@@ -7,17 +8,34 @@ import argparse
 import asyncio
 import sys
 
+import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
+
+from fetcher.fetch import AiohttpTransport
+
+TRANSPORTS = ("default", "fetcher", "httpx-aiohttp")
+
+
+def transport_for(name: str, concurrency: int) -> httpx.AsyncBaseTransport | None:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    if name == "fetcher":
+        return AiohttpTransport(
+            lambda: aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=concurrency), auto_decompress=False
+            )
+        )
+    if name == "httpx-aiohttp":
+        import httpx_aiohttp
+
+        transport: httpx.AsyncBaseTransport = httpx_aiohttp.AiohttpTransport(limits=limits)
+        return transport
+    return None
 
 
 async def fetch_all(urls: list[str], concurrency: int, transport: str) -> int:
     semaphore = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    if transport == "aiohttp":
-        client = httpx.AsyncClient(transport=AiohttpTransport(limits=limits))
-    else:
-        client = httpx.AsyncClient(limits=limits)
+    client = httpx.AsyncClient(transport=transport_for(transport, concurrency), limits=limits)
     ok = 0
 
     async def one(url: str) -> None:
@@ -33,7 +51,7 @@ async def fetch_all(urls: list[str], concurrency: int, transport: str) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("transport", choices=["default", "aiohttp"])
+    parser.add_argument("transport", choices=TRANSPORTS)
     parser.add_argument("concurrency", type=int)
     parser.add_argument("urls")
     args = parser.parse_args()

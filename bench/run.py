@@ -3,8 +3,9 @@
     throughput   nginx (or the demo origin) pinned to core 0, each client pinned to core 1;
                  for 1 and 16 hosts, interleaved repetitions of: `fetcher run --drain` (fresh
                  database, URLs submitted beforehand), the bare httpx + Semaphore loop with httpx's
-                 default transport, the same over the aiohttp transport fetcher uses, and Scrapy
-                 when it is installed. Requests/s is URLs / wall time of the client's process.
+                 default transport, the same over fetcher's own aiohttp transport, and over
+                 httpx-aiohttp's and Scrapy when the bench extra installed them. Requests/s is
+                 URLs / wall time of the client's process.
     politeness   achieved rate and the worst one-second window for one host at a set rate; the
                  head-of-line scenario (11 hosts x 20 URLs at 2/s each, global cap 4).
     scale        (--scale) submit of 1,000,000 URLs over 10,000 hosts; the daemon's RSS with them
@@ -16,6 +17,7 @@ Prints Markdown; BENCHMARKS.md keeps the figures of a run with the command that 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import shutil
@@ -203,14 +205,12 @@ def throughput(workdir: Path, n: int, concurrency: int, reps: int) -> list[str]:
     clients: dict[str, Callable[[Path, int, Path], float]] = {
         "fetcher run --drain": run_fetcher,
         "bare httpx (default transport)": run_bare("default"),
-        "bare httpx over httpx-aiohttp": run_bare("aiohttp"),
+        "bare httpx over fetcher's transport": run_bare("fetcher"),
     }
-    try:
-        import scrapy  # noqa: F401
-
+    if importlib.util.find_spec("httpx_aiohttp") is not None:
+        clients["bare httpx over httpx-aiohttp"] = run_bare("httpx-aiohttp")
+    if importlib.util.find_spec("scrapy") is not None:
         clients["Scrapy"] = run_scrapy
-    except ImportError:
-        pass
     lines = [
         f"### Throughput: {n:,} URLs, C={concurrency}, 1 kB answers, median of {reps}",
         "",

@@ -1,8 +1,8 @@
 """What the client stack alone costs: the same GETs at the same concurrency through
     aiohttp          bare aiohttp, body read
-    httpx-aiohttp    httpx.Request → httpx-aiohttp's handle_async_request → aiter_raw
-                     (fetcher's path, without AsyncClient, without fetcher's own work)
-    lean             the same httpx API over a minimal transport written on aiohttp
+    fetcher          httpx.Request → fetcher's AiohttpTransport → aiter_raw (fetcher's path,
+                     without AsyncClient, without fetcher's own work)
+    httpx-aiohttp    the same through httpx-aiohttp's transport (when the bench extra installed it)
 Prints req/s for each, interleaved, median of the repetitions. Needs an origin; `make bench`
 leaves its nginx config in its work directory, or use any fast server on loopback:
 
@@ -13,41 +13,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import statistics
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
+
+from fetcher.fetch import AiohttpTransport
 
 HEADERS = {"User-Agent": "fetcher-bench", "Accept": "*/*", "Accept-Encoding": "gzip, deflate"}
 
 
-class _Stream(httpx.AsyncByteStream):
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
+def transport_for(kind: str, session: aiohttp.ClientSession) -> httpx.AsyncBaseTransport | None:
+    if kind == "fetcher":
+        return AiohttpTransport(lambda: session)
+    if kind == "httpx-aiohttp":
+        import httpx_aiohttp
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._response.content.iter_any():
-            yield chunk
-
-    async def aclose(self) -> None:
-        self._response.release()
-
-
-class LeanTransport(httpx.AsyncBaseTransport):
-    def __init__(self, session: aiohttp.ClientSession) -> None:
-        self._session = session
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self._session.request(
-            request.method, str(request.url), headers=request.headers.multi_items(),
-            allow_redirects=False,
-        )  # fmt: skip
-        return httpx.Response(
-            response.status, headers=response.raw_headers, stream=_Stream(response), request=request
-        )
+        transport: httpx.AsyncBaseTransport = httpx_aiohttp.AiohttpTransport(client=session)
+        return transport
+    return None
 
 
 async def rate(kind: str, urls: list[str], concurrency: int) -> float:
@@ -55,9 +41,7 @@ async def rate(kind: str, urls: list[str], concurrency: int) -> float:
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, use_dns_cache=False), auto_decompress=False
     )
-    transport: httpx.AsyncBaseTransport = (
-        LeanTransport(session) if kind == "lean" else AiohttpTransport(client=session)
-    )
+    transport = transport_for(kind, session)
     headers = httpx.Headers(HEADERS)
     ok = 0
 
@@ -69,6 +53,7 @@ async def rate(kind: str, urls: list[str], concurrency: int) -> float:
                     await r.read()
                     ok += r.status == 200
                 return
+            assert transport is not None
             response = await transport.handle_async_request(
                 httpx.Request("GET", url, headers=headers)
             )
@@ -94,7 +79,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
     urls = [f"{args.base.rstrip('/')}/{i}" for i in range(args.urls)]
-    rates: dict[str, list[float]] = {"aiohttp": [], "httpx-aiohttp": [], "lean": []}
+    kinds = ["aiohttp", "fetcher"]
+    if importlib.util.find_spec("httpx_aiohttp") is not None:
+        kinds.append("httpx-aiohttp")
+    rates: dict[str, list[float]] = {kind: [] for kind in kinds}
     for _ in range(args.reps):
         for kind, values in rates.items():
             values.append(asyncio.run(rate(kind, urls, args.concurrency)))
