@@ -198,8 +198,12 @@ class Service:
             f"job.{state.value}",
             job=job.id,
             url=job.url,
+            host=job.host,
             status=outcome.status,
             attempts=outcome.attempts,
+            hops=job.hops,
+            latency_ms=None if outcome.latency_ms is None else round(outcome.latency_ms, 1),
+            bytes=outcome.bytes,
             error=outcome.error,
         )
 
@@ -408,8 +412,10 @@ class Service:
         _log.info("hosts.reloaded", hosts=len(overrides))
 
     def _log_hop(self, job: Job, hop: Hop) -> None:
-        _log.info(
+        """Every hop at debug; at info, the job's line (`_settle`) tells how its attempt ended."""
+        _log.debug(
             "request.done",
+            job=job.id,
             host=hop.target.host_key,
             url=hop.target.url,
             status=hop.status,

@@ -57,8 +57,8 @@ def test_a_drip_is_cut_at_the_deadline(fetcher: Fetcher, origin: Origin) -> None
     result = fetcher.drain(timeout=30)
     [row] = fetcher.results()
     assert row["state"] == "failed" and "timeout" in row["error"]
-    [hop] = [e for e in _events(result.stderr) if e["event"] == "request.done"]
-    assert 1400 <= hop["latency_ms"] <= 2500
+    [job] = [e for e in _events(result.stderr) if e["event"] == "job.failed"]
+    assert 1400 <= job["latency_ms"] <= 2500
 
 
 def test_a_redirect_loop_stops_at_the_limit(fetcher: Fetcher, origin: Origin) -> None:
