@@ -127,6 +127,8 @@ class Service:
         host = self._in_flight.pop(task)
         self._limits.slots.release()
         self._scheduler.finished(host)
+        if self._drain and not self._in_flight and not self._held:
+            self._scheduler.wake()  # perhaps the last job: let the loop check now, not at its poll
         if not task.cancelled() and task.exception() is not None:
             _log.error("job.crashed", task=task.get_name(), exc_info=task.exception())
 
@@ -184,8 +186,6 @@ class Service:
         self._held[job.host] -= 1
         if self._held[job.host] <= 0:
             del self._held[job.host]
-            if self._drain and not self._held:
-                self._scheduler.wake()  # perhaps the last job: let the loop check at once
         self._settled.set()
         state = outcome.state
         if state is JobState.DONE:
