@@ -114,7 +114,8 @@ class Scheduler:
         if self._heap:
             delay = min(delay, max(self._heap[0][0] - self._clock(), 0.0))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout=delay)
+            async with asyncio.timeout(delay):  # wait_for would make a task per wait
+                await self._changed.wait()
         return self._pop_ready()
 
     def _pop_ready(self) -> Job | None:
