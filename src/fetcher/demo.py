@@ -8,6 +8,7 @@ and hostile endpoints; the first path segment says which:
     /limited/…         429 + Retry-After: 1 on the first request of a path, then 200
     /limited-date/…    503 + Retry-After as an HTTP date (2 s) on the first request, then 200
     /throttle/…        429 without Retry-After on the first request of a path, then 200
+    /pause/<s>/…       503 + Retry-After: <s> on the first request of a path, then 200
     /status/<code>/…   that status                   /flaky/<n>/…      503 n times, then 200
     /large/<bytes>/…   a body of that size           /redirect/<n>/…   302 n times, then /ok/
     /to/<host:port>/…  302 to /ok/ on another host   /loop/…           302 to itself, forever
@@ -164,6 +165,8 @@ class Origin:
         elif kind == "limited-date" and seen == 1:
             when = formatdate(time.time() + 2, usegmt=True)
             return web.Response(status=503, text="later", headers={"Retry-After": when})
+        elif kind == "pause" and seen == 1:
+            return web.Response(status=503, text="later", headers={"Retry-After": arg})
         elif kind == "status":
             return web.Response(status=int(arg), text=f"status {arg}")
         elif kind == "flaky" and seen <= int(arg):

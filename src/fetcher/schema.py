@@ -134,6 +134,10 @@ _MIGRATIONS: list[str] = [
     DROP INDEX jobs_finished;
     CREATE INDEX jobs_queued ON jobs (host, id) WHERE state = 'queued';
     """,
+    # 3: a host's Retry-After or 429 pause outlives a restart (unix time it ends)
+    """
+    CREATE TABLE host_pauses (host TEXT PRIMARY KEY, until REAL NOT NULL) WITHOUT ROWID;
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)

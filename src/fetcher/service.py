@@ -91,6 +91,7 @@ class Service:
         self._held: Counter[str] = Counter()
         self._max_held = max(8 * settings.max_concurrency, 512)
         self._outcomes: list[Outcome] = []
+        self._pauses: dict[str, float] = {}  # host → unix time its pause ends, to commit
         self._flush_now = asyncio.Event()
         self._grace_timer: asyncio.TimerHandle | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -168,14 +169,27 @@ class Service:
         limiter = self._limits.host(key)
         if pause_s is not None:
             limiter.pause(self._clock() + pause_s)
+            self._keep_pause(key, pause_s)
             _log.info("host.paused", host=key, seconds=round(pause_s, 3), why="Retry-After")
         elif throttled:
             seconds = limiter.throttle(
                 self._clock(), self._settings.backoff_base, self._settings.backoff_max
             )
+            self._keep_pause(key, seconds)
             _log.info("host.paused", host=key, seconds=round(seconds, 3), why="429")
         elif hop.status is not None:
             limiter.recover()
+
+    def _keep_pause(self, key: str, seconds: float) -> None:
+        """The pause goes to the database with the next batch: a restart keeps it."""
+        until = time.time() + seconds
+        self._pauses[key] = max(until, self._pauses.get(key, 0.0))
+
+    async def _restore_pauses(self) -> None:
+        now_wall, now = time.time(), self._clock()
+        for key, until in (await self._store.paused_hosts()).items():
+            self._limits.host(key).pause(now + (until - now_wall))
+            _log.info("host.paused", host=key, seconds=round(until - now_wall, 3), why="restart")
 
     # -- recording ----------------------------------------------------------------------------
 
@@ -221,10 +235,13 @@ class Service:
         if not self._outcomes:
             return
         batch, self._outcomes = self._outcomes, []
+        pauses, self._pauses = self._pauses, {}
         try:
-            await self._store.record(batch)
+            await self._store.record(batch, pauses)
         except Exception:
             self._outcomes[:0] = batch  # keep them: the next flush tries again
+            for key, until in pauses.items():
+                self._pauses[key] = max(until, self._pauses.get(key, 0.0))
             _log.exception("store.record_failed", outcomes=len(batch))
             await asyncio.sleep(1.0)
             return
@@ -332,6 +349,7 @@ class Service:
             loop.add_signal_handler(signal.SIGINT, self.stop, "SIGINT")
             loop.add_signal_handler(signal.SIGHUP, self.reload_hosts)
         reclaimed = await self._store.register()
+        await self._restore_pauses()
         if self._metrics is not None:
             self._metrics.in_flight.set_function(lambda: len(self._in_flight))
             self._metrics.queue(await self._store.counts())

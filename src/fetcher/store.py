@@ -15,7 +15,7 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -216,9 +216,21 @@ class Store:
 
     # -- outcomes and counters -------------------------------------------------------------
 
-    async def record(self, outcomes: Sequence[Outcome]) -> None:
+    async def paused_hosts(self) -> dict[str, float]:
+        """Hosts still paused by a Retry-After or a 429 (host → unix time the pause ends);
+        pauses that are over are deleted."""
+        now = time.time()
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM host_pauses WHERE until <= ?", (now,))
+            cursor = await db.execute("SELECT host, until FROM host_pauses")
+            return {host: until for host, until in await cursor.fetchall()}
+
+    async def record(
+        self, outcomes: Sequence[Outcome], pauses: Mapping[str, float] | None = None
+    ) -> None:
         """Commit a batch of outcomes, the results of final ones, and every request they made
-        to the per-host counters and per-minute rows: all in one transaction."""
+        to the per-host counters and per-minute rows, and the host pauses they brought
+        (host → unix time the pause ends): all in one transaction."""
         now = time.time()
         exchanges = [e for o in outcomes for e in o.exchanges]
         finals = [o for o in outcomes if o.state in _FINAL]
@@ -258,6 +270,12 @@ class Store:
             )  # fmt: skip
             if exchanges:
                 await self._count(db, exchanges)
+            if pauses:
+                await db.executemany(
+                    "INSERT INTO host_pauses VALUES (?, ?) ON CONFLICT (host)"
+                    " DO UPDATE SET until = max(until, excluded.until)",
+                    list(pauses.items()),
+                )
 
     async def _count(self, db: aiosqlite.Connection, exchanges: list[Exchange]) -> None:
         hosts = sorted({e.host for e in exchanges})

@@ -55,6 +55,25 @@ def test_http_date_retry_after_is_honoured(fetcher: Fetcher, origin: Origin) -> 
     assert min(rest) - first >= 1.0  # the date has one-second resolution: 2 s asked, >1 s kept
 
 
+def test_a_pause_outlives_a_restart(fetcher: Fetcher, origin: Origin) -> None:
+    """A Retry-After pause is committed with the batch that brought it: a daemon stopped and
+    started again during the pause still holds the host until it ends."""
+    fetcher.set(host_concurrency=1)
+    fetcher.submit([origin.url("pause/4/x")] + [origin.url(f"ok/{n}") for n in range(3)])
+    daemon = fetcher.start()
+    paused = wait_until(
+        lambda: any(e["event"] == "host.paused" for e in fetcher.log_of()), timeout=10
+    )
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(15) == 0 and paused
+    restarted = fetcher.drain()
+    first, *rest = sorted(origin.stats.arrivals[origin.host()])
+    assert len(rest) == 4  # three jobs and the paused one's retry, all after the pause
+    assert min(rest) - first >= 3.9
+    assert '"why":"restart"' in restarted.stderr
+    assert_counters_match(fetcher, origin)
+
+
 def test_backoff_exhaustion_makes_exactly_max_attempts_requests(
     fetcher: Fetcher, origin: Origin
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
 
 from fetcher import schema
@@ -189,4 +190,20 @@ async def test_a_version_1_database_is_migrated_and_claims_use_the_queued_index(
     [job] = await store.claim([("h.example", 5)], lease_s=60)
     assert job.url == "http://h.example/"
     assert (await store.counts())["running"] == 1
+    await store.close()
+
+
+async def test_host_pauses_are_kept_with_their_batch_and_end_when_over(tmp_path: Path) -> None:
+    """A pause is written in the outcome batch that brought it; the longer of two pauses for
+    a host wins; a pause that is over is gone the next time the pauses are read."""
+    store = await Store.open(tmp_path / "f.db")
+    await store.submit([parse_url("http://a.example/1")])
+    [job] = await store.claim([("a.example", 1)], lease_s=60)
+    now = time.time()
+    outcome = Outcome(job.id, JobState.RETRYING, 1, status=503, next_attempt_at=now + 60)
+    await store.record([outcome], {"a.example": now + 30, "b.example": now - 1})
+    await store.record([], {"a.example": now + 10})
+    assert await store.paused_hosts() == {"a.example": now + 30}
+    cursor = await store._db.execute("SELECT host FROM host_pauses")
+    assert [row[0] for row in await cursor.fetchall()] == ["a.example"]  # b's was over: deleted
     await store.close()
