@@ -132,10 +132,11 @@ def build_transport(settings: Settings, guard: Guard) -> httpx.AsyncBaseTranspor
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """httpx's transport interface over an aiohttp session: what httpx-aiohttp does, less the
-    per-request work a fetcher has no use for (`make bench`: 22 µs a request less; see
-    bench/transport_floor.py). It sends the request's method, URL, headers and bytes body
-    as they are (no redirects, no decoding: the caller does both), honours the `connect` and
-    `read` timeout extensions, and lets aiohttp's errors through for the caller to word.
+    per-request work a fetcher has no use for (bench/transport_floor.py: 6,434 req/s through
+    this one, 5,398 through httpx-aiohttp's, at 64 in flight on loopback). It sends the
+    request's method, URL, headers and bytes body as they are (no redirects, no decoding: the
+    caller does both), honours the `connect` and `read` timeout extensions, and lets aiohttp's
+    errors through for the caller to word.
 
     `session` is a factory: aiohttp's session belongs to the event loop it is made in, so it
     is made on first use."""
