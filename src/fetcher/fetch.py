@@ -17,7 +17,6 @@ all inside one `asyncio.timeout`: FETCHER_TIMEOUT is a deadline for the whole ho
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -34,7 +33,7 @@ from fetcher.bodies import BodySink, BodyStore
 from fetcher.config import Settings
 from fetcher.decoding import ACCEPT_ENCODING, CappedDecoder
 from fetcher.errors import BlockedDestination, BodyTooLarge, Refused
-from fetcher.guard import Guard, blocked_reason
+from fetcher.guard import Guard, address_verdict
 from fetcher.urls import Target
 
 __all__ = ["AiohttpTransport", "Fetcher", "Hop", "build_transport"]
@@ -99,7 +98,7 @@ def _middleware(allow_private: bool) -> Any:
         if not allow_private and response.connection is not None:
             transport = response.connection.transport
             peer = transport.get_extra_info("peername") if transport is not None else None
-            reason = blocked_reason(ipaddress.ip_address(peer[0])) if peer else "no peer address"
+            reason = address_verdict(peer[0]) if peer else "no peer address"
             if reason is not None:
                 response.close()
                 raise BlockedDestination(f"blocked destination: connected to {reason}")

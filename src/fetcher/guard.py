@@ -11,6 +11,7 @@ so a DNS answer cannot change between the check and the connect.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 import time
@@ -18,7 +19,7 @@ from collections.abc import Callable
 
 from fetcher.errors import BlockedDestination
 
-__all__ = ["Guard", "blocked_reason"]
+__all__ = ["Guard", "address_verdict", "blocked_reason"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -60,6 +61,13 @@ def blocked_reason(address: IPAddress) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
+def address_verdict(text: str) -> str | None:
+    """`blocked_reason` of an address written as text, remembered: an address's verdict never
+    changes, and the peer of every request is checked (7-13 µs a check, ~0.1 µs remembered)."""
+    return blocked_reason(ipaddress.ip_address(text))
+
+
 def _embedded_ipv4(address: IPAddress) -> list[ipaddress.IPv4Address]:
     if not isinstance(address, ipaddress.IPv6Address):
         return []
@@ -99,7 +107,7 @@ class Guard:
         addresses = await self._resolve(host, port)
         if not self._allow_private:
             for text in addresses:
-                reason = blocked_reason(ipaddress.ip_address(text))
+                reason = address_verdict(text)
                 if reason is not None:
                     raise BlockedDestination(f"blocked destination: {host} → {reason}")
         self._cache[key] = (now + _DNS_TTL_S, addresses)

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fetcher.errors import BlockedDestination
-from fetcher.guard import Guard, blocked_reason
+from fetcher.guard import Guard, address_verdict, blocked_reason
 from fetcher.urls import parse_url
 
 BLOCKED_V4 = [
@@ -39,6 +39,18 @@ def test_blocked_ipv4_is_refused_also_inside_ipv6(address: ipaddress.IPv4Address
     assert blocked_reason(address) is not None
     for form in _v6_forms(address):
         assert blocked_reason(form) is not None, form
+
+
+@given(st.one_of([_in(n) for n in BLOCKED_V4]))
+def test_the_remembered_verdict_of_a_peer_address_is_the_same_verdict(
+    address: ipaddress.IPv4Address,
+) -> None:
+    """`address_verdict` (the per-request peer check, cached) agrees with `blocked_reason`,
+    for the address as text and for its IPv4-mapped form, the first time and the next."""
+    for form in (address, ipaddress.IPv6Address(f"::ffff:{address}")):
+        for _ in range(2):
+            assert address_verdict(str(form)) == blocked_reason(form) is not None
+    assert address_verdict("93.184.215.14") is None
 
 
 @given(st.one_of([_in(n) for n in BLOCKED_V6]))
