@@ -29,12 +29,11 @@ async def per_job_us(path: Path, n: int, hosts: int) -> float:
         jobs = await store.claim([(host, 100) for host in walk], lease_s=60)
         for i in range(0, len(jobs), 60):
             now = time.time()
+            batch = jobs[i : i + 60]
             await store.record(
-                [
-                    Outcome(j.id, JobState.DONE, 1, status=200, bytes=1024, latency_ms=1.0,
-                            exchanges=[Exchange(j.host, 200, 1024, 1.0, now)])
-                    for j in jobs[i : i + 60]
-                ]
+                [Outcome(j.id, JobState.DONE, 1, status=200, bytes=1024, latency_ms=1.0)
+                 for j in batch],
+                [Exchange(j.host, 200, 1024, 1.0, now) for j in batch],
             )  # fmt: skip
         done += len(jobs)
     elapsed = time.perf_counter() - started

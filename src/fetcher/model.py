@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 from fetcher.urls import Target
@@ -28,7 +28,6 @@ class Job:
     attempts: int  # attempts made before the current one
     target: Target
     hops: int = 0
-    exchanges: list[Exchange] = field(default_factory=list)  # this attempt's requests so far
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,4 +58,3 @@ class Outcome:
     next_attempt_at: float | None = None  # for `retrying`
     body_sha256: str | None = None
     body_path: str | None = None
-    exchanges: list[Exchange] = field(default_factory=list)

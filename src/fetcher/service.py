@@ -26,7 +26,7 @@ from fetcher.errors import ConfigError
 from fetcher.fetch import Fetcher, Hop
 from fetcher.limits import Limits
 from fetcher.log import get_logger
-from fetcher.model import Job, JobState, Outcome
+from fetcher.model import Exchange, Job, JobState, Outcome
 from fetcher.policy import decide, exchanges_of
 from fetcher.scheduler import Scheduler
 from fetcher.store import Store
@@ -91,6 +91,9 @@ class Service:
         self._held: Counter[str] = Counter()
         self._max_held = max(8 * settings.max_concurrency, 512)
         self._outcomes: list[Outcome] = []
+        # every request as it ends, hops of unfinished redirect chains included: committed in
+        # the next batch, so the counters never miss a request the host saw
+        self._exchanges: list[Exchange] = []
         self._pauses: dict[str, float] = {}  # host → unix time its pause ends, to commit
         self._flush_now = asyncio.Event()
         self._grace_timer: asyncio.TimerHandle | None = None
@@ -149,7 +152,7 @@ class Service:
         hop = await self._fetcher.fetch(job.target)
         now = time.time()
         exchanges = exchanges_of(hop, now)
-        job.exchanges.extend(exchanges)
+        self._exchanges.extend(exchanges)
         self.summary.requests += len(exchanges)
         self._log_hop(job, hop)
         decision = decide(job, hop, self._settings, now=now)
@@ -158,6 +161,7 @@ class Service:
             job.target = decision.follow
             job.hops += 1
             self._scheduler.add(job)
+            self._flush_now.set()
             return
         assert decision.outcome is not None
         self._settle(job, decision.outcome)
@@ -194,7 +198,6 @@ class Service:
     # -- recording ----------------------------------------------------------------------------
 
     def _settle(self, job: Job, outcome: Outcome) -> None:
-        outcome.exchanges, job.exchanges = job.exchanges, []
         self._outcomes.append(outcome)
         self._flush_now.set()
         self._held[job.host] -= 1
@@ -232,21 +235,23 @@ class Service:
             await asyncio.sleep(_COMMIT_GAP_S)
 
     async def _flush(self) -> None:
-        if not self._outcomes:
+        if not self._outcomes and not self._exchanges:
             return
         batch, self._outcomes = self._outcomes, []
+        exchanges, self._exchanges = self._exchanges, []
         pauses, self._pauses = self._pauses, {}
         try:
-            await self._store.record(batch, pauses)
+            await self._store.record(batch, exchanges, pauses)
         except Exception:
             self._outcomes[:0] = batch  # keep them: the next flush tries again
+            self._exchanges[:0] = exchanges
             for key, until in pauses.items():
                 self._pauses[key] = max(until, self._pauses.get(key, 0.0))
             _log.exception("store.record_failed", outcomes=len(batch))
             await asyncio.sleep(1.0)
             return
         if self._metrics is not None:
-            self._metrics.count(e for outcome in batch for e in outcome.exchanges)
+            self._metrics.count(exchanges)
 
     # -- feeding the scheduler ----------------------------------------------------------------
 

@@ -226,13 +226,15 @@ class Store:
             return {host: until for host, until in await cursor.fetchall()}
 
     async def record(
-        self, outcomes: Sequence[Outcome], pauses: Mapping[str, float] | None = None
+        self,
+        outcomes: Sequence[Outcome],
+        exchanges: Sequence[Exchange] = (),
+        pauses: Mapping[str, float] | None = None,
     ) -> None:
-        """Commit a batch of outcomes, the results of final ones, and every request they made
-        to the per-host counters and per-minute rows, and the host pauses they brought
-        (host → unix time the pause ends): all in one transaction."""
+        """Commit a batch: outcomes, the results of final ones, requests (`exchanges`) to the
+        per-host counters and per-minute rows, host pauses (host → unix time the pause ends):
+        all in one transaction."""
         now = time.time()
-        exchanges = [e for o in outcomes for e in o.exchanges]
         finals = [o for o in outcomes if o.state in _FINAL]
         async with self._transaction() as db:
             # One statement per batch, its rows a JSON array: with executemany, statement
@@ -269,7 +271,7 @@ class Store:
                 ),
             )  # fmt: skip
             if exchanges:
-                await self._count(db, exchanges)
+                await self._count(db, list(exchanges))
             if pauses:
                 await db.executemany(
                     "INSERT INTO host_pauses VALUES (?, ?) ON CONFLICT (host)"

@@ -13,7 +13,7 @@ import pytest
 
 from fetcher.demo import Origin
 
-from .conftest import Fetcher, wait_until
+from .conftest import Fetcher, assert_counters_match, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -69,6 +69,26 @@ def test_sigterm_during_load_exits_0_within_grace_and_leaves_nothing_running(
     assert stopped and stopped[0]["requeued"] == status["queued"]
     fetcher.drain()  # what was put back is fetched by the next run
     assert fetcher.status()["done"] == 80
+
+
+def test_sigterm_in_the_middle_of_a_redirect_chain_keeps_the_counters_exact(
+    fetcher: Fetcher, origin: Origin
+) -> None:
+    """A job stopped between two hops goes back to the queue and starts again from its first
+    URL; the hop the host already answered is still counted, so after the next run the
+    counters equal what the origin received."""
+    fetcher.set(host_rate=1, host_burst=1)  # the second hop waits a second for its host
+    fetcher.submit([origin.url("redirect/2/x")])
+    daemon = fetcher.start()
+    assert wait_until(lambda: origin.stats.requests[origin.host()] >= 1, timeout=10)
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(15) == 0
+    assert origin.stats.requests[origin.host()] == 1  # stopped while the second hop waited
+    assert fetcher.stats()[origin.host()]["requests"] == 1
+    assert fetcher.status()["queued"] == 1
+    fetcher.drain()
+    assert origin.stats.requests[origin.host()] == 1 + 3
+    assert_counters_match(fetcher, origin)
 
 
 def test_sigkill_then_restart_refetches_only_what_was_not_committed(

@@ -49,7 +49,7 @@ async def test_locked_record_loses_no_update(tmp_path: Path) -> None:
         status = (200, 301, 404, 500, None)[i % 5]
         exchange = Exchange("h.example", status, 10, 5.0 + i, 1_700_000_000.0 + i)
         state = JobState.DONE if status else JobState.FAILED
-        await store.record([Outcome(jobs[i].id, state, 1, status=status, exchanges=[exchange])])
+        await store.record([Outcome(jobs[i].id, state, 1, status=status)], [exchange])
 
     await asyncio.gather(*(record(i) for i in range(TASKS)))
     cursor = await store._db.execute("SELECT * FROM host_stats")
@@ -109,10 +109,10 @@ async def test_prune_removes_old_results_and_minutes_but_never_counters(tmp_path
     jobs = await store.claim([("h.example", 4)], lease_s=60)
     old = Exchange("h.example", 200, 1, 1.0, 100.0)
     outcomes = [
-        Outcome(j.id, JobState.DONE, 1, status=200, body_sha256=f"sha{i % 2}", exchanges=[old])
+        Outcome(j.id, JobState.DONE, 1, status=200, body_sha256=f"sha{i % 2}")
         for i, j in enumerate(jobs)
     ]
-    await store.record(outcomes)
+    await store.record(outcomes, [old] * len(jobs))
     await store._db.execute("UPDATE results SET finished_at = 0 WHERE job_id IN (1, 3)")
     deleted, orphans = await store.prune(before=500.0)
     assert orphans == ["sha0"]  # sha1 is still named by the results of jobs 2 and 4
@@ -201,8 +201,8 @@ async def test_host_pauses_are_kept_with_their_batch_and_end_when_over(tmp_path:
     [job] = await store.claim([("a.example", 1)], lease_s=60)
     now = time.time()
     outcome = Outcome(job.id, JobState.RETRYING, 1, status=503, next_attempt_at=now + 60)
-    await store.record([outcome], {"a.example": now + 30, "b.example": now - 1})
-    await store.record([], {"a.example": now + 10})
+    await store.record([outcome], pauses={"a.example": now + 30, "b.example": now - 1})
+    await store.record([], pauses={"a.example": now + 10})
     assert await store.paused_hosts() == {"a.example": now + 30}
     cursor = await store._db.execute("SELECT host FROM host_pauses")
     assert [row[0] for row in await cursor.fetchall()] == ["a.example"]  # b's was over: deleted
