@@ -191,9 +191,13 @@ class Service:
 
     async def _restore_pauses(self) -> None:
         now_wall, now = time.time(), self._clock()
-        for key, until in (await self._store.paused_hosts()).items():
+        paused = await self._store.paused_hosts()
+        for key, until in paused.items():
             self._limits.host(key).pause(now + (until - now_wall))
-            _log.info("host.paused", host=key, seconds=round(until - now_wall, 3), why="restart")
+            _log.debug("host.paused", host=key, seconds=round(until - now_wall, 3), why="restart")
+        if paused:
+            longest = max(paused.values()) - now_wall
+            _log.info("hosts.pauses_restored", hosts=len(paused), longest_s=round(longest, 3))
 
     # -- recording ----------------------------------------------------------------------------
 

@@ -70,7 +70,7 @@ def test_a_pause_outlives_a_restart(fetcher: Fetcher, origin: Origin) -> None:
     first, *rest = sorted(origin.stats.arrivals[origin.host()])
     assert len(rest) == 4  # three jobs and the paused one's retry, all after the pause
     assert min(rest) - first >= 3.9
-    assert '"why":"restart"' in restarted.stderr
+    assert '"event":"hosts.pauses_restored"' in restarted.stderr
     assert_counters_match(fetcher, origin)
 
 
