@@ -64,7 +64,7 @@ def blocked_reason(address: IPAddress) -> str | None:
 @functools.lru_cache(maxsize=4096)
 def address_verdict(text: str) -> str | None:
     """`blocked_reason` of an address written as text, remembered: an address's verdict never
-    changes, and the peer of every request is checked (7-13 µs a check, ~0.1 µs remembered)."""
+    changes, and the peer of every request is checked."""
     return blocked_reason(ipaddress.ip_address(text))
 
 

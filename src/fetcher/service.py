@@ -173,20 +173,20 @@ class Service:
         limiter = self._limits.host(key)
         if pause_s is not None:
             limiter.pause(self._clock() + pause_s)
-            self._keep_pause(key, pause_s)
+            self._keep_pause(key, time.time() + pause_s)
             _log.info("host.paused", host=key, seconds=round(pause_s, 3), why="Retry-After")
         elif throttled:
             seconds = limiter.throttle(
                 self._clock(), self._settings.backoff_base, self._settings.backoff_max
             )
-            self._keep_pause(key, seconds)
+            self._keep_pause(key, time.time() + seconds)
             _log.info("host.paused", host=key, seconds=round(seconds, 3), why="429")
         elif hop.status is not None:
             limiter.recover()
 
-    def _keep_pause(self, key: str, seconds: float) -> None:
-        """The pause goes to the database with the next batch: a restart keeps it."""
-        until = time.time() + seconds
+    def _keep_pause(self, key: str, until: float) -> None:
+        """The pause (to unix time `until`) goes to the database with the next batch: a
+        restart keeps it. Of two pauses for a host, the longer wins."""
         self._pauses[key] = max(until, self._pauses.get(key, 0.0))
 
     async def _restore_pauses(self) -> None:
@@ -250,7 +250,7 @@ class Service:
             self._outcomes[:0] = batch  # keep them: the next flush tries again
             self._exchanges[:0] = exchanges
             for key, until in pauses.items():
-                self._pauses[key] = max(until, self._pauses.get(key, 0.0))
+                self._keep_pause(key, until)
             _log.exception("store.record_failed", outcomes=len(batch))
             await asyncio.sleep(1.0)
             return

@@ -258,20 +258,21 @@ class Store:
                         self.owner,
                     ),
                 )  # fmt: skip
-            await db.execute(
-                f"UPDATE jobs SET state = {_field(1)}, attempts = {_field(2)},"
-                f" next_attempt_at = {_field(3)}, lease_owner = NULL, lease_until = NULL,"
-                f" updated_at = ? FROM json_each(?) AS v"
-                f" WHERE jobs.id = {_field(0)} AND jobs.lease_owner = ?",
-                (
-                    now,
-                    _json_array((o.job_id, o.state.value, o.attempts, o.next_attempt_at)
-                               for o in outcomes),
-                    self.owner,
-                ),
-            )  # fmt: skip
+            if outcomes:  # a batch may hold only requests: the hops of redirect chains
+                await db.execute(
+                    f"UPDATE jobs SET state = {_field(1)}, attempts = {_field(2)},"
+                    f" next_attempt_at = {_field(3)}, lease_owner = NULL, lease_until = NULL,"
+                    f" updated_at = ? FROM json_each(?) AS v"
+                    f" WHERE jobs.id = {_field(0)} AND jobs.lease_owner = ?",
+                    (
+                        now,
+                        _json_array((o.job_id, o.state.value, o.attempts, o.next_attempt_at)
+                                   for o in outcomes),
+                        self.owner,
+                    ),
+                )  # fmt: skip
             if exchanges:
-                await self._count(db, list(exchanges))
+                await self._count(db, exchanges)
             if pauses:
                 await db.executemany(
                     "INSERT INTO host_pauses VALUES (?, ?) ON CONFLICT (host)"
@@ -279,7 +280,7 @@ class Store:
                     list(pauses.items()),
                 )
 
-    async def _count(self, db: aiosqlite.Connection, exchanges: list[Exchange]) -> None:
+    async def _count(self, db: aiosqlite.Connection, exchanges: Sequence[Exchange]) -> None:
         hosts = sorted({e.host for e in exchanges})
         cursor = await db.execute(
             f"SELECT host, {', '.join(_COUNTER_FIELDS)} FROM host_counters"

@@ -10,13 +10,14 @@ import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import httpx
 import pytest
 import trustme
 from aiohttp import web
 
 from fetcher.config import Settings
-from fetcher.fetch import Fetcher, build_transport
+from fetcher.fetch import AiohttpTransport, Fetcher, build_transport
 from fetcher.guard import Guard
 from fetcher.urls import parse_url
 
@@ -139,10 +140,6 @@ async def test_requests_go_as_given_nothing_followed_or_decoded_on_the_way(
 
 async def test_the_transport_speaks_httpx_to_any_httpx_client(server: Server) -> None:
     """The transport under a plain httpx.AsyncClient (as `make bench` runs it)."""
-    import aiohttp
-
-    from fetcher.fetch import AiohttpTransport
-
     transport = AiohttpTransport(lambda: aiohttp.ClientSession(auto_decompress=False))
     async with httpx.AsyncClient(transport=transport) as client:
         response = await client.get(f"http://{HOST}:{server.port}/gzip")
