@@ -1,0 +1,94 @@
+"""A/B of fetcher's own code between git revisions: `fetcher run --drain` on the same URLs
+against the same nginx, runs interleaved, each revision's `src/` (from `git archive`) put
+first on PYTHONPATH. Prints, per revision, the medians of requests/s (URLs / wall time of the
+process), CPU time per request (user + system of the process), and the time from the last
+`job.*` log line to `service.stopped` (how long a drain takes to end).
+
+    .venv/bin/python bench/ab.py e49b9b3 HEAD            # 20,000 URLs, 1 host, 5 runs each
+    .venv/bin/python bench/ab.py feec5a2~1 feec5a2 --reps 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from io import BytesIO
+from pathlib import Path
+
+from run import ADDRESSES, PORT, Nginx, fetcher_env, pinned
+
+
+def checkout(rev: str, into: Path) -> Path:
+    """The revision's src/ under `into`; returns the directory to put on PYTHONPATH."""
+    archive = subprocess.run(["git", "archive", rev, "src"], check=True, capture_output=True)
+    with tarfile.open(fileobj=BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+    return into / "src"
+
+
+def tail_s(log: Path) -> float:
+    """Seconds from the last job line to `service.stopped`, from the JSON log."""
+    stamps: dict[str, float] = {}
+    for line in log.read_text().splitlines():
+        if line.startswith("{"):
+            event = json.loads(line)
+            kind = "job" if event["event"].startswith("job.") else event["event"]
+            at = datetime.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+            stamps[kind] = at.timestamp()
+    return stamps["service.stopped"] - stamps["job"]
+
+
+def one_run(src: Path, urls: Path, n: int, workdir: Path) -> tuple[float, float, float]:
+    db = workdir / "ab.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    env = fetcher_env(db, max_concurrency=64, host_concurrency=64, host_rate=0)
+    env["PYTHONPATH"] = str(src)
+    fetcher = [sys.executable, "-m", "fetcher"]
+    subprocess.run([*fetcher, "submit", "-f", str(urls)], env=env, check=True, capture_output=True)
+    log = workdir / "ab.log"
+    before, started = os.times(), time.perf_counter()
+    with log.open("wb") as out:
+        subprocess.run([*pinned(1), *fetcher, "run", "--drain"], env=env, stdout=out, stderr=out)
+    wall, after = time.perf_counter() - started, os.times()
+    cpu = (after.children_user + after.children_system) - (
+        before.children_user + before.children_system
+    )
+    return n / wall, cpu / n * 1e6, tail_s(log)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("revs", nargs="+", help="git revisions to compare")
+    parser.add_argument("--urls", type=int, default=20_000)
+    parser.add_argument("--reps", type=int, default=5)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="fetcher-ab-"))
+    srcs = {rev: checkout(rev, workdir / f"rev{i}") for i, rev in enumerate(args.revs)}
+    urls = workdir / "urls.txt"
+    urls.write_text("".join(f"http://{ADDRESSES[0]}:{PORT}/{i}\n" for i in range(args.urls)))
+    runs: dict[str, list[tuple[float, float, float]]] = {rev: [] for rev in args.revs}
+    with Nginx(workdir, scale=False):
+        for _ in range(args.reps):
+            for rev, src in srcs.items():
+                runs[rev].append(one_run(src, urls, args.urls, workdir))
+    print(f"{args.urls:,} URLs, 1 host, C=64, medians of {args.reps} interleaved runs")
+    for rev, values in runs.items():
+        rate, cpu, tail = (statistics.median(v) for v in zip(*values, strict=True))
+        every = ", ".join(f"{v[0]:,.0f}" for v in values)
+        print(
+            f"{rev:>12}  {rate:7,.0f} req/s  {cpu:5.0f} µs CPU a request"
+            f"  {tail:5.3f} s last job → stopped   (req/s: {every})"
+        )
+
+
+if __name__ == "__main__":
+    main()
