@@ -4,7 +4,9 @@ A URL is accepted when it is http(s), has a host, carries no credentials, whites
 characters, and fits in `MAX_URL_LENGTH`. It is stored normalised: scheme and host lower-case,
 the host IDNA-encoded, numeric IPv4 hosts in any form (`127.1`, `2130706433`, `0x7f000001`,
 `0177.0.0.1`) rewritten as a dotted quad the way browsers parse them (WHATWG URL, IPv4 parser),
-IPv6 compressed, the default port dropped, the fragment dropped, non-ASCII path bytes escaped.
+IPv6 compressed, the default port dropped, the fragment dropped, `.` and `..` path segments
+resolved (RFC 3986, 5.2.4), non-ASCII path bytes escaped. The normal form is one httpx keeps
+as it is, so it can go on the wire without being parsed again.
 The host key is the host plus `:port` when the port is not the scheme's default.
 """
 
@@ -86,7 +88,7 @@ def parse_url(raw: str) -> Target:
         raise InvalidURL(f"port out of range: {port}")
     shown = f"[{host}]" if ":" in host else host
     key = shown if port == _DEFAULT_PORTS[scheme] else f"{shown}:{port}"
-    path = quote(parts.path, safe=_PATH_SAFE) or "/"
+    path = _without_dot_segments(quote(parts.path, safe=_PATH_SAFE) or "/")
     query = "?" + quote(parts.query, safe=_QUERY_SAFE) if parts.query else ""
     url = f"{scheme}://{key}{path}{query}"
     if len(url) > MAX_URL_LENGTH:
@@ -108,7 +110,8 @@ def _plain_target(
     if not 0 < port < 65536:
         return None
     key = host if port == default else f"{host}:{port}"
-    url = f"{scheme}://{key}{path or '/'}{query if query and len(query) > 1 else ''}"
+    path = _without_dot_segments(path) if path else "/"
+    url = f"{scheme}://{key}{path}{query if query and len(query) > 1 else ''}"
     return Target(url, key, host, port, scheme)
 
 
@@ -133,6 +136,24 @@ def join_redirect(base: str, location: str) -> Target:
 def normalize_host_key(key: str) -> str:
     """The canonical form of a host key as written by a person (hosts file, `--host`)."""
     return parse_url(f"http://{key}/").host_key.removesuffix(":80")
+
+
+def _without_dot_segments(path: str) -> str:
+    """`path` (starting with "/") with its `.` and `..` segments resolved, as RFC 3986 5.2.4
+    and browsers do: `/a/./b/../c` → `/a/c`, `/a/..` → `/`, `/..` → `/`."""
+    if "/." not in path:
+        return path
+    segments = path.split("/")
+    kept: list[str] = []
+    for segment in segments[1:]:
+        if segment == "..":
+            if kept:
+                kept.pop()
+        elif segment != ".":
+            kept.append(segment)
+    if segments[-1] in (".", ".."):
+        kept.append("")  # the path still ends with a slash
+    return "/" + "/".join(kept)
 
 
 def _normalize_host(host: str, *, bracketed: bool) -> str:

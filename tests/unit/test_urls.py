@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
+import httpx
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -26,6 +27,11 @@ from fetcher.urls import MAX_URL_LENGTH, normalize_host_key, parse_url, stored_t
         ("http://0x7f000001/", "http://127.0.0.1/", "127.0.0.1"),
         ("http://0177.0.0.1/", "http://127.0.0.1/", "127.0.0.1"),
         ("http://example.com./", "http://example.com/", "example.com"),
+        ("http://example.com/a/./b/../c?d=./..", "http://example.com/a/c?d=./..", "example.com"),
+        ("http://example.com/a/..", "http://example.com/", "example.com"),
+        ("http://example.com/a/.", "http://example.com/a/", "example.com"),
+        ("http://example.com/../../x", "http://example.com/x", "example.com"),
+        ("http://example.com//a/../b", "http://example.com//b", "example.com"),
     ],
 )
 def test_urls_are_normalised(raw: str, url: str, key: str) -> None:
@@ -133,3 +139,22 @@ def test_the_fast_path_agrees_with_the_full_parser(raw: str) -> None:
             assert outcome(urls.parse_url) == fast
         finally:
             urls._PLAIN = saved
+
+
+_WIRE_CHARS = st.text(alphabet="/.?%:@!$&'()*+,;=-_~|^{}[]\\\"`<>aZ09éü\u4e2d", max_size=30)
+
+
+@given(st.sampled_from(["http://h.example", "https://[::1]:8443", "http://127.1"]), _WIRE_CHARS)
+@example("http://h.example", "/a/./b/../c")
+@example("http://h.example", "/a/..")
+@example("http://h.example", "/.")
+@example("http://h.example", "/%zz/?q=%")
+@example("http://h.example", "/?a=/../b")
+def test_httpx_keeps_the_normal_form_as_it_is(base: str, rest: str) -> None:
+    """The fetcher sends a stored URL without parsing it again (fetch.AiohttpTransport.get):
+    that is only right if it is what httpx would have made of it."""
+    try:
+        target = parse_url(base + rest)
+    except InvalidURL:
+        return
+    assert str(httpx.URL(target.url)) == target.url
