@@ -2,10 +2,11 @@
 
 The only module that speaks HTTP. It uses httpx's API over a transport of its own on aiohttp
 (httpx's own transport slows down as concurrency grows: encode/httpx#3215). Requests go straight
-to the transport, httpx.Request in, httpx.Response out: no client layer, so no cookie jar carries
-one job's cookies into another's request, and no per-request cost for features a fetcher does not
-use. Any transport will do, which is where the unit tests put respx. Library errors become
-one-line reasons here.
+to the transport, httpx.Response out: no client layer, so no cookie jar carries one job's cookies
+into another's request, and no per-request cost for features a fetcher does not use. fetcher's
+own transport takes the stored URL, already in normal form, as it is; any other httpx transport
+will do too (an httpx.Request in), which is where the unit tests put respx. Library errors
+become one-line reasons here.
 
     guard.check (resolve, refuse non-public, pin)
       → client.send (connect to the pinned address; a middleware counts every send and checks
@@ -19,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -146,25 +147,46 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._timeouts: dict[tuple[float | None, float | None], aiohttp.ClientTimeout] = {}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._send(
+            request.method,
+            str(request.url),  # httpx has parsed, checked and percent-encoded it already
+            request.headers.multi_items(),
+            request.content or None,
+            request.extensions.get("timeout"),
+        )
+        return _httpx_response(response, request)
+
+    async def get(
+        self,
+        url: str,
+        headers: Sequence[tuple[str, str]],
+        timeouts: Mapping[str, float | None] | None = None,
+    ) -> httpx.Response:
+        """GET `url`, a URL in fetcher's normal form, without an httpx.Request: building one
+        parses the URL again, in Python, into the same string (tests/unit/test_urls.py), and
+        that was a sixth of fetcher's own work per job (bench/machinery.py)."""
+        return _httpx_response(await self._send("GET", url, headers, None, timeouts), None)
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes | None,
+        timeouts: Mapping[str, float | None] | None,
+    ) -> aiohttp.ClientResponse:
         if self._session is None:
             self._session = self._make_session()
-        response = await self._session.request(
-            request.method,
-            # httpx has parsed, checked and percent-encoded it already
-            yarl.URL(str(request.url), encoded=True),
-            headers=request.headers.multi_items(),
-            data=request.content or None,
+        return await self._session.request(
+            method,
+            yarl.URL(url, encoded=True),
+            headers=headers,
+            data=body,
             allow_redirects=False,
-            timeout=self._timeout(request.extensions.get("timeout")),
-        )
-        return httpx.Response(
-            response.status,
-            headers=response.raw_headers,
-            stream=_ResponseBody(response),
-            request=request,
+            timeout=self._timeout(timeouts),
         )
 
-    def _timeout(self, asked: dict[str, float | None] | None) -> aiohttp.ClientTimeout:
+    def _timeout(self, asked: Mapping[str, float | None] | None) -> aiohttp.ClientTimeout:
         key = (asked.get("connect"), asked.get("read")) if asked else (None, None)
         timeout = self._timeouts.get(key)
         if timeout is None:  # one per distinct setting, not one per request
@@ -176,6 +198,17 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _httpx_response(
+    response: aiohttp.ClientResponse, request: httpx.Request | None
+) -> httpx.Response:
+    return httpx.Response(
+        response.status,
+        headers=response.raw_headers,
+        stream=_ResponseBody(response),
+        request=request,
+    )
 
 
 class _ResponseBody(httpx.AsyncByteStream):
@@ -207,12 +240,16 @@ class Fetcher:
         bodies: BodyStore | None,
     ) -> None:
         self._transport = transport
+        # fetcher's own transport takes the stored URL as it is; any other (respx in the unit
+        # tests) gets an httpx.Request
+        self._direct = transport if isinstance(transport, AiohttpTransport) else None
         self._headers = httpx.Headers(
             {"User-Agent": settings.user_agent, "Accept": "*/*", "Accept-Encoding": ACCEPT_ENCODING}
         )
+        self._header_items = self._headers.multi_items()
         # Only the connect timeout goes to the transport: the whole-hop deadline below covers
         # every read, and per-read timers cost aiohttp a timer reschedule per chunk.
-        self._extensions = {"timeout": {"connect": settings.connect_timeout}}
+        self._timeouts: dict[str, float | None] = {"connect": settings.connect_timeout}
         self._guard = guard
         self._bodies = bodies
         self._check_first = not settings.allow_private
@@ -250,10 +287,13 @@ class Fetcher:
         return hop
 
     async def _exchange(self, hop: Hop, sink: BodySink | None) -> None:
-        request = httpx.Request(
-            "GET", hop.target.url, headers=self._headers, extensions=self._extensions
-        )
-        response = await self._transport.handle_async_request(request)
+        if self._direct is not None:
+            response = await self._direct.get(hop.target.url, self._header_items, self._timeouts)
+        else:
+            request = httpx.Request(
+                "GET", hop.target.url, headers=self._headers, extensions={"timeout": self._timeouts}
+            )
+            response = await self._transport.handle_async_request(request)
         try:
             hop.status = response.status_code
             encoding = _read_headers(hop, response.headers.raw)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import math
 import signal
 import time
@@ -98,6 +99,7 @@ class Service:
         self._flush_now = asyncio.Event()
         self._grace_timer: asyncio.TimerHandle | None = None
         self._background: list[asyncio.Task[None]] = []
+        self._log_hops = _log.is_enabled_for(logging.DEBUG)  # not even the arguments, else
         self.summary = Summary()
 
     # -- the main loop ----------------------------------------------------------------------
@@ -154,7 +156,8 @@ class Service:
         exchanges = exchanges_of(hop, now)
         self._exchanges.extend(exchanges)
         self.summary.requests += len(exchanges)
-        self._log_hop(job, hop)
+        if self._log_hops:
+            self._log_hop(job, hop)
         decision = decide(job, hop, self._settings, now=now)
         self._apply_host_signals(hop, decision.pause_s, decision.throttled)
         if decision.follow is not None:

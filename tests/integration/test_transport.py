@@ -144,3 +144,40 @@ async def test_the_transport_speaks_httpx_to_any_httpx_client(server: Server) ->
     async with httpx.AsyncClient(transport=transport) as client:
         response = await client.get(f"http://{HOST}:{server.port}/gzip")
     assert response.status_code == 200 and response.content == b"y" * 5000
+
+
+class _AnyTransport(httpx.AsyncBaseTransport):
+    """fetcher's transport seen as any httpx transport: the fetcher then builds an httpx.Request
+    (its path for respx and every transport but its own)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_stored_url_goes_out_as_an_httpx_request_would_send_it(
+    server: Server, tmp_path: Path
+) -> None:
+    """fetcher's own transport is handed the stored URL without an httpx.Request: the server
+    sees the same request line and headers either way."""
+    settings = Settings(db=tmp_path / "f.db", allow_private=True)
+    guard = Guard(allow_private=True)
+    target = parse_url(f"http://{HOST}:{server.port}/x/./../sm%61ll-é|x?a=b%20c&d=/../ü#frag")
+    for transport in (
+        build_transport(settings, guard),
+        _AnyTransport(build_transport(settings, guard)),
+    ):
+        fetcher = Fetcher(settings, transport, guard, None)
+        try:
+            hop = await fetcher.fetch(target)
+        finally:
+            await fetcher.aclose()
+        assert (hop.status, hop.error) == (200, None)
+    direct, through_request = server.requests
+    assert direct.raw_path == through_request.raw_path == target.url.split(str(server.port), 1)[1]
+    assert sorted(direct.headers.items()) == sorted(through_request.headers.items())
