@@ -83,17 +83,18 @@ class Store:
     async def submit(self, targets: Iterable[Target]) -> int:
         """Queue `targets`; returns how many were new (one already active is not queued again)."""
         now = time.time()
-        rows = [
-            (t.url, t.host_key, now, now)
-            # host by host (a stable sort keeps each host's order): the index inserts then
-            # touch each page once per batch instead of once per URL
-            for t in sorted(targets, key=_host_key)
-        ]
+        # host by host (a stable sort keeps each host's order): the index inserts then touch
+        # each page once per batch instead of once per URL
+        rows = _json_array((t.url, t.host_key) for t in sorted(targets, key=_host_key))
         async with self._transaction() as db:
-            cursor = await db.executemany(
+            # One statement, its rows a JSON array: SQLite inserts them all without the GIL,
+            # while `fetcher submit` parses the next chunk. With executemany the GIL came
+            # back to this thread row by row and the two took turns (bench/insert_cost.py).
+            cursor = await db.execute(
                 "INSERT INTO jobs (url, host, state, created_at, updated_at)"
-                " VALUES (?, ?, 'queued', ?, ?) ON CONFLICT DO NOTHING",
-                rows,
+                f" SELECT {_field(0)}, {_field(1)}, 'queued', ?, ? FROM json_each(?) AS v"
+                " WHERE true ON CONFLICT DO NOTHING",  # WHERE: how SQLite tells an upsert apart
+                (now, now, rows),
             )
             added = cursor.rowcount
             await db.execute("UPDATE job_counts SET n = n + ? WHERE state = 'queued'", (added,))
