@@ -6,6 +6,11 @@ process), CPU time per request (user + system of the process), and the time from
 
     .venv/bin/python bench/ab.py e49b9b3 HEAD            # 20,000 URLs, 1 host, 5 runs each
     .venv/bin/python bench/ab.py feec5a2~1 feec5a2 --reps 7
+
+With --submit N, it times `fetcher submit -f` of N URLs over 10,000 hosts into a fresh
+database instead (the URLs of `make bench --only scale`; no origin needed):
+
+    .venv/bin/python bench/ab.py HEAD~1 HEAD --submit 1000000 --reps 3
 """
 
 from __future__ import annotations
@@ -65,14 +70,50 @@ def one_run(src: Path, urls: Path, n: int, workdir: Path) -> tuple[float, float,
     return n / wall, cpu / n * 1e6, tail_s(log)
 
 
+def one_submit(src: Path, urls: Path, workdir: Path) -> float:
+    db = workdir / "submit.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    env = fetcher_env(db)
+    env["PYTHONPATH"] = str(src)
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "fetcher", "submit", "-f", str(urls)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    return time.perf_counter() - started
+
+
+def compare_submits(srcs: dict[str, Path], n: int, reps: int, workdir: Path) -> None:
+    urls = workdir / "scale.txt"
+    with urls.open("w") as f:
+        for i in range(n):
+            h = i % 10_000
+            f.write(f"http://127.0.{h // 250}.{2 + h % 250}:18081/item/{i}\n")
+    runs: dict[str, list[float]] = {rev: [] for rev in srcs}
+    for _ in range(reps):
+        for rev, src in srcs.items():
+            runs[rev].append(one_submit(src, urls, workdir))
+    print(f"fetcher submit of {n:,} URLs over 10,000 hosts, medians of {reps} interleaved runs")
+    for rev, values in runs.items():
+        every = ", ".join(f"{v:.2f}" for v in values)
+        print(f"{rev:>12}  {statistics.median(values):6.2f} s   (runs: {every})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("revs", nargs="+", help="git revisions to compare")
     parser.add_argument("--urls", type=int, default=20_000)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--submit", type=int, metavar="N", help="time submits of N URLs instead")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="fetcher-ab-"))
     srcs = {rev: checkout(rev, workdir / f"rev{i}") for i, rev in enumerate(args.revs)}
+    if args.submit:
+        compare_submits(srcs, args.submit, args.reps, workdir)
+        return
     urls = workdir / "urls.txt"
     urls.write_text("".join(f"http://{ADDRESSES[0]}:{PORT}/{i}\n" for i in range(args.urls)))
     runs: dict[str, list[tuple[float, float, float]]] = {rev: [] for rev in args.revs}
