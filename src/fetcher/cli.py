@@ -152,7 +152,11 @@ async def _submit(settings: Settings, lines: Iterable[str]) -> int:
     inserting: asyncio.Task[int] | None = None  # the last chunk goes in while the next is read
     try:
         chunk: list[Target] = []
-        for raw in itertools.chain(lines, [None]):
+        for n, raw in enumerate(itertools.chain(lines, [None])):
+            if n % 1024 == 0:
+                # the insert task moves on only when this loop yields: it takes a turn per
+                # statement, and SQLite runs each in aiosqlite's thread while this one parses
+                await asyncio.sleep(0)
             if raw is not None:
                 try:
                     chunk.append(parse_url(raw))
