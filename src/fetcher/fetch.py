@@ -18,6 +18,7 @@ all inside one `asyncio.timeout`: FETCHER_TIMEOUT is a deadline for the whole ho
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -42,6 +43,7 @@ __all__ = ["AiohttpTransport", "Fetcher", "Hop", "build_transport"]
 _KEEPALIVE_S = 5.0
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _sends: ContextVar[list[int]] = ContextVar("fetcher_sends")
+_NOT_URL_TEXT = re.compile(r"[^\x21-\x7e]")  # a normal-form URL is printable ASCII, no space
 
 
 @dataclass(slots=True)
@@ -164,7 +166,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     ) -> httpx.Response:
         """GET `url`, a URL in fetcher's normal form, without an httpx.Request: building one
         parses the URL again, in Python, into the same string (tests/unit/test_urls.py), and
-        that was a sixth of fetcher's own work per job (bench/machinery.py)."""
+        that was about a quarter of fetcher's own work per job (bench/machinery.py). A row
+        put in the queue by hand, not by `submit`, may hold anything: what is not printable
+        ASCII without spaces is refused here, not sent."""
+        if _NOT_URL_TEXT.search(url):
+            raise ValueError(f"not a URL as fetcher stores them: {url[:200]!r}")
         return _httpx_response(await self._send("GET", url, headers, None, timeouts), None)
 
     async def _send(

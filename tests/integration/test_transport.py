@@ -19,7 +19,7 @@ from aiohttp import web
 from fetcher.config import Settings
 from fetcher.fetch import AiohttpTransport, Fetcher, build_transport
 from fetcher.guard import Guard
-from fetcher.urls import parse_url
+from fetcher.urls import parse_url, stored_target
 
 HOST = "127.0.0.14"  # not one of the shared origin's addresses
 
@@ -181,3 +181,18 @@ async def test_a_stored_url_goes_out_as_an_httpx_request_would_send_it(
     direct, through_request = server.requests
     assert direct.raw_path == through_request.raw_path == target.url.split(str(server.port), 1)[1]
     assert sorted(direct.headers.items()) == sorted(through_request.headers.items())
+
+
+async def test_a_url_put_in_the_queue_by_hand_is_refused_not_sent(
+    server: Server, tmp_path: Path
+) -> None:
+    """A row written into `jobs` with plain SQL skips submit's validation: the direct path
+    refuses what is not a stored URL's text rather than send it."""
+    fetcher = make_fetcher(tmp_path)
+    key = f"{HOST}:{server.port}"
+    try:
+        hop = await fetcher.fetch(stored_target(f"http://{key}/a b\r\nX-Injected: 1", key))
+    finally:
+        await fetcher.aclose()
+    assert hop.status is None and "not a URL as fetcher stores them" in (hop.error or "")
+    assert server.requests == []
