@@ -53,6 +53,9 @@ class OriginStats:
     in_flight: Counter[str] = field(default_factory=Counter)
     max_in_flight: Counter[str] = field(default_factory=Counter)
     arrivals: defaultdict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    connections: defaultdict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    # per request, in order of arrival: did it ask for `Connection: close`
+    closing: defaultdict[str, list[bool]] = field(default_factory=lambda: defaultdict(list))
     total_in_flight: int = 0
     max_total_in_flight: int = 0
 
@@ -142,6 +145,9 @@ class Origin:
             s.paths[(host, path)] += 1
             seen = s.paths[(host, path)]
             s.arrivals[host].append(time.monotonic())
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            s.connections[host].add(peer[1] if peer else -1)  # a client port per connection
+            s.closing[host].append(request.headers.get("Connection", "").lower() == "close")
             s.in_flight[host] += 1
             s.max_in_flight[host] = max(s.max_in_flight[host], s.in_flight[host])
             s.total_in_flight += 1

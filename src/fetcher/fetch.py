@@ -253,6 +253,8 @@ class Fetcher:
             {"User-Agent": settings.user_agent, "Accept": "*/*", "Accept-Encoding": ACCEPT_ENCODING}
         )
         self._header_items = self._headers.multi_items()
+        self._closing_headers = httpx.Headers({**self._headers, "Connection": "close"})
+        self._closing_items = self._closing_headers.multi_items()
         # Only the connect timeout goes to the transport: the whole-hop deadline below covers
         # every read, and per-read timers cost aiohttp a timer reschedule per chunk.
         self._timeouts: dict[str, float | None] = {"connect": settings.connect_timeout}
@@ -265,8 +267,10 @@ class Fetcher:
     async def aclose(self) -> None:
         await self._transport.aclose()
 
-    async def fetch(self, target: Target, *, keep_body: bool = True) -> Hop:
-        """Send one GET to `target` and read its response; never raises for the network's sake."""
+    async def fetch(self, target: Target, *, keep_body: bool = True, reuse: bool = True) -> Hop:
+        """Send one GET to `target` and read its response; never raises for the network's sake.
+        With `reuse` False the request says `Connection: close`: no next request needs the
+        connection, so neither side keeps it open idle."""
         sends = [0]
         _sends.set(sends)
         started = time.perf_counter()
@@ -276,7 +280,7 @@ class Fetcher:
             if self._check_first:
                 await self._guard.check(target.host, target.port)
             async with asyncio.timeout(self._timeout_s):
-                await self._exchange(hop, sink)
+                await self._exchange(hop, sink, reuse)
         except Refused as exc:
             hop.refused = exc
         except TimeoutError:
@@ -292,12 +296,16 @@ class Fetcher:
             hop.status = None  # a body cut short is no response
         return hop
 
-    async def _exchange(self, hop: Hop, sink: BodySink | None) -> None:
+    async def _exchange(self, hop: Hop, sink: BodySink | None, reuse: bool) -> None:
         if self._direct is not None:
-            response = await self._direct.get(hop.target.url, self._header_items, self._timeouts)
+            headers = self._header_items if reuse else self._closing_items
+            response = await self._direct.get(hop.target.url, headers, self._timeouts)
         else:
             request = httpx.Request(
-                "GET", hop.target.url, headers=self._headers, extensions={"timeout": self._timeouts}
+                "GET",
+                hop.target.url,
+                headers=self._headers if reuse else self._closing_headers,
+                extensions={"timeout": self._timeouts},
             )
             response = await self._transport.handle_async_request(request)
         try:

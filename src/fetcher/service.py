@@ -151,7 +151,8 @@ class Service:
             self._settle(job, outcome)
 
     async def _step(self, job: Job) -> None:
-        hop = await self._fetcher.fetch(job.target)
+        reuse = self._scheduler.connection_wanted(job.target.host_key)
+        hop = await self._fetcher.fetch(job.target, reuse=reuse)
         now = time.time()
         exchanges = exchanges_of(hop, now)
         self._exchanges.extend(exchanges)

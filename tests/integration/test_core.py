@@ -35,6 +35,23 @@ def test_host_cap_is_reached_and_never_exceeded(fetcher: Fetcher, origin: Origin
     assert list(origin.stats.max_in_flight.values()) == [3, 3]
 
 
+def test_a_connection_is_kept_while_jobs_wait_for_its_host_and_closed_after(
+    fetcher: Fetcher, origin: Origin
+) -> None:
+    """5 jobs for one host, 2 at a time, all claimed at once. The first two requests keep
+    their connections (3 jobs wait, 2 in flight), the last one says `Connection: close`
+    (none waits); the ones between keep theirs or not depending on what has finished by
+    then. The connections are reused: fewer than the requests."""
+    fetcher.set(max_concurrency=8, host_concurrency=2)
+    fetcher.submit([origin.url(f"slow/100/{n}") for n in range(5)])
+    fetcher.drain()
+    host = origin.host()
+    closing = origin.stats.closing[host]
+    assert len(closing) == 5
+    assert closing[:2] == [False, False] and closing[-1] is True
+    assert len(origin.stats.connections[host]) < 5
+
+
 def test_counters_equal_what_the_origin_received(fetcher: Fetcher, origin: Origin) -> None:
     """Under concurrency, with retries, redirects, resets and errors, every host's `requests`
     equals what the origin received and the sum of its status classes and errors."""

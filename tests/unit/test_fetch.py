@@ -165,3 +165,15 @@ async def test_no_cookie_carries_from_one_job_to_another(
     await fetcher.fetch(parse_url("http://example.com/set"))
     await fetcher.fetch(parse_url("http://example.com/next"))
     assert "cookie" not in route.calls.last.request.headers
+
+
+async def test_a_request_not_to_be_reused_says_connection_close(
+    router: respx.Router, tmp_path: Path
+) -> None:
+    """reuse=False asks for `Connection: close`; by default the connection is kept."""
+    route = router.get("http://example.com/a").mock(return_value=httpx.Response(200))
+    fetcher = make_fetcher(router, tmp_path)
+    await fetcher.fetch(parse_url("http://example.com/a"))
+    await fetcher.fetch(parse_url("http://example.com/a"), reuse=False)
+    sent = [call.request.headers.get("Connection") for call in route.calls]
+    assert sent == [None, "close"]
