@@ -38,17 +38,17 @@ def test_host_cap_is_reached_and_never_exceeded(fetcher: Fetcher, origin: Origin
 def test_a_connection_is_kept_while_jobs_wait_for_its_host_and_closed_after(
     fetcher: Fetcher, origin: Origin
 ) -> None:
-    """5 jobs for one host, 2 at a time, all claimed at once. The first two requests keep
-    their connections (3 jobs wait, 2 in flight), the last one says `Connection: close`
-    (none waits); the ones between keep theirs or not depending on what has finished by
-    then. The connections are reused: fewer than the requests."""
+    """5 jobs for one host, 2 at a time, all claimed at once. The first three requests keep
+    their connections (a job still waits), the last one says `Connection: close` (none
+    waits); the fourth keeps its connection if the fifth has not started yet. The
+    connections are reused: fewer than the requests."""
     fetcher.set(max_concurrency=8, host_concurrency=2)
     fetcher.submit([origin.url(f"slow/100/{n}") for n in range(5)])
     fetcher.drain()
     host = origin.host()
     closing = origin.stats.closing[host]
     assert len(closing) == 5
-    assert closing[:2] == [False, False] and closing[-1] is True
+    assert closing[:3] == [False, False, False] and closing[-1] is True
     assert len(origin.stats.connections[host]) < 5
 
 
