@@ -99,7 +99,8 @@ class Service:
         self._flush_now = asyncio.Event()
         self._grace_timer: asyncio.TimerHandle | None = None
         self._background: list[asyncio.Task[None]] = []
-        self._log_hops = _log.is_enabled_for(logging.DEBUG)  # not even the arguments, else
+        # a filtered debug line still costs its arguments: skip the call unless it is shown
+        self._log_hops = _log.is_enabled_for(logging.DEBUG)
         self.summary = Summary()
 
     # -- the main loop ----------------------------------------------------------------------
