@@ -28,7 +28,7 @@ import time
 from io import BytesIO
 from pathlib import Path
 
-from run import ADDRESSES, PORT, Nginx, fetcher_env, pinned
+from run import ADDRESSES, PORT, Nginx, fetcher_env, fresh_db, pinned
 
 
 def checkout(rev: str, into: Path) -> Path:
@@ -52,9 +52,7 @@ def tail_s(log: Path) -> float:
 
 
 def one_run(src: Path, urls: Path, n: int, workdir: Path) -> tuple[float, float, float]:
-    db = workdir / "ab.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    db = fresh_db(workdir / "ab.db")
     env = fetcher_env(db, max_concurrency=64, host_concurrency=64, host_rate=0)
     env["PYTHONPATH"] = str(src)
     fetcher = [sys.executable, "-m", "fetcher"]
@@ -71,9 +69,7 @@ def one_run(src: Path, urls: Path, n: int, workdir: Path) -> tuple[float, float,
 
 
 def one_submit(src: Path, urls: Path, workdir: Path) -> float:
-    db = workdir / "submit.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    db = fresh_db(workdir / "submit.db")
     env = fetcher_env(db)
     env["PYTHONPATH"] = str(src)
     started = time.perf_counter()

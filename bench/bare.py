@@ -16,12 +16,12 @@ from fetcher.fetch import AiohttpTransport
 TRANSPORTS = ("default", "fetcher", "httpx-aiohttp")
 
 
-def transport_for(name: str, concurrency: int) -> httpx.AsyncBaseTransport | None:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+def transport_for(name: str, limits: httpx.Limits) -> httpx.AsyncBaseTransport | None:
     if name == "fetcher":
         return AiohttpTransport(
             lambda: aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=concurrency), auto_decompress=False
+                connector=aiohttp.TCPConnector(limit=limits.max_connections or 0),
+                auto_decompress=False,
             )
         )
     if name == "httpx-aiohttp":
@@ -35,7 +35,7 @@ def transport_for(name: str, concurrency: int) -> httpx.AsyncBaseTransport | Non
 async def fetch_all(urls: list[str], concurrency: int, transport: str) -> int:
     semaphore = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    client = httpx.AsyncClient(transport=transport_for(transport, concurrency), limits=limits)
+    client = httpx.AsyncClient(transport=transport_for(transport, limits), limits=limits)
     ok = 0
 
     async def one(url: str) -> None:

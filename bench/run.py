@@ -156,10 +156,15 @@ def timed(cmd: list[str], env: dict[str, str] | None = None, log: Path | None = 
     return elapsed
 
 
-def run_fetcher(urls: Path, concurrency: int, workdir: Path) -> float:
-    db = workdir / "bench.db"
+def fresh_db(db: Path) -> Path:
+    """`db` with no database file (nor its WAL) left by an earlier run."""
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
+    return db
+
+
+def run_fetcher(urls: Path, concurrency: int, workdir: Path) -> float:
+    db = fresh_db(workdir / "bench.db")
     shutil.rmtree(workdir / "bodies", ignore_errors=True)
     env = fetcher_env(db, max_concurrency=concurrency, host_concurrency=concurrency, host_rate=0)
     fetcher = [sys.executable, "-m", "fetcher"]
@@ -315,6 +320,7 @@ def scale(workdir: Path, smoke: bool) -> list[str]:
     queries: list[tuple[float, float]] = []
     cli: list[float] = []
     peak_queued_rss = 0
+    peak_files = 0  # open files, connections most of them: sampled every 0.5 s
     deadline = time.monotonic() + (60 if smoke else 360)
     try:
         while time.monotonic() < deadline:
@@ -330,6 +336,7 @@ def scale(workdir: Path, smoke: bool) -> list[str]:
             if summary["retrying"] or summary["failed"]:  # every request must be answered
                 raise RuntimeError(f"the origin is not answering every request: {summary}")
             rss = rss_kb(daemon.pid)
+            peak_files = max(peak_files, len(os.listdir(f"/proc/{daemon.pid}/fd")))
             if summary["done"] < 1000:
                 peak_queued_rss = max(peak_queued_rss, rss)
             for mark in (10_000, 100_000, 200_000):
@@ -349,7 +356,7 @@ def scale(workdir: Path, smoke: bool) -> list[str]:
         f" peak over the run (VmHWM): {hwm / 1024:.0f} MB.",
         "- RSS at "
         + ", ".join(f"{mark:,} done: {kb / 1024:.0f} MB" for mark, kb in sorted(marks.items()))
-        + ".",
+        + f"; most open files seen: {peak_files:,}.",
         f"- While the daemon runs: status query {status_ms:.1f} ms, stats query ({hosts:,} hosts)"
         f" {stats_ms:.1f} ms (medians of {len(queries)}); whole `fetcher status --json` process"
         f" {statistics.median(cli):.0f} ms (median of {len(cli)}).",
