@@ -19,7 +19,7 @@ from pathlib import Path
 
 import orjson
 
-from fetcher import schema
+from fetcher.sqlite import schema
 
 VARIANTS: dict[str, tuple[list[str], list[str]]] = {  # name: (statements after migrate, pragmas)
     "the schema as it is": ([], []),

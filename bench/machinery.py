@@ -31,7 +31,7 @@ from fetcher.fetch import AiohttpTransport, Fetcher
 from fetcher.guard import Guard
 from fetcher.log import configure_logging
 from fetcher.service import Service
-from fetcher.store import Store
+from fetcher.sqlite.store import SqliteQueue as Store
 from fetcher.urls import parse_url
 
 BODY = b"x" * 1024
@@ -71,14 +71,16 @@ TRANSPORTS = {"direct": CannedTransport, "request": CannedAnyTransport}
 async def one_run(workdir: Path, path: str, n: int, hosts: int) -> tuple[float, float]:
     db = workdir / "machinery.db"  # a fresh directory per run
     store = await Store.open(db)
-    await store.submit(parse_url(f"http://h{i % hosts}.example/{i}") for i in range(n))
+    await store.submit([parse_url(f"http://h{i % hosts}.example/{i}") for i in range(n)])
     settings = Settings(
         db=db, allow_private=True, max_concurrency=64, host_concurrency=64, host_rate=0
     )
     bodies = BodyStore(workdir / "bodies")
     guard = Guard(allow_private=True)
     fetcher = Fetcher(settings, TRANSPORTS[path](), guard, bodies)
-    service = Service(settings, store, fetcher, drain=True, bodies=bodies)
+    service = Service(
+        settings, store, fetcher, drain=True, bodies=bodies, install_signal_handlers=False
+    )
     before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     summary = await service.run()
     after, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - started

@@ -34,6 +34,7 @@ import httpx
 
 from fetcher import __version__, stats
 from fetcher.demo import Origin
+from fetcher.jobqueue import open_reader
 
 HERE = Path(__file__).parent
 PORT = 18080
@@ -170,7 +171,7 @@ def run_fetcher(urls: Path, concurrency: int, workdir: Path) -> float:
     fetcher = [sys.executable, "-m", "fetcher"]
     subprocess.run([*fetcher, "submit", "-f", str(urls)], env=env, check=True, capture_output=True)
     elapsed = timed([*pinned(1), *fetcher, "run", "--drain"], env, workdir / "fetcher.log")
-    done = stats.status(stats.open_readonly(db))["done"]
+    done = stats.status(open_reader(db))["done"]
     if done != count_lines(urls):
         raise RuntimeError(f"fetcher finished {done} of {count_lines(urls)} jobs")
     return elapsed
@@ -315,7 +316,7 @@ def scale(workdir: Path, smoke: bool) -> list[str]:
     ]
     log = open(workdir / "scale.log", "wb")  # noqa: SIM115
     daemon = subprocess.Popen([*pinned(1), *fetcher, "run"], env=env, stdout=log, stderr=log)
-    reader = stats.open_readonly(db)
+    reader = open_reader(db)
     marks: dict[int, int] = {}
     queries: list[tuple[float, float]] = []
     cli: list[float] = []

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 from fetcher.model import Exchange, JobState, Outcome
-from fetcher.store import Store
+from fetcher.sqlite.store import SqliteQueue as Store
 from fetcher.urls import parse_url
 
 
 async def per_job_us(path: Path, n: int, hosts: int) -> float:
     store = await Store.open(path)
-    await store.submit(parse_url(f"http://h{i % hosts}.example/{i}") for i in range(n))
+    await store.submit([parse_url(f"http://h{i % hosts}.example/{i}") for i in range(n)])
     started, done = time.perf_counter(), 0
     while done < n:
         walk = await store.hosts_with_queued("", 64)

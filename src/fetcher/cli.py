@@ -6,26 +6,25 @@ import argparse
 import itertools
 import json
 import re
-import sqlite3
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import IO, TYPE_CHECKING, Any
 
 from fetcher import __version__, stats
-from fetcher.errors import ConfigError
+from fetcher.errors import ConfigError, StoreUnavailable
 from fetcher.locations import database_path
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from fetcher.config import Settings
+    from fetcher.jobqueue import QueueReader
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 78
-_SUBMIT_CHUNK = 100_000
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,8 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"fetcher: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    except sqlite3.Error as exc:
-        print(f"fetcher: database error: {exc}", file=sys.stderr)
+    except StoreUnavailable as exc:
+        print(f"fetcher: database unavailable: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
@@ -125,64 +124,39 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     if not args.urls and not args.file:
         print("fetcher submit: give URLs or -f FILE", file=sys.stderr)
         return EXIT_USAGE
-    lines: Iterable[str] = args.urls
+    lines: Iterable[str | bytes] = args.urls
     if args.file:
-        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
-        lines = itertools.chain(args.urls, _url_lines(stream))
+        # bytes: a line that is not UTF-8 is rejected by itself, the rest still queued
+        stream = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
+        lines = itertools.chain(args.urls, _lines_of(stream))
     return asyncio.run(_submit(settings, lines))
 
 
-def _url_lines(stream: TextIO) -> Iterator[str]:
+def _lines_of(stream: IO[bytes]) -> Iterator[bytes]:
     with stream:
-        for line in stream:
-            line = line.strip()
-            if line and not line.startswith("#"):
-                yield line
+        yield from stream
 
 
-async def _submit(settings: Settings, lines: Iterable[str]) -> int:
-    import asyncio
+async def _submit(settings: Settings, lines: Iterable[str | bytes]) -> int:
+    from fetcher.jobqueue import open_queue
+    from fetcher.submission import submit_lines
 
-    from fetcher.errors import InvalidURL
-    from fetcher.store import Store
-    from fetcher.urls import Target, parse_url
+    def reject(shown: str, reason: str) -> None:
+        print(f"rejected: {shown}: {reason}", file=sys.stderr)
 
-    store = await Store.open(settings.db_path, cache_mib=32)  # the url index of a big queue
-    accepted = rejected = offered = 0
-    inserting: asyncio.Task[int] | None = None  # the last chunk goes in while the next is read
+    # a 32 MiB page cache: the url index of a big queue
+    queue = await open_queue(
+        settings.db_path, cache_mib=32, busy_timeout_s=settings.db_busy_timeout
+    )
     try:
-        chunk: list[Target] = []
-        for n, raw in enumerate(itertools.chain(lines, [None])):
-            if n % 1024 == 0:
-                # the insert task moves on only when this loop yields: it takes a turn per
-                # statement, and SQLite runs each in aiosqlite's thread while this one parses
-                await asyncio.sleep(0)
-            if raw is not None:
-                try:
-                    chunk.append(parse_url(raw))
-                except InvalidURL as exc:
-                    rejected += 1
-                    print(f"rejected: {_printable(raw)}: {exc.reason}", file=sys.stderr)
-                    continue
-            if len(chunk) >= _SUBMIT_CHUNK or (raw is None and chunk):
-                if inserting is not None:
-                    accepted += await inserting
-                inserting = asyncio.create_task(store.submit(chunk))
-                offered += len(chunk)
-                chunk = []
-        if inserting is not None:
-            accepted += await inserting
+        report = await submit_lines(queue, lines, reject)
     finally:
-        await store.close()
-    duplicates = offered - accepted
-    print(f"queued {accepted}, already queued {duplicates}, rejected {rejected}", file=sys.stderr)
-    return EXIT_FAILURE if rejected else EXIT_OK
-
-
-def _printable(raw: str) -> str:
-    """A rejected line as it may be shown: escaped, credentials hidden, cut to 200 chars."""
-    shown = re.sub(r"//[^/@\s]*@", "//***@", raw)
-    return shown.encode("unicode_escape").decode("ascii")[:200]
+        await queue.close()
+    print(
+        f"queued {report.queued}, already queued {report.duplicates}, rejected {report.rejected}",
+        file=sys.stderr,
+    )
+    return EXIT_FAILURE if report.rejected else EXIT_OK
 
 
 # -- read side ------------------------------------------------------------------------------
@@ -194,8 +168,14 @@ def _console() -> Console:
     return Console() if sys.stdout.isatty() else Console(width=160)
 
 
+def _reader(path: Path) -> QueueReader:
+    from fetcher.jobqueue import open_reader
+
+    return open_reader(path)
+
+
 def cmd_stats(args: argparse.Namespace, path: Path) -> int:
-    db = stats.open_readonly(path)
+    db = _reader(path)
     if args.by == "minute" or args.since:
         since = time.time() - _duration(args.since or "1h")
         rows = stats.minute_series(db, since=since, host=args.host)
@@ -222,7 +202,7 @@ def cmd_stats(args: argparse.Namespace, path: Path) -> int:
     return EXIT_OK
 
 
-def _watch(db: sqlite3.Connection, args: argparse.Namespace, console: Console) -> None:
+def _watch(db: QueueReader, args: argparse.Namespace, console: Console) -> None:
     from rich.live import Live
     from rich.table import Table
 
@@ -241,7 +221,7 @@ def _watch(db: sqlite3.Connection, args: argparse.Namespace, console: Console) -
 
 
 def cmd_status(args: argparse.Namespace, path: Path) -> int:
-    db = stats.open_readonly(path)
+    db = _reader(path)
     summary = stats.status(db)
     if args.json:
         print(json.dumps(summary))
@@ -252,7 +232,7 @@ def cmd_status(args: argparse.Namespace, path: Path) -> int:
 
 
 def cmd_results(args: argparse.Namespace, path: Path) -> int:
-    db = stats.open_readonly(path)
+    db = _reader(path)
     since = time.time() - _duration(args.since) if args.since else None
     out = sys.stdout
     for row in stats.results(db, state=args.state, host=args.host, since=since, limit=args.limit):
@@ -262,7 +242,7 @@ def cmd_results(args: argparse.Namespace, path: Path) -> int:
 
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     from fetcher.config import describe, load_hosts_file
-    from fetcher.schema import SCHEMA_VERSION
+    from fetcher.sqlite.schema import SCHEMA_VERSION
 
     rows = describe(settings, args.env_file)
     if settings.hosts_file is not None:

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     )
 
     db: Path | None = None
+    db_busy_timeout: float = Field(10.0, gt=0, le=3600)
     max_concurrency: int = Field(32, ge=1, le=10_000)
     host_concurrency: int = Field(4, ge=1, le=10_000)
     host_rate: float = Field(4.0, ge=0)
@@ -63,6 +64,15 @@ class Settings(BaseSettings):
     def _finite(cls, value: float) -> float:
         if not math.isfinite(value):
             raise ValueError("must be a finite number")
+        return value
+
+    @field_validator("db", mode="before")
+    @classmethod
+    def _sqlite_path(cls, value: object) -> object:
+        if isinstance(value, str) and value.split(":", 1)[0].lower() in ("postgresql", "postgres"):
+            raise ValueError(
+                "PostgreSQL is not supported by this version of fetcher yet; give a SQLite path"
+            )
         return value
 
     @field_validator("log_format", "log_level", mode="before")

@@ -1,24 +1,31 @@
-"""Putting the daemon together: settings → store, guard, transport, limits → `Service.run`."""
+"""Putting the daemon together: settings → queue, guard, transport, limits → `Service.run`.
+
+Every resource is released by the exit stack, in reverse order, each whatever the others did."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import platform
 import resource
-import sqlite3
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from fetcher import __version__
 from fetcher.bodies import BodyStore
 from fetcher.config import HostLimits, Settings, load_hosts_file
+from fetcher.errors import StoreUnavailable
 from fetcher.fetch import Fetcher, build_transport
 from fetcher.guard import Guard
+from fetcher.jobqueue import JobQueue, open_queue
 from fetcher.log import configure_logging, get_logger
 from fetcher.service import Service
-from fetcher.store import Store
 from fetcher.systemd import Notifier
+
+if TYPE_CHECKING:
+    from fetcher.metrics import Metrics
 
 __all__ = ["run_daemon"]
 
@@ -34,18 +41,17 @@ def run_daemon(settings: Settings, *, drain: bool, progress: bool) -> int:
     )
     _tune_gc()
     try:
-        asyncio.run(_run(settings, overrides, drain=drain, progress=progress))
-    except OSError as exc:
+        failure = asyncio.run(_run(settings, overrides, drain=drain, progress=progress))
+    except (OSError, StoreUnavailable) as exc:
         _log.error("service.failed", error=str(exc))
         return 1
-    return 0
+    return 0 if failure is None else 1
 
 
 def _tune_gc() -> None:
     """What start-up made (modules, classes, pydantic's schemas) is frozen out of every
     collection: the collector then scans only what the loop allocates. The thresholds stay at
-    Python's defaults: raised to (10,000, 20, 100) they let cyclic garbage build up, `make
-    bench --only scale` peaking at 167 MB instead of 129 MB."""
+    Python's defaults: raised, they let cyclic garbage build up (BENCHMARKS.md, "gc")."""
     gc.freeze()
 
 
@@ -60,56 +66,58 @@ def _raise_open_files_limit() -> None:
 
 async def _run(
     settings: Settings, overrides: Mapping[str, HostLimits], *, drain: bool, progress: bool
-) -> None:
+) -> str | None:
+    """The daemon's run; what failed (a task crashed), or None."""
     _log.info(
         "service.starting",
         version=__version__,
         python=platform.python_version(),
-        sqlite=sqlite3.sqlite_version,
         db=str(settings.db_path),
         allow_private=settings.allow_private,
     )
-    if sqlite3.sqlite_version_info < (3, 51, 3):
-        _log.info("sqlite.old", sqlite=sqlite3.sqlite_version, note="predates the WAL-reset fix")
-    store = await Store.open(settings.db_path)
-    guard = Guard(allow_private=settings.allow_private)
-    bodies = BodyStore(settings.bodies_path) if settings.bodies_path else None
-    fetcher = Fetcher(settings, build_transport(settings, guard), guard, bodies)
-    notifier = Notifier(os.environ)
-    metrics = None
-    if settings.metrics_addr:
-        from fetcher.metrics import Metrics  # prometheus_client only when asked for
-
-        metrics = Metrics(settings.metrics_addr)
-        _log.info("metrics.serving", addr=settings.metrics_addr, loopback=metrics.loopback)
-        if not metrics.loopback:
-            _log.warning(
-                "metrics.exposed", addr=settings.metrics_addr, why="not a loopback address"
-            )
-    service = Service(
-        settings,
-        store,
-        fetcher,
-        drain=drain,
-        overrides=overrides,
-        notifier=notifier,
-        bodies=bodies,
-        metrics=metrics,
-    )
-    shown = asyncio.create_task(_show_progress(store)) if progress else None
-    try:
-        await service.run()
-    finally:
-        if shown is not None:
-            shown.cancel()
-        await fetcher.aclose()
-        await store.close()
-        notifier.close()
+    async with contextlib.AsyncExitStack() as stack:
+        queue = await open_queue(settings.db_path, busy_timeout_s=settings.db_busy_timeout)
+        stack.push_async_callback(queue.close)
+        _log.info("store.opened", **queue.about())
+        guard = Guard(allow_private=settings.allow_private)
+        bodies = BodyStore(settings.bodies_path) if settings.bodies_path else None
+        fetcher = Fetcher(settings, build_transport(settings, guard), guard, bodies)
+        stack.push_async_callback(fetcher.aclose)
+        notifier = Notifier(os.environ)
+        stack.callback(notifier.close)
+        metrics = _metrics(settings)
         if metrics is not None:
-            metrics.close()
+            stack.callback(metrics.close)
+        service = Service(
+            settings,
+            queue,
+            fetcher,
+            drain=drain,
+            overrides=overrides,
+            notifier=notifier,
+            bodies=bodies,
+            metrics=metrics,
+        )
+        if progress:
+            shown = asyncio.create_task(_show_progress(queue))
+            stack.callback(shown.cancel)
+        await service.run()
+        return service.failure
 
 
-async def _show_progress(store: Store) -> None:
+def _metrics(settings: Settings) -> Metrics | None:
+    if not settings.metrics_addr:
+        return None
+    from fetcher.metrics import Metrics  # prometheus_client only when asked for
+
+    metrics = Metrics(settings.metrics_addr)
+    _log.info("metrics.serving", addr=settings.metrics_addr, loopback=metrics.loopback)
+    if not metrics.loopback:
+        _log.warning("metrics.exposed", addr=settings.metrics_addr, why="not a loopback address")
+    return metrics
+
+
+async def _show_progress(queue: JobQueue) -> None:
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -127,7 +135,7 @@ async def _show_progress(store: Store) -> None:
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("jobs", total=None, detail="")
         while True:
-            counts = await store.counts()
+            counts = await queue.counts()
             finished = counts["done"] + counts["failed"]
             total = finished + counts["queued"] + counts["retrying"] + counts["running"]
             detail = f"failed {counts['failed']}, retrying {counts['retrying']}"

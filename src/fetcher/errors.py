@@ -5,8 +5,9 @@ FetcherError
  ├── InvalidURL         refused at submit (or when a redirect names one)
  └── Refused            a job ends `failed` without (more) requests: reason stored in results
       ├── BlockedDestination
-      ├── BodyTooLarge
-      └── TooManyRedirects
+      └── BodyTooLarge
+StoreUnavailable        the queue's database cannot be used for now (locked, full, away):
+                        the daemon waits and tries again, it never drops what it holds
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ __all__ = [
     "FetcherError",
     "InvalidURL",
     "Refused",
-    "TooManyRedirects",
+    "StoreUnavailable",
 ]
 
 
@@ -54,5 +55,12 @@ class BodyTooLarge(Refused):
     """The decoded body grew past FETCHER_MAX_BODY_BYTES."""
 
 
-class TooManyRedirects(Refused):
-    """More redirect hops than FETCHER_MAX_REDIRECTS."""
+class StoreUnavailable(Exception):
+    """The database refused an operation for a reason that passes (locked past the busy
+    timeout, disk full, read-only, the server away). Raised by a backend in place of its
+    driver's error; the daemon retries, a command reports it and exits 1."""
+
+    def __init__(self, operation: str, reason: str) -> None:
+        super().__init__(f"{operation}: {reason}")
+        self.operation = operation
+        self.reason = reason

@@ -23,7 +23,6 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -36,32 +35,14 @@ from fetcher.config import Settings
 from fetcher.decoding import ACCEPT_ENCODING, CappedDecoder
 from fetcher.errors import BlockedDestination, BodyTooLarge, Refused
 from fetcher.guard import Guard, address_verdict
+from fetcher.model import REDIRECT_STATUSES, Hop
 from fetcher.urls import Target
 
-__all__ = ["AiohttpTransport", "Fetcher", "Hop", "build_transport"]
+__all__ = ["AiohttpTransport", "Fetcher", "build_transport"]
 
 _KEEPALIVE_S = 5.0
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _sends: ContextVar[list[int]] = ContextVar("fetcher_sends")
 _NOT_URL_TEXT = re.compile(r"[^\x21-\x7e]")  # a normal-form URL is printable ASCII, no space
-
-
-@dataclass(slots=True)
-class Hop:
-    """What one hop got. `sends` counts requests that went out (aiohttp re-sends once on a
-    reused connection that resets); `status` None means no response."""
-
-    target: Target
-    sends: int
-    latency_ms: float
-    status: int | None = None
-    bytes: int = 0
-    location: str | None = None
-    retry_after: str | None = None
-    error: str | None = None
-    refused: Refused | None = None
-    body_sha256: str | None = None
-    body_path: str | None = None
 
 
 class _PinnedResolver(AbstractResolver):
@@ -335,7 +316,7 @@ def _read_headers(hop: Hop, raw: list[tuple[bytes, bytes]]) -> str:
         name = key.lower()
         if name == b"content-encoding":
             encodings.append(value.decode("latin-1"))
-        elif name == b"location" and hop.status in _REDIRECTS and hop.location is None:
+        elif name == b"location" and hop.status in REDIRECT_STATUSES and hop.location is None:
             hop.location = value.decode("latin-1")
         elif name == b"retry-after" and hop.status in (429, 503) and hop.retry_after is None:
             hop.retry_after = value.decode("latin-1")

@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from fetcher.errors import Refused
 from fetcher.urls import Target
 
-__all__ = ["Exchange", "Job", "JobState", "Outcome"]
+__all__ = ["REDIRECT_STATUSES", "Exchange", "Hop", "Job", "JobState", "Outcome"]
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})  # followed when Location is usable
 
 
 class JobState(StrEnum):
@@ -28,6 +31,24 @@ class Job:
     attempts: int  # attempts made before the current one
     target: Target
     hops: int = 0
+
+
+@dataclass(slots=True)
+class Hop:
+    """What one request of a job got. `sends` counts requests that went out (aiohttp re-sends
+    once on a reused connection that resets); `status` None means no response."""
+
+    target: Target
+    sends: int
+    latency_ms: float
+    status: int | None = None
+    bytes: int = 0
+    location: str | None = None
+    retry_after: str | None = None
+    error: str | None = None
+    refused: Refused | None = None
+    body_sha256: str | None = None
+    body_path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

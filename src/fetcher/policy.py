@@ -5,6 +5,8 @@ no response (network error, timeout)    → retry, or failed when attempts are u
 301/302/303/307/308 + usable Location   → follow: the next hop waits for its own host
 408, 429, 5xx                           → retry (429/503 Retry-After pauses the host)
 anything else                           → done
+
+Backoff and Retry-After are pure functions of their inputs too.
 """
 
 from __future__ import annotations
@@ -12,18 +14,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 
 from fetcher.config import Settings
 from fetcher.errors import InvalidURL
-from fetcher.fetch import Hop
-from fetcher.model import Exchange, Job, JobState, Outcome
-from fetcher.scheduler import backoff_delay, retry_after_delay
+from fetcher.model import REDIRECT_STATUSES, Exchange, Hop, Job, JobState, Outcome
 from fetcher.urls import Target, join_redirect
 
-__all__ = ["Decision", "decide", "exchanges_of"]
-
-_FOLLOWED = frozenset({301, 302, 303, 307, 308})
-RESENT_REASON = "connection reset before a response; the client sent the request again"
+__all__ = ["Decision", "backoff_delay", "decide", "exchanges_of", "retry_after_delay"]
 
 
 @dataclass(slots=True)
@@ -62,7 +60,7 @@ def decide(
     status = hop.status
     if status is None:
         return _retry(job, hop, settings, now, rand, hop.error or "no response", 0.0)
-    if status in _FOLLOWED and hop.location:
+    if status in REDIRECT_STATUSES and hop.location:
         try:
             target = join_redirect(hop.target.url, hop.location)
         except InvalidURL:
@@ -122,3 +120,31 @@ def _retry(
         next_attempt_at=now + delay,
     )
     return Decision(outcome=outcome)
+
+
+def backoff_delay(
+    attempt: int, *, base_s: float, max_s: float, rand: Callable[[], float] = random.random
+) -> float:
+    """Seconds to wait after failed attempt number `attempt` (1 = the first): exponential
+    backoff, capped at `max_s`, with full jitter (uniform between 0 and the cap)."""
+    ceiling = min(max_s, base_s * 2.0 ** min(attempt - 1, 60))
+    return ceiling * rand()
+
+
+def retry_after_delay(value: str | None, *, now: float, max_s: float) -> float | None:
+    """Seconds a `Retry-After` header asks for (delta-seconds or HTTP date), at most `max_s`;
+    None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - now
+    return min(max(seconds, 0.0), max_s)

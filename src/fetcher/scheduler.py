@@ -2,8 +2,7 @@
 
 Hosts wait in a heap ordered by the time their limiter lets the next request start, so the
 scheduler always hands out the job of the host that is ready first; a slow, paused or
-rate-limited host never stands in front of a ready one. Backoff and Retry-After are pure
-functions of their inputs, tested with numbers.
+rate-limited host never stands in front of a ready one.
 """
 
 from __future__ import annotations
@@ -12,43 +11,30 @@ import asyncio
 import contextlib
 import heapq
 import math
-import random
 from collections import deque
 from collections.abc import Callable
-from email.utils import parsedate_to_datetime
 
 from fetcher.limits import Limits
 from fetcher.model import Job
 
-__all__ = ["Scheduler", "backoff_delay", "retry_after_delay"]
+__all__ = ["Permit", "Scheduler"]
 
 
-def backoff_delay(
-    attempt: int, *, base_s: float, max_s: float, rand: Callable[[], float] = random.random
-) -> float:
-    """Seconds to wait after failed attempt number `attempt` (1 = the first): exponential
-    backoff, capped at `max_s`, with full jitter (uniform between 0 and the cap)."""
-    ceiling = min(max_s, base_s * 2.0 ** min(attempt - 1, 60))
-    return ceiling * rand()
+class Permit:
+    """A request's two places, taken together by `Scheduler.next_ready` and given back together
+    by `release`: one of the global semaphore's and one of its host's in-flight places."""
 
+    __slots__ = ("_scheduler", "host")
 
-def retry_after_delay(value: str | None, *, now: float, max_s: float) -> float | None:
-    """Seconds a `Retry-After` header asks for (delta-seconds or HTTP date), at most `max_s`;
-    None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        seconds = float(value)
-    else:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            return None
-        seconds = when.timestamp() - now
-    return min(max(seconds, 0.0), max_s)
+    def __init__(self, scheduler: Scheduler, host: str) -> None:
+        self._scheduler: Scheduler | None = scheduler
+        self.host = host
+
+    def release(self) -> None:
+        """Give both places back (once; a second call does nothing)."""
+        if self._scheduler is not None:
+            self._scheduler._finished(self.host)
+            self._scheduler = None
 
 
 class Scheduler:
@@ -62,6 +48,7 @@ class Scheduler:
         self._in_heap: set[str] = set()
         self._seq = 0
         self._changed = asyncio.Event()
+        self._closed = False
         self.pending = 0
 
     def add(self, job: Job) -> None:
@@ -75,8 +62,9 @@ class Scheduler:
         self._schedule(key)
         self._changed.set()
 
-    def finished(self, key: str) -> None:
-        """A request to `key` ended: its in-flight place is free again."""
+    def _finished(self, key: str) -> None:
+        """A request to `key` ended (`Permit.release`): both its places are free again."""
+        self._limits.slots.release()
         self._limits.host(key).finish()
         if self._pending.get(key):
             self._schedule(key)
@@ -103,6 +91,11 @@ class Scheduler:
     def wake(self) -> None:
         self._changed.set()
 
+    def close(self) -> None:
+        """Hand out no more jobs (shutdown); whoever waits in `next_ready` gets None."""
+        self._closed = True
+        self._changed.set()
+
     def take_all(self) -> list[Job]:
         """Every job not yet started (shutdown puts them back in the queue)."""
         jobs = [job for queue in self._pending.values() for job in queue]
@@ -112,9 +105,19 @@ class Scheduler:
         self.pending = 0
         return jobs
 
-    async def next_job(self, max_wait_s: float) -> Job | None:
-        """The next job whose host is ready, its request counted as started; None after
-        `max_wait_s` without one, or when woken with nothing ready (the caller re-checks)."""
+    async def next_ready(self, max_wait_s: float) -> tuple[Job, Permit] | None:
+        """A global slot, then the job of the host ready first, with its host's place taken
+        (both held by the Permit); None after `max_wait_s` without one, when woken with nothing
+        ready (the caller re-checks), or once closed. Waiting for a host holds the one global
+        slot this call took: it goes to whichever host gets ready first."""
+        await self._limits.slots.acquire()
+        job = await self._next_job(max_wait_s)
+        if job is None:
+            self._limits.slots.release()
+            return None
+        return job, Permit(self, job.target.host_key)
+
+    async def _next_job(self, max_wait_s: float) -> Job | None:
         job = self._pop_ready()
         if job is not None:
             return job
@@ -128,6 +131,8 @@ class Scheduler:
         return self._pop_ready()
 
     def _pop_ready(self) -> Job | None:
+        if self._closed:
+            return None
         heap = self._heap
         now = self._clock()
         while heap and heap[0][0] <= now:

@@ -1,10 +1,11 @@
 """The daemon: claim jobs, fetch them within the limits, record what happened, stop cleanly.
 
-run: lifecycle (signals, READY … STOPPING) around
-     loop: take a global slot → the job of the host ready first → spawn fetch → repeat
-     beside it: the feeder (claims, retries due, leases), the recorder (batched commits)
-stop: no more claims; in-flight requests get FETCHER_SHUTDOWN_GRACE, then are cancelled;
-      outcomes are committed; whatever is left goes back to `queued`.
+run:   lifecycle (signals, register, background tasks, READY … STOPPING, final commit) around
+       loop: a slot and the job of the host ready first (one Permit) → spawn its fetch → repeat
+beside it, under the supervisor: the feeder (claims), the recorder (group commit) and the
+       housekeeping chores (retries due, leases, STATUS=, metrics, retention)
+stop:  no more claims; in-flight requests get FETCHER_SHUTDOWN_GRACE, then are cancelled;
+       outcomes are committed; whatever is left goes back to `queued`.
 """
 
 from __future__ import annotations
@@ -13,36 +14,36 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import math
 import signal
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fetcher.bodies import BodyStore
 from fetcher.config import HostLimits, Settings, load_hosts_file
-from fetcher.errors import ConfigError
-from fetcher.fetch import Fetcher, Hop
+from fetcher.errors import ConfigError, StoreUnavailable
+from fetcher.feeder import Feeder
+from fetcher.fetch import Fetcher
+from fetcher.housekeeping import Housekeeping
+from fetcher.jobqueue import JobQueue
 from fetcher.limits import Limits
 from fetcher.log import get_logger
-from fetcher.model import Exchange, Job, JobState, Outcome
+from fetcher.model import Hop, Job, JobState, Outcome
 from fetcher.policy import decide, exchanges_of
-from fetcher.scheduler import Scheduler
-from fetcher.store import Store
+from fetcher.recorder import Recorder
+from fetcher.scheduler import Permit, Scheduler
+from fetcher.supervisor import StoreHealth, Supervisor
 from fetcher.systemd import Notifier
 
 if TYPE_CHECKING:
     from fetcher.metrics import Metrics
 
-__all__ = ["Service", "Summary", "allot"]
+__all__ = ["Service", "Summary"]
 
 _log = get_logger("fetcher.service")
-_WALK_HOSTS = 64
 _IDLE_POLL_S = 0.5
-_PRUNE_EVERY_S = 600.0
-_COMMIT_GAP_S = 0.02  # at most ~50 commits/s: each is 7 hand-offs to aiosqlite's thread
+_STORE_GRACE_S = 30.0  # how long the last commit waits for a store that is away, at shutdown
 
 
 @dataclass(slots=True)
@@ -57,12 +58,12 @@ class Summary:
 
 
 class Service:
-    """One daemon on one database."""
+    """One daemon on one queue."""
 
     def __init__(
         self,
         settings: Settings,
-        store: Store,
+        queue: JobQueue,
         fetcher: Fetcher,
         *,
         drain: bool = False,
@@ -72,36 +73,53 @@ class Service:
         metrics: Metrics | None = None,
         install_signal_handlers: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
-        self._store = store
+        self._queue = queue
         self._fetcher = fetcher
         self._drain = drain
         self._notifier = notifier or Notifier({})
-        self._bodies = bodies
         self._metrics = metrics
         self._install_signals = install_signal_handlers
         self._clock = clock
+        self._wall = wall
         self._limits = Limits(
             settings.max_concurrency, settings.default_limits, overrides or {}, clock
         )
         self._scheduler = Scheduler(self._limits, clock)
         self._stopping = asyncio.Event()
-        self._settled = asyncio.Event()  # a job left memory: the feeder may claim more
-        self._in_flight: dict[asyncio.Task[None], str] = {}  # task → host key it is fetching
-        self._held: Counter[str] = Counter()
-        self._max_held = max(8 * settings.max_concurrency, 512)
-        self._outcomes: list[Outcome] = []
-        # every request as it ends, hops of unfinished redirect chains included: committed in
-        # the next batch, so the counters never miss a request the host saw
-        self._exchanges: list[Exchange] = []
-        self._pauses: dict[str, float] = {}  # host → unix time its pause ends, to commit
-        self._flush_now = asyncio.Event()
+        self._store_deadline = asyncio.Event()  # set _STORE_GRACE_S after stopping began
+        self._health = StoreHealth(self._notifier)
+        self._supervisor = Supervisor(on_crash=self._crashed)
+        self._feeder = Feeder(
+            queue,
+            self._scheduler,
+            self._limits,
+            self._health,
+            lease_s=settings.lease_s,
+            max_held=max(8 * settings.max_concurrency, 512),
+        )
+        self._recorder = Recorder(queue, self._health, metrics)
+        self._housekeeping = Housekeeping(
+            queue,
+            self._health,
+            self._notifier,
+            lease_s=settings.lease_s,
+            retention_days=settings.retention_days,
+            bodies=bodies,
+            metrics=metrics,
+            in_flight=lambda: len(self._in_flight),
+            on_due=self._feeder.wake,
+            forget_idle=self._limits.forget_idle,
+            wall=wall,
+        )
+        self._in_flight: dict[asyncio.Task[None], Permit] = {}
         self._grace_timer: asyncio.TimerHandle | None = None
-        self._background: list[asyncio.Task[None]] = []
         # a filtered debug line still costs its arguments: skip the call unless it is shown
         self._log_hops = _log.is_enabled_for(logging.DEBUG)
         self.summary = Summary()
+        self.failure: str | None = None  # why the run failed (a task crashed); None if it did not
 
     # -- the main loop ----------------------------------------------------------------------
 
@@ -109,39 +127,29 @@ class Service:
         async with self._lifecycle():
             drained = self._drain and await self._drained()  # an empty queue ends at once
             while not drained and not self._stopping.is_set():
-                await self._limits.slots.acquire()
-                job = await self._next_job()
-                if job is None:
-                    self._limits.slots.release()
-                    if self._drain and await self._drained():
-                        break
-                    continue
-                self._spawn(job)
-            await self._shutdown()
+                ready = await self._scheduler.next_ready(max_wait_s=_IDLE_POLL_S)
+                if ready is not None:
+                    self._spawn(*ready)
+                elif self._drain:
+                    drained = await self._drained()
         return self.summary
 
-    async def _next_job(self) -> Job | None:
-        if self._stopping.is_set():
-            return None
-        return await self._scheduler.next_job(max_wait_s=_IDLE_POLL_S)
-
-    def _spawn(self, job: Job) -> None:
+    def _spawn(self, job: Job, permit: Permit) -> None:
         task = asyncio.create_task(self._handle(job), name=f"fetch {job.id}")
-        self._in_flight[task] = job.target.host_key
+        self._in_flight[task] = permit
         task.add_done_callback(self._reap)
 
     def _reap(self, task: asyncio.Task[None]) -> None:
-        host = self._in_flight.pop(task)
-        self._limits.slots.release()
-        self._scheduler.finished(host)
-        if self._drain and not self._in_flight and not self._held:
+        """The one place a request's slot is given back, however its task ended (a task
+        cancelled before it ever ran never reaches a `finally` of its own)."""
+        self._in_flight.pop(task).release()
+        if self._drain and not self._in_flight and not self._feeder.held:
             self._scheduler.wake()  # perhaps the last job: let the loop check now, not at its poll
-        if not task.cancelled() and task.exception() is not None:
-            _log.error("job.crashed", task=task.get_name(), exc_info=task.exception())
 
     async def _handle(self, job: Job) -> None:
         """Fetch one hop of `job`, then follow, retry or finish it. A bug met on the way
-        fails this job with the reason, never the daemon."""
+        fails this job with the reason, never the daemon. Cancelled (the grace ran out), the
+        job stays held and goes back to the queue at shutdown."""
         try:
             await self._step(job)
         except Exception as exc:
@@ -154,9 +162,9 @@ class Service:
     async def _step(self, job: Job) -> None:
         reuse = self._scheduler.connection_wanted(job.target.host_key)
         hop = await self._fetcher.fetch(job.target, reuse=reuse)
-        now = time.time()
+        now = self._wall()
         exchanges = exchanges_of(hop, now)
-        self._exchanges.extend(exchanges)
+        self._recorder.requests(exchanges)
         self.summary.requests += len(exchanges)
         if self._log_hops:
             self._log_hop(job, hop)
@@ -166,53 +174,14 @@ class Service:
             job.target = decision.follow
             job.hops += 1
             self._scheduler.add(job)
-            self._flush_now.set()
+            self._recorder.soon()
             return
         assert decision.outcome is not None
         self._settle(job, decision.outcome)
 
-    # -- limits the hosts ask for -------------------------------------------------------------
-
-    def _apply_host_signals(self, hop: Hop, pause_s: float | None, throttled: bool) -> None:
-        key = hop.target.host_key
-        limiter = self._limits.host(key)
-        if pause_s is not None:
-            limiter.pause(self._clock() + pause_s)
-            self._keep_pause(key, time.time() + pause_s)
-            _log.info("host.paused", host=key, seconds=round(pause_s, 3), why="Retry-After")
-        elif throttled:
-            seconds = limiter.throttle(
-                self._clock(), self._settings.backoff_base, self._settings.backoff_max
-            )
-            self._keep_pause(key, time.time() + seconds)
-            _log.info("host.paused", host=key, seconds=round(seconds, 3), why="429")
-        elif hop.status is not None:
-            limiter.recover()
-
-    def _keep_pause(self, key: str, until: float) -> None:
-        """The pause (to unix time `until`) goes to the database with the next batch: a
-        restart keeps it. Of two pauses for a host, the longer wins."""
-        self._pauses[key] = max(until, self._pauses.get(key, 0.0))
-
-    async def _restore_pauses(self) -> None:
-        now_wall, now = time.time(), self._clock()
-        paused = await self._store.paused_hosts()
-        for key, until in paused.items():
-            self._limits.host(key).pause(now + (until - now_wall))
-            _log.debug("host.paused", host=key, seconds=round(until - now_wall, 3), why="restart")
-        if paused:
-            longest = max(paused.values()) - now_wall
-            _log.info("hosts.pauses_restored", hosts=len(paused), longest_s=round(longest, 3))
-
-    # -- recording ----------------------------------------------------------------------------
-
     def _settle(self, job: Job, outcome: Outcome) -> None:
-        self._outcomes.append(outcome)
-        self._flush_now.set()
-        self._held[job.host] -= 1
-        if self._held[job.host] <= 0:
-            del self._held[job.host]
-        self._settled.set()
+        self._recorder.outcome(outcome)
+        self._feeder.settled(job)
         state = outcome.state
         if state is JobState.DONE:
             self.summary.done += 1
@@ -233,177 +202,108 @@ class Service:
             error=outcome.error,
         )
 
-    async def _recorder(self) -> None:
-        """Group commit: whatever settled since the last commit goes in the next one, so
-        batches grow with the load and an outcome waits at most a commit and a 20 ms gap."""
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_now.wait(), _IDLE_POLL_S)
-            self._flush_now.clear()
-            await self._flush()
-            await asyncio.sleep(_COMMIT_GAP_S)
-
-    async def _flush(self) -> None:
-        if not self._outcomes and not self._exchanges:
-            return
-        batch, self._outcomes = self._outcomes, []
-        exchanges, self._exchanges = self._exchanges, []
-        pauses, self._pauses = self._pauses, {}
-        try:
-            await self._store.record(batch, exchanges, pauses)
-        except Exception:
-            self._outcomes[:0] = batch  # keep them: the next flush tries again
-            self._exchanges[:0] = exchanges
-            for key, until in pauses.items():
-                self._keep_pause(key, until)
-            _log.exception("store.record_failed", outcomes=len(batch))
-            await asyncio.sleep(1.0)
-            return
-        if self._metrics is not None:
-            self._metrics.count(exchanges)
-
-    # -- feeding the scheduler ----------------------------------------------------------------
-
-    async def _feeder(self) -> None:
-        """Claim queued jobs, host by host, while there is room; a host holds only a few
-        seconds' worth, so a slow host's backlog never crowds out the others, and the room is
-        shared among the hosts of a walk, so the slots go to many hosts at once rather than
-        to the first few (which then open a connection for every slot)."""
-        cursor = ""
-        claimed_this_cycle = 0
-        while not self._stopping.is_set():
-            room = self._max_held - sum(self._held.values())
-            hosts = await self._store.hosts_with_queued(cursor, _WALK_HOSTS) if room > 0 else []
-            wants = allot(room, [(host, self._host_room(host)) for host in hosts[:_WALK_HOSTS]])
-            room -= sum(n for _, n in wants)
-            jobs = await self._store.claim(wants, self._settings.lease_s) if wants else []
-            for job in jobs:
-                self._held[job.host] += 1
-                self._scheduler.add(job)
-            claimed_this_cycle += len(jobs)
-            wrapped = len(hosts) <= _WALK_HOSTS
-            cursor = "" if wrapped else hosts[_WALK_HOSTS - 1]
-            if room <= 0 or (wrapped and claimed_this_cycle == 0):
-                self._settled.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._settled.wait(), _IDLE_POLL_S)
-            if wrapped:
-                claimed_this_cycle = 0
-
-    def _host_room(self, host: str) -> int:
-        limits = self._limits.limits_for(host)
-        ahead = 2 * limits.concurrency if limits.rate == 0 else math.ceil(2 * limits.rate)
-        return min(limits.concurrency + limits.burst + ahead, 1000) - self._held[host]
-
-    async def _housekeeper(self) -> None:
-        """Retries that are due go back to the queue; leases are renewed; STATUS= and the
-        idle host meters are refreshed."""
-        heartbeat_s = self._settings.lease_s / 4
-        last_heartbeat = self._clock()
-        last_prune = -math.inf
-        ticks = 0
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), 0.25)
-            ticks += 1
-            if self._metrics is not None and ticks % 4 == 0:
-                self._metrics.queue(await self._store.counts())
-            if self._clock() - last_prune >= _PRUNE_EVERY_S:
-                last_prune = self._clock()
-                await self._prune()
-            if await self._store.promote_due():
-                self._settled.set()
-            if self._clock() - last_heartbeat >= heartbeat_s:
-                last_heartbeat = self._clock()
-                reclaimed = await self._store.heartbeat(self._settings.lease_s)
-                if reclaimed:
-                    _log.warning("jobs.reclaimed", jobs=reclaimed, why="lease expired")
-                self._limits.forget_idle()
-                self._notifier.notify(STATUS=await self._status_line())
-
-    async def _prune(self) -> None:
-        """FETCHER_RETENTION_DAYS: old results, finished jobs, minute rows and the bodies no
-        result names any more go, a batch per transaction; cumulative counters stay."""
-        days = self._settings.retention_days
-        if days <= 0:
-            return
-        deleted, orphans = await self._store.prune(time.time() - days * 86400)
-        if self._bodies is not None:
-            for sha in orphans:
-                self._bodies.path_for(sha).unlink(missing_ok=True)
-        if deleted or orphans:
-            _log.info("retention.pruned", rows=deleted, bodies=len(orphans), days=days)
-
-    async def _watchdog(self, interval_s: float) -> None:
-        """WATCHDOG=1 from the event loop itself: a loop that stops turning stops the pings."""
-        while True:
-            self._notifier.notify(WATCHDOG="1")
-            await asyncio.sleep(interval_s)
-
-    async def _status_line(self) -> str:
-        counts = await self._store.counts()
-        return (
-            f"in flight {len(self._in_flight)}, queued {counts['queued']},"
-            f" retrying {counts['retrying']}, done {counts['done']}, failed {counts['failed']}"
-        )
-
     async def _drained(self) -> bool:
-        if self._in_flight or self._scheduler.pending or self._held:
+        if self._in_flight or self._scheduler.pending or self._feeder.held:
             return False
-        await self._flush()  # the store's lock is FIFO: this also waits for a commit under way
-        return await self._store.is_idle()
+        try:
+            # the store's lock is FIFO: the flush also waits for a commit under way
+            await self._recorder.flush(give_up=self._stopping)
+            return await self._health.call("is_idle", self._queue.is_idle, give_up=self._stopping)
+        except StoreUnavailable:  # only once stopping, which ends the loop anyway
+            return False
+
+    # -- limits the hosts ask for -------------------------------------------------------------
+
+    def _apply_host_signals(self, hop: Hop, pause_s: float | None, throttled: bool) -> None:
+        key = hop.target.host_key
+        limiter = self._limits.host(key)
+        if pause_s is not None:
+            limiter.pause(self._clock() + pause_s)
+            self._recorder.pause(key, self._wall() + pause_s)
+            _log.info("host.paused", host=key, seconds=round(pause_s, 3), why="Retry-After")
+        elif throttled:
+            seconds = limiter.throttle(
+                self._clock(), self._settings.backoff_base, self._settings.backoff_max
+            )
+            self._recorder.pause(key, self._wall() + seconds)
+            _log.info("host.paused", host=key, seconds=round(seconds, 3), why="429")
+        elif hop.status is not None:
+            limiter.recover()
+
+    async def _restore_pauses(self) -> None:
+        paused = await self._health.call(
+            "paused_hosts", self._queue.paused_hosts, give_up=self._stopping
+        )
+        now_wall, now = self._wall(), self._clock()
+        for key, until in paused.items():
+            self._limits.host(key).pause(now + (until - now_wall))
+            _log.debug("host.paused", host=key, seconds=round(until - now_wall, 3), why="restart")
+        if paused:
+            longest = max(paused.values()) - now_wall
+            _log.info("hosts.pauses_restored", hosts=len(paused), longest_s=round(longest, 3))
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def _lifecycle(self) -> AsyncIterator[None]:
-        loop = asyncio.get_running_loop()
-        if self._install_signals:
-            loop.add_signal_handler(signal.SIGTERM, self.stop, "SIGTERM")
-            loop.add_signal_handler(signal.SIGINT, self.stop, "SIGINT")
-            loop.add_signal_handler(signal.SIGHUP, self.reload_hosts)
-        reclaimed = await self._store.register()
-        await self._restore_pauses()
+        """Everything the run holds, each with its release on the exit stack, so one that fails
+        never skips the next. On the way out: stop, let in-flight requests finish (the
+        grace), stop the background tasks, commit what is left, put back what never started,
+        sign off."""
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                if self._install_signals:
+                    stack.enter_context(self._signal_handlers())
+                reclaimed = await self._health.call(
+                    "register", self._queue.register, give_up=self._stopping
+                )
+                stack.push_async_callback(self._unregister)
+                stack.push_async_callback(self._release_all)
+                stack.push_async_callback(self._final_commit)
+                await self._restore_pauses()
+                self._start_tasks()
+                stack.push_async_callback(self._supervisor.stop)
+                stack.push_async_callback(self._finish_in_flight)
+                stack.callback(self.stop, "end of run")  # the first thing done on the way out
+                _log.info(
+                    "service.started",
+                    reclaimed=reclaimed,
+                    max_concurrency=self._settings.max_concurrency,
+                    drain=self._drain,
+                )
+                self._notifier.notify(
+                    READY="1", STATUS=await self._housekeeping.status_line(self._stopping)
+                )
+                yield
+        finally:
+            _log.info(
+                "service.stopped",
+                **dataclasses.asdict(self.summary),
+                failure=self.failure,
+                peak_rss_kb=_peak_rss_kb(),
+            )
+
+    def _start_tasks(self) -> None:
+        start = self._supervisor.start
+        start("feeder", self._feeder.run(self._stopping))
+        start("recorder", self._recorder.run(self._stopping))
+        self._housekeeping.start(self._supervisor, self._stopping)
+        if self._notifier.watchdog_s:
+            start("watchdog", self._watchdog(self._notifier.watchdog_s), cancellable=True)
         if self._metrics is not None:
             self._metrics.in_flight.set_function(lambda: len(self._in_flight))
-            self._metrics.queue(await self._store.counts())
-        self._start(self._feeder(), "feeder")
-        self._start(self._recorder(), "recorder")
-        self._start(self._housekeeper(), "housekeeper")
-        if self._notifier.watchdog_s:
-            self._start(self._watchdog(self._notifier.watchdog_s), "watchdog")
-        _log.info(
-            "service.started",
-            reclaimed=reclaimed,
-            max_concurrency=self._settings.max_concurrency,
-            drain=self._drain,
-        )
-        self._notifier.notify(READY="1", STATUS=await self._status_line())
+
+    @contextlib.contextmanager
+    def _signal_handlers(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self.stop, "SIGINT")
+        loop.add_signal_handler(signal.SIGHUP, self.reload_hosts)
         try:
             yield
         finally:
-            # The store's tasks are asked to stop, never cancelled: a cancelled await on
-            # aiosqlite does not stop its thread, so a COMMIT could land after we gave up on it.
-            self._stopping.set()
-            self._settled.set()
-            self._flush_now.set()
-            self._notifier.notify(STOPPING="1")
-            for task in self._background:
-                if task.get_name() == "watchdog":
-                    task.cancel()
-            await asyncio.gather(*self._background, return_exceptions=True)
-            if self._install_signals:
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                    loop.remove_signal_handler(sig)
-            await self._flush()
-            self.summary.requeued = await self._store.release_all()
-            await self._store.unregister()
-            _log.info(
-                "service.stopped", **dataclasses.asdict(self.summary), peak_rss_kb=_peak_rss_kb()
-            )
-
-    def _start(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        self._background.append(asyncio.create_task(coro, name=name))
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
 
     def stop(self, why: str = "stop") -> None:
         """Stop claiming; in-flight requests get the shutdown grace, then are cancelled."""
@@ -412,21 +312,43 @@ class Service:
         _log.info("service.stopping", why=why, in_flight=len(self._in_flight))
         self._notifier.notify(STOPPING="1")
         self._stopping.set()
-        self._scheduler.wake()
-        self._settled.set()
+        self._scheduler.close()
+        self._feeder.wake()
         loop = asyncio.get_running_loop()
         self._grace_timer = loop.call_later(self._settings.shutdown_grace, self._cancel_in_flight)
+        loop.call_later(self._settings.shutdown_grace + _STORE_GRACE_S, self._store_deadline.set)
+
+    def _crashed(self, why: str) -> None:
+        self.failure = why
+        self.stop("a task crashed")
 
     def _cancel_in_flight(self) -> None:
         for task in self._in_flight:
             task.cancel()
 
-    async def _shutdown(self) -> None:
+    async def _finish_in_flight(self) -> None:
         if self._in_flight:
             await asyncio.wait(list(self._in_flight))
         if self._grace_timer is not None:
             self._grace_timer.cancel()
-        self._scheduler.take_all()
+        self._scheduler.take_all()  # they go back to the queue with the rest this daemon holds
+
+    async def _final_commit(self) -> None:
+        await self._recorder.flush(give_up=self._store_deadline)
+
+    async def _release_all(self) -> None:
+        self.summary.requeued = await self._health.call(
+            "release_all", self._queue.release_all, give_up=self._store_deadline
+        )
+
+    async def _unregister(self) -> None:
+        await self._health.call("unregister", self._queue.unregister, give_up=self._store_deadline)
+
+    async def _watchdog(self, interval_s: float) -> None:
+        """WATCHDOG=1 from the event loop itself: a loop that stops turning stops the pings."""
+        while True:
+            self._notifier.notify(WATCHDOG="1")
+            await asyncio.sleep(interval_s)
 
     def reload_hosts(self) -> None:
         """SIGHUP: read FETCHER_HOSTS_FILE again; a bad file keeps the limits in force."""
@@ -456,19 +378,6 @@ class Service:
             bytes=hop.bytes,
             error=hop.error or (hop.refused.reason if hop.refused else None),
         )
-
-
-def allot(room: int, hosts: list[tuple[str, int]]) -> list[tuple[str, int]]:
-    """Split `room` (jobs the daemon may still hold) among `hosts`, each (host, room it has
-    left): an equal share each, never more than a host's own room."""
-    share = math.ceil(room / len(hosts)) if hosts else 0
-    wants = []
-    for host, own in hosts:
-        n = min(own, share, room)
-        if n > 0:
-            wants.append((host, n))
-            room -= n
-    return wants
 
 
 def _peak_rss_kb() -> int | None:

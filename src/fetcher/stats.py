@@ -1,6 +1,5 @@
-"""The read side: host stats, queue status, results and the per-minute series, and how they
-are shown (table, JSON, CSV, sparklines). Opens the database read-only, so it runs beside the
-daemon and never creates or changes anything.
+"""The read side: host stats, queue status, results and the per-minute series over a
+`QueueReader`, and how they are shown (table, JSON, CSV, sparklines).
 """
 
 from __future__ import annotations
@@ -8,22 +7,19 @@ from __future__ import annotations
 import csv
 import fnmatch
 import io
-import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from fetcher.schema import BUSY_TIMEOUT_MS
 
 if TYPE_CHECKING:  # rich is imported where a table is drawn: --json and --csv need none of it
     from rich.console import Console
+
+    from fetcher.jobqueue import QueueReader
 
 __all__ = [
     "STAT_FIELDS",
     "host_stats",
     "minute_series",
-    "open_readonly",
     "render_csv",
     "render_series",
     "render_table",
@@ -35,20 +31,12 @@ STAT_FIELDS = (
     "host", "requests", "status_2xx", "status_3xx", "status_4xx", "status_5xx", "errors",
     "bytes", "latency_avg_ms", "latency_max_ms", "last_status", "last_request_at",
 )  # fmt: skip
+STATES = ("queued", "retrying", "running", "done", "failed")
 _SPARKS = "▁▂▃▄▅▆▇█"
 
 
-def open_readonly(path: Path) -> sqlite3.Connection:
-    if not path.exists():
-        raise FileNotFoundError(f"no database at {path} (set FETCHER_DB, or submit URLs first)")
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-    connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    connection.row_factory = sqlite3.Row
-    return connection
-
-
 def host_stats(
-    db: sqlite3.Connection, *, host: str | None = None, sort: str = "requests"
+    reader: QueueReader, *, host: str | None = None, sort: str = "requests"
 ) -> list[dict[str, Any]]:
     """Rows of `host_stats`, filtered by a host glob, sorted by `sort` (descending for numbers;
     a leading '-' reverses)."""
@@ -56,7 +44,7 @@ def host_stats(
     field = sort.removeprefix("-")
     if field not in STAT_FIELDS:
         raise ValueError(f"cannot sort by {field!r}; one of: {', '.join(STAT_FIELDS)}")
-    rows = [dict(row) for row in db.execute("SELECT * FROM host_stats")]
+    rows = reader.host_stats()
     if host:
         rows = [row for row in rows if fnmatch.fnmatchcase(row["host"], host.lower())]
     if field == "host":
@@ -65,79 +53,47 @@ def host_stats(
     return rows
 
 
-def status(db: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
+def status(reader: QueueReader, now: float | None = None) -> dict[str, Any]:
     """The queue by state, requests per second over the last minute, the oldest queued age."""
     now = time.time() if now is None else now
-    counts = {row["state"]: row["jobs"] for row in db.execute("SELECT * FROM queue")}
-    result: dict[str, Any] = {
-        state: counts.get(state, 0) for state in ("queued", "retrying", "running", "done", "failed")
-    }
+    counts = reader.queue_counts()
+    result: dict[str, Any] = {state: counts.get(state, 0) for state in STATES}
     minute = int(now // 60)
-    recent = db.execute(
-        "SELECT minute, sum(requests) AS n FROM host_minutes WHERE minute >= ? GROUP BY minute",
-        (minute - 1,),
-    ).fetchall()
-    per_minute = {row["minute"]: row["n"] for row in recent}
+    per_minute = reader.requests_by_minute(minute - 1)
     elapsed_in_minute = now - minute * 60
     # the last 60 s: this minute so far plus the matching share of the previous one
     last_60s = per_minute.get(minute, 0) + per_minute.get(minute - 1, 0) * (
         1 - elapsed_in_minute / 60
     )
     result["requests_per_s"] = round(last_60s / 60, 2)
-    # In id order from the start: it stops at the first queued job, past the finished ones
-    # before it.
-    oldest = db.execute(
-        "SELECT created_at FROM jobs NOT INDEXED WHERE state = 'queued' ORDER BY id LIMIT 1"
-    ).fetchone()
-    result["oldest_queued_s"] = None if oldest is None else round(now - oldest[0], 1)
+    oldest = reader.oldest_queued_at()
+    result["oldest_queued_s"] = None if oldest is None else round(now - oldest, 1)
     return result
 
 
 def results(
-    db: sqlite3.Connection,
+    reader: QueueReader,
     *,
     state: str | None = None,
     host: str | None = None,
     since: float | None = None,
     limit: int | None = None,
 ) -> Iterator[dict[str, Any]]:
-    clauses: list[str] = []
-    params: list[object] = []
-    if state:
-        clauses.append("state = ?")
-        params.append(state)
-    if since is not None:
-        clauses.append("finished_at >= ?")
-        params.append(since)
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    sql = (
-        "SELECT job_id, url, final_url, host, state, status, bytes, error, attempts, latency_ms,"
-        " body_sha256, body_path, strftime('%Y-%m-%dT%H:%M:%fZ', finished_at, 'unixepoch')"
-        f" AS finished_at FROM results {where} ORDER BY finished_at, job_id"
-    )
     count = 0
-    for row in db.execute(sql, params):
+    for row in reader.results(state, since):
         if host and not fnmatch.fnmatchcase(row["host"], host.lower()):
             continue
-        yield dict(row)
+        yield row
         count += 1
         if limit is not None and count >= limit:
             return
 
 
 def minute_series(
-    db: sqlite3.Connection, *, since: float, host: str | None = None
+    reader: QueueReader, *, since: float, host: str | None = None
 ) -> list[dict[str, Any]]:
     """Per-host, per-minute rows since `since` (unix time), oldest first."""
-    rows = db.execute(
-        "SELECT host, minute * 60 AS at, requests, status_2xx, status_3xx, status_4xx,"
-        " status_5xx, errors, bytes,"
-        " round(latency_sum_ms / NULLIF(requests - errors, 0), 1) AS latency_avg_ms,"
-        " round(latency_max_ms, 1) AS latency_max_ms"
-        " FROM host_minutes WHERE minute >= ? ORDER BY host, minute",
-        (int(since // 60),),
-    ).fetchall()
-    out = [dict(row) for row in rows]
+    out = reader.minute_rows(int(since // 60))
     if host:
         out = [row for row in out if fnmatch.fnmatchcase(row["host"], host.lower())]
     return out

@@ -1,17 +1,15 @@
-"""Host limits and the scheduler, on an injected clock: rate, burst, in-flight cap, no
-head-of-line blocking; backoff and Retry-After as numbers."""
+"""Host limits, the scheduler and the feeder's share, on an injected clock: rate, burst,
+in-flight cap, no head-of-line blocking."""
 
 from __future__ import annotations
-
-from email.utils import formatdate
 
 import pytest
 
 from fetcher.config import HostLimits
+from fetcher.feeder import allot
 from fetcher.limits import HostLimiter, Limits
 from fetcher.model import Job
-from fetcher.scheduler import Scheduler, backoff_delay, retry_after_delay
-from fetcher.service import allot
+from fetcher.scheduler import Scheduler
 from fetcher.urls import parse_url
 
 
@@ -108,24 +106,6 @@ def test_scheduler_hands_out_the_ready_host_first() -> None:
     clock.now += 60
     job = scheduler._pop_ready()
     assert job is not None and job.target.host_key == "slow.example"
-
-
-def test_backoff_is_exponential_capped_with_full_jitter() -> None:
-    """The ceiling doubles per attempt up to the cap; jitter scales it by [0, 1)."""
-    ceilings = [backoff_delay(a, base_s=1, max_s=10, rand=lambda: 1.0) for a in range(1, 7)]
-    assert ceilings == [1, 2, 4, 8, 10, 10]
-    assert backoff_delay(3, base_s=1, max_s=10, rand=lambda: 0.25) == 1.0
-
-
-def test_retry_after_seconds_and_dates() -> None:
-    """Retry-After in delta-seconds or as an HTTP date, capped; junk is ignored."""
-    now = 1_700_000_000.0
-    assert retry_after_delay("120", now=now, max_s=3600) == 120
-    assert retry_after_delay("99999", now=now, max_s=3600) == 3600
-    assert retry_after_delay(formatdate(now + 30, usegmt=True), now=now, max_s=3600) == 30
-    assert retry_after_delay(formatdate(now - 30, usegmt=True), now=now, max_s=3600) == 0
-    assert retry_after_delay("soon", now=now, max_s=3600) is None
-    assert retry_after_delay(None, now=now, max_s=3600) is None
 
 
 def test_the_feeder_shares_its_room_among_the_hosts_of_a_walk() -> None:

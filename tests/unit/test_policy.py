@@ -1,16 +1,17 @@
-"""What a hop means for its job: final, retry, follow, refuse."""
+"""What a hop means for its job: final, retry, follow, refuse; backoff and Retry-After as
+numbers."""
 
 from __future__ import annotations
 
+from email.utils import formatdate
 from pathlib import Path
 
 import pytest
 
 from fetcher.config import Settings
 from fetcher.errors import BlockedDestination
-from fetcher.fetch import Hop
-from fetcher.model import Job, JobState
-from fetcher.policy import decide, exchanges_of
+from fetcher.model import Hop, Job, JobState
+from fetcher.policy import backoff_delay, decide, exchanges_of, retry_after_delay
 from fetcher.urls import parse_url
 
 NOW = 1_700_000_000.0
@@ -78,3 +79,21 @@ def test_a_resent_request_counts_twice() -> None:
     """aiohttp re-sends once after a reset on a reused connection: the host saw two requests."""
     exchanges = exchanges_of(Hop(parse_url("http://a.example/"), 2, 3.0, status=200), NOW)
     assert [e.status for e in exchanges] == [None, 200]
+
+
+def test_backoff_is_exponential_capped_with_full_jitter() -> None:
+    """The ceiling doubles per attempt up to the cap; jitter scales it by [0, 1)."""
+    ceilings = [backoff_delay(a, base_s=1, max_s=10, rand=lambda: 1.0) for a in range(1, 7)]
+    assert ceilings == [1, 2, 4, 8, 10, 10]
+    assert backoff_delay(3, base_s=1, max_s=10, rand=lambda: 0.25) == 1.0
+
+
+def test_retry_after_seconds_and_dates() -> None:
+    """Retry-After in delta-seconds or as an HTTP date, capped; junk is ignored."""
+    now = 1_700_000_000.0
+    assert retry_after_delay("120", now=now, max_s=3600) == 120
+    assert retry_after_delay("99999", now=now, max_s=3600) == 3600
+    assert retry_after_delay(formatdate(now + 30, usegmt=True), now=now, max_s=3600) == 30
+    assert retry_after_delay(formatdate(now - 30, usegmt=True), now=now, max_s=3600) == 0
+    assert retry_after_delay("soon", now=now, max_s=3600) is None
+    assert retry_after_delay(None, now=now, max_s=3600) is None

@@ -7,9 +7,9 @@ import sqlite3
 import time
 from pathlib import Path
 
-from fetcher import schema
 from fetcher.model import Exchange, JobState, Outcome
-from fetcher.store import Store
+from fetcher.sqlite import schema
+from fetcher.sqlite.store import SqliteQueue as Store
 from fetcher.urls import parse_url
 
 TASKS = 200

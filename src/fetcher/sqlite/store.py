@@ -1,10 +1,15 @@
-"""The daemon's side of the database: claims with leases, outcomes and counters, in batches.
+"""The daemon's side of the SQLite database: claims with leases, outcomes and counters, in
+batches (`JobQueue` of `fetcher.jobqueue`).
 
 One aiosqlite connection serves every task, and aiosqlite runs each statement on its own
 thread: two tasks' statements would interleave, and one task's COMMIT would commit the other's
 half-done transaction. So every transaction runs under `_lock`, and `BEGIN IMMEDIATE` takes
 SQLite's write lock up front (a plain BEGIN that reads then writes fails at once while another
 process writes). Claims and outcomes are batched: no request costs a round trip of its own.
+
+SQLite's operational errors (locked past the busy timeout, disk full, read-only file, I/O
+error) leave as `StoreUnavailable`: the daemon waits and tries again. A transaction they cut
+short is rolled back, and the connection is usable again as soon as SQLite is.
 """
 
 from __future__ import annotations
@@ -16,19 +21,18 @@ import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 import aiosqlite
 import orjson
 
-from fetcher.errors import ConfigError
+from fetcher.errors import ConfigError, StoreUnavailable
 from fetcher.model import Exchange, Job, JobState, Outcome
-from fetcher.schema import connect_pragmas, migrate, prepare_path
+from fetcher.sqlite.schema import connect_pragmas, migrate, prepare_path
 from fetcher.urls import Target, stored_target
 
-__all__ = ["Store"]
-
+__all__ = ["SqliteQueue"]
 _FINAL = (JobState.DONE, JobState.FAILED)
 _MIN_SQLITE = (3, 35, 0)
 _COUNTER_FIELDS = (
@@ -37,7 +41,7 @@ _COUNTER_FIELDS = (
 )  # fmt: skip
 
 
-class Store:
+class SqliteQueue:
     """The queue and the counters, as the daemon (and `fetcher submit`) write them."""
 
     def __init__(self, connection: aiosqlite.Connection, path: Path) -> None:
@@ -49,44 +53,74 @@ class Store:
         self._lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: Path, *, cache_mib: int = 8) -> Store:
+    async def open(
+        cls, path: Path, *, cache_mib: int = 8, busy_timeout_s: float = 10.0
+    ) -> SqliteQueue:
         if sqlite3.sqlite_version_info < _MIN_SQLITE:
             raise ConfigError(
                 f"SQLite {sqlite3.sqlite_version} is too old: fetcher needs 3.35 or newer"
                 " (RETURNING, UPDATE … FROM)"
             )
-        prepare_path(path)
-        with sqlite3.connect(path, isolation_level=None) as plain:
-            plain.executescript(connect_pragmas())
-            migrate(plain)
-        plain.close()
-        connection = await aiosqlite.connect(path, isolation_level=None)
-        await connection.executescript(connect_pragmas(cache_mib))
+        pragmas = connect_pragmas(cache_mib, busy_timeout_ms=round(busy_timeout_s * 1000))
+        try:
+            prepare_path(path)
+            with sqlite3.connect(path, isolation_level=None) as plain:
+                plain.executescript(pragmas)
+                migrate(plain)
+            plain.close()
+            connection = await aiosqlite.connect(path, isolation_level=None)
+            await connection.executescript(pragmas)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable("open", f"{path}: {exc}") from exc
         return cls(connection, path)
+
+    def about(self) -> dict[str, str]:
+        about = {"backend": "sqlite", "sqlite": sqlite3.sqlite_version, "db": str(self.path)}
+        if sqlite3.sqlite_version_info < (3, 51, 3):
+            about["note"] = "this SQLite predates the WAL-reset fix (3.51.3)"
+        return about
 
     async def close(self) -> None:
         await self._db.close()
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _transaction(self, operation: str) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction under `_lock`, begun IMMEDIATE; SQLite's operational errors
+        become `StoreUnavailable(operation, …)`."""
         async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if self._db.in_transaction:  # a ROLLBACK that failed last time (disk full)
+                    await self._db.execute("ROLLBACK")
+                await self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                    await self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        with suppress(sqlite3.Error):  # tried again at the next BEGIN
+                            await self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(operation, str(exc)) from exc
+
+    @asynccontextmanager
+    async def _reading(self, operation: str) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection for a read, under `_lock`; errors as in `_transaction`."""
+        async with self._lock:
             try:
                 yield self._db
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
-            await self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(operation, str(exc)) from exc
 
     # -- the queue -------------------------------------------------------------------------
 
-    async def submit(self, targets: Iterable[Target]) -> int:
+    async def submit(self, targets: Sequence[Target]) -> int:
         """Queue `targets`; returns how many were new (one already active is not queued again)."""
         now = time.time()
         # host by host (a stable sort keeps each host's order): the index inserts then touch
         # each page once per batch instead of once per URL
         rows = _json_array((t.url, t.host_key) for t in sorted(targets, key=_host_key))
-        async with self._transaction() as db:
+        async with self._transaction("submit") as db:
             # One statement, its rows a JSON array: SQLite inserts them all without the GIL,
             # while `fetcher submit` parses the next chunk. With executemany the GIL came
             # back to this thread row by row and the two took turns (bench/insert_cost.py).
@@ -102,8 +136,8 @@ class Store:
 
     async def hosts_with_queued(self, after: str, limit: int) -> list[str]:
         """Up to `limit` hosts with queued jobs, in key order after `after` (an index walk)."""
-        async with self._lock:
-            cursor = await self._db.execute(
+        async with self._reading("hosts_with_queued") as db:
+            cursor = await db.execute(
                 """
                 WITH RECURSIVE walk(host) AS (
                     SELECT (SELECT min(host) FROM jobs WHERE state = 'queued' AND host > ?)
@@ -122,7 +156,7 @@ class Store:
         """Claim up to n queued jobs for each (host, n), oldest first, leased to this daemon."""
         now = time.time()
         jobs: list[Job] = []
-        async with self._transaction() as db:
+        async with self._transaction("claim") as db:
             for host, n in wants:
                 cursor = await db.execute(
                     "UPDATE jobs SET state = 'running', lease_owner = ?, lease_until = ?,"
@@ -138,7 +172,7 @@ class Store:
 
     async def promote_due(self) -> int:
         """Jobs whose retry time has come go back to `queued`."""
-        async with self._transaction() as db:
+        async with self._transaction("promote_due") as db:
             cursor = await db.execute(
                 "UPDATE jobs SET state = 'queued', next_attempt_at = NULL, updated_at = ?"
                 " WHERE state = 'retrying' AND next_attempt_at <= ?",
@@ -150,7 +184,7 @@ class Store:
         """Announce this daemon and take back what dead daemons of this database held:
         those on this machine whose process is gone, and any whose lease has run out."""
         now = time.time()
-        async with self._transaction() as db:
+        async with self._transaction("register") as db:
             cursor = await db.execute("SELECT id, pid, hostname FROM daemons")
             dead = [
                 owner
@@ -174,7 +208,7 @@ class Store:
     async def heartbeat(self, lease_s: float) -> int:
         """Extend the leases of the jobs this daemon holds; take back expired ones of others."""
         now = time.time()
-        async with self._transaction() as db:
+        async with self._transaction("heartbeat") as db:
             await db.execute("UPDATE daemons SET heartbeat_at = ? WHERE id = ?", (now, self.owner))
             await db.execute(
                 "UPDATE jobs SET lease_until = ? WHERE state = 'running' AND lease_owner = ?",
@@ -193,7 +227,7 @@ class Store:
 
     async def release_all(self) -> int:
         """Put every job this daemon still holds back in the queue (end of shutdown)."""
-        async with self._transaction() as db:
+        async with self._transaction("release_all") as db:
             cursor = await db.execute(
                 "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL,"
                 " updated_at = ? WHERE state = 'running' AND lease_owner = ?",
@@ -202,12 +236,12 @@ class Store:
             return cursor.rowcount
 
     async def unregister(self) -> None:
-        async with self._transaction() as db:
+        async with self._transaction("unregister") as db:
             await db.execute("DELETE FROM daemons WHERE id = ?", (self.owner,))
 
     async def counts(self) -> dict[str, int]:
-        async with self._lock:
-            cursor = await self._db.execute("SELECT state, n FROM job_counts")
+        async with self._reading("counts") as db:
+            cursor = await db.execute("SELECT state, n FROM job_counts")
             return {state: n for state, n in await cursor.fetchall()}
 
     async def is_idle(self) -> bool:
@@ -221,7 +255,7 @@ class Store:
         """Hosts still paused by a Retry-After or a 429 (host → unix time the pause ends);
         pauses that are over are deleted."""
         now = time.time()
-        async with self._transaction() as db:
+        async with self._transaction("paused_hosts") as db:
             await db.execute("DELETE FROM host_pauses WHERE until <= ?", (now,))
             cursor = await db.execute("SELECT host, until FROM host_pauses")
             return {host: until for host, until in await cursor.fetchall()}
@@ -237,7 +271,7 @@ class Store:
         all in one transaction."""
         now = time.time()
         finals = [o for o in outcomes if o.state in _FINAL]
-        async with self._transaction() as db:
+        async with self._transaction("record") as db:
             # One statement per batch, its rows a JSON array: with executemany, statement
             # set-up and the job_counts trigger program ran once per row (bench/store_sql.py:
             # claim + record 66-68 µs a job that way, 37-38 µs this way).
@@ -327,7 +361,7 @@ class Store:
         names any more). Cumulative counters are never pruned."""
         deleted, orphans = 0, []
         while True:
-            async with self._transaction() as db:
+            async with self._transaction("prune") as db:
                 cursor = await db.execute(
                     "DELETE FROM results WHERE job_id IN (SELECT job_id FROM results"
                     " WHERE finished_at < ? LIMIT ?) RETURNING job_id, body_sha256",

@@ -151,16 +151,15 @@ def prepare_path(path: Path) -> None:
         os.close(fd)
 
 
-def connect_pragmas(cache_mib: int = 8) -> str:
+def connect_pragmas(cache_mib: int = 8, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> str:
     """Every connection: WAL (readers never block the writer), a busy timeout, and
     synchronous=NORMAL (in WAL a commit survives a crash of the process; power loss may lose
     the last commits, never corrupt), and a page cache of `cache_mib`. The daemon keeps the
-    default 8 MiB: its reads of a big queue come from the OS's cache as fast (`make bench
-    --only scale`: peak 122-125 MB with 8 MiB, 144 MB with 32); a bulk submit wants the url
-    index in its own cache."""
+    default 8 MiB: its reads of a big queue come from the OS's cache as fast, with less
+    memory (BENCHMARKS.md, "page cache"); a bulk submit wants the url index in its own cache."""
     return (
-        "PRAGMA page_size = 8192;"  # takes effect only as the file is created: 1M-URL submits -20 %
-        f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS};"
+        "PRAGMA page_size = 8192;"  # only as the file is created; BENCHMARKS.md, "page size"
+        f"PRAGMA busy_timeout = {busy_timeout_ms};"
         "PRAGMA journal_mode = WAL;"
         "PRAGMA synchronous = NORMAL;"
         f"PRAGMA cache_size = -{cache_mib * 1024};"

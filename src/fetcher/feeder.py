@@ -1,0 +1,118 @@
+"""Feeding the scheduler: claim queued jobs host by host while the daemon has room for them.
+
+A host holds only a few seconds' worth of jobs in memory, so a slow host's backlog never
+crowds out the others, and the room of one walk over the hosts is shared among them, so the
+slots go to many hosts at once rather than to the first few (which would then open a
+connection for every slot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import math
+from collections import Counter
+
+from fetcher.errors import StoreUnavailable
+from fetcher.jobqueue import JobQueue
+from fetcher.limits import Limits
+from fetcher.model import Job
+from fetcher.scheduler import Scheduler
+from fetcher.supervisor import StoreHealth
+
+__all__ = ["Feeder", "allot"]
+
+WALK_HOSTS = 64
+_IDLE_POLL_S = 0.5
+
+
+class Feeder:
+    """Claims jobs into the scheduler and counts, per host, the jobs the daemon holds."""
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        scheduler: Scheduler,
+        limits: Limits,
+        health: StoreHealth,
+        *,
+        lease_s: float,
+        max_held: int,
+    ) -> None:
+        self._queue = queue
+        self._scheduler = scheduler
+        self._limits = limits
+        self._health = health
+        self._lease_s = lease_s
+        self._max_held = max_held
+        self.held: Counter[str] = Counter()  # host (as queued) → jobs claimed, not yet settled
+        self._room_freed = asyncio.Event()
+
+    def settled(self, job: Job) -> None:
+        """`job` left memory (its outcome is with the recorder): its host may hold another."""
+        self.held[job.host] -= 1
+        if self.held[job.host] <= 0:
+            del self.held[job.host]
+        self._room_freed.set()
+
+    def wake(self) -> None:
+        """Something may be claimable (retries came due, the daemon is stopping)."""
+        self._room_freed.set()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Claim until `stopping` is set (a store that is away then is not waited for)."""
+        with contextlib.suppress(StoreUnavailable):
+            await self._feed(stopping)
+        assert stopping.is_set()  # StoreHealth gives up only then
+
+    async def _feed(self, stopping: asyncio.Event) -> None:
+        cursor = ""
+        claimed_this_walk = 0
+        while not stopping.is_set():
+            room = self._max_held - sum(self.held.values())
+            hosts: list[str] = []
+            if room > 0:
+                walk = functools.partial(self._queue.hosts_with_queued, cursor, WALK_HOSTS)
+                hosts = await self._health.call("hosts_with_queued", walk, give_up=stopping)
+            wants = allot(room, [(host, self._host_room(host)) for host in hosts[:WALK_HOSTS]])
+            room -= sum(n for _, n in wants)
+            if wants:
+                claimed = await self._claim(wants, stopping)
+                claimed_this_walk += claimed
+            wrapped = len(hosts) <= WALK_HOSTS
+            cursor = "" if wrapped else hosts[WALK_HOSTS - 1]
+            if room <= 0 or (wrapped and claimed_this_walk == 0):
+                self._room_freed.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_IDLE_POLL_S):
+                        await self._room_freed.wait()
+            if wrapped:
+                claimed_this_walk = 0
+
+    async def _claim(self, wants: list[tuple[str, int]], stopping: asyncio.Event) -> int:
+        jobs = await self._health.call(
+            "claim", lambda: self._queue.claim(wants, self._lease_s), give_up=stopping
+        )
+        for job in jobs:
+            self.held[job.host] += 1
+            self._scheduler.add(job)
+        return len(jobs)
+
+    def _host_room(self, host: str) -> int:
+        limits = self._limits.limits_for(host)
+        ahead = 2 * limits.concurrency if limits.rate == 0 else math.ceil(2 * limits.rate)
+        return min(limits.concurrency + limits.burst + ahead, 1000) - self.held[host]
+
+
+def allot(room: int, hosts: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Split `room` (jobs the daemon may still hold) among `hosts`, each (host, room it has
+    left): an equal share each, never more than a host's own room."""
+    share = math.ceil(room / len(hosts)) if hosts else 0
+    wants = []
+    for host, own in hosts:
+        n = min(own, share, room)
+        if n > 0:
+            wants.append((host, n))
+            room -= n
+    return wants

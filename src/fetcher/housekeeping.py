@@ -1,0 +1,145 @@
+"""The daemon's periodic chores, one task per concern, each under the supervisor:
+
+retries  every 0.25 s  jobs whose retry time came go back to `queued` (and wake the feeder)
+leases   lease/4       renew this daemon's leases, take back expired ones, forget idle meters
+status   5 s           systemd's STATUS= line
+metrics  1 s           the queue gauge (only with FETCHER_METRICS_ADDR)
+prune    10 min        FETCHER_RETENTION_DAYS
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from fetcher.bodies import BodyStore
+from fetcher.errors import StoreUnavailable
+from fetcher.jobqueue import JobQueue
+from fetcher.log import get_logger
+from fetcher.supervisor import StoreHealth, Supervisor
+from fetcher.systemd import Notifier
+
+if TYPE_CHECKING:
+    from fetcher.metrics import Metrics
+
+__all__ = ["Housekeeping"]
+
+_log = get_logger("fetcher.housekeeping")
+RETRIES_EVERY_S = 0.25
+STATUS_EVERY_S = 5.0
+METRICS_EVERY_S = 1.0
+PRUNE_EVERY_S = 600.0
+
+
+class Housekeeping:
+    def __init__(
+        self,
+        queue: JobQueue,
+        health: StoreHealth,
+        notifier: Notifier,
+        *,
+        lease_s: float,
+        retention_days: float,
+        bodies: BodyStore | None,
+        metrics: Metrics | None,
+        in_flight: Callable[[], int],
+        on_due: Callable[[], None],
+        forget_idle: Callable[[], None],
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._queue = queue
+        self._health = health
+        self._notifier = notifier
+        self._lease_s = lease_s
+        self._retention_days = retention_days
+        self._bodies = bodies
+        self._metrics = metrics
+        self._in_flight = in_flight
+        self._on_due = on_due
+        self._forget_idle = forget_idle
+        self._wall = wall
+
+    def start(self, supervisor: Supervisor, stopping: asyncio.Event) -> None:
+        chores: list[tuple[str, float, Callable[[asyncio.Event], Awaitable[None]]]] = [
+            ("retries", RETRIES_EVERY_S, self.promote_due),
+            ("leases", self._lease_s / 4, self.renew_leases),
+            ("status", STATUS_EVERY_S, self.report_status),
+            ("prune", PRUNE_EVERY_S, self.prune),
+        ]
+        if self._metrics is not None:
+            chores.append(("metrics", METRICS_EVERY_S, self.gauge_queue))
+        for name, every_s, chore in chores:
+            supervisor.start(name, _every(every_s, chore, stopping, first_now=name == "prune"))
+
+    async def promote_due(self, stopping: asyncio.Event) -> None:
+        if await self._health.call("promote_due", self._queue.promote_due, give_up=stopping):
+            self._on_due()
+
+    async def renew_leases(self, stopping: asyncio.Event) -> None:
+        lease_s = self._lease_s
+        reclaimed = await self._health.call(
+            "heartbeat", lambda: self._queue.heartbeat(lease_s), give_up=stopping
+        )
+        if reclaimed:
+            _log.warning("jobs.reclaimed", jobs=reclaimed, why="lease expired")
+        self._forget_idle()
+
+    async def report_status(self, stopping: asyncio.Event) -> None:
+        if self._health.down is not None:  # said when it went down; said again here, with its age
+            self._notifier.notify(STATUS=self._health.status_line())
+            return
+        self._notifier.notify(STATUS=await self.status_line(stopping))
+
+    async def status_line(self, stopping: asyncio.Event | None = None) -> str:
+        counts = await self._health.call("counts", self._queue.counts, give_up=stopping)
+        return (
+            f"in flight {self._in_flight()}, queued {counts['queued']},"
+            f" retrying {counts['retrying']}, done {counts['done']}, failed {counts['failed']}"
+        )
+
+    async def gauge_queue(self, stopping: asyncio.Event) -> None:
+        assert self._metrics is not None
+        self._metrics.queue(await self._health.call("counts", self._queue.counts, give_up=stopping))
+
+    async def prune(self, stopping: asyncio.Event) -> None:
+        """FETCHER_RETENTION_DAYS: old results, finished jobs, minute rows and the bodies no
+        result names any more go, a batch per transaction; cumulative counters stay."""
+        days = self._retention_days
+        if days <= 0:
+            return
+        before = self._wall() - days * 86400
+        deleted, orphans = await self._health.call(
+            "prune", lambda: self._queue.prune(before), give_up=stopping
+        )
+        if self._bodies is not None:
+            for sha in orphans:
+                self._bodies.path_for(sha).unlink(missing_ok=True)
+        if deleted or orphans:
+            _log.info("retention.pruned", rows=deleted, bodies=len(orphans), days=days)
+
+
+async def _every(
+    seconds: float,
+    chore: Callable[[asyncio.Event], Awaitable[None]],
+    stopping: asyncio.Event,
+    *,
+    first_now: bool = False,
+) -> None:
+    """`chore` every `seconds` until `stopping` is set (a store that is away then ends it)."""
+    wait_s = 0.0 if first_now else seconds
+    while True:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                await stopping.wait()
+        if stopping.is_set():
+            return
+        try:
+            await chore(stopping)
+        except StoreUnavailable:
+            if stopping.is_set():
+                return
+            raise
+        wait_s = seconds
