@@ -2,15 +2,20 @@
 
 A body is held in memory up to `_SPILL_BYTES` and streamed to a temporary file past that, so
 memory per request in flight stays bounded whatever the size cap. Identical bodies share a file.
+A write that fails (disk full, directory gone) raises `BodyNotKept`, never a bare OSError that
+could pass for a network error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
 from pathlib import Path
 from typing import IO
+
+from fetcher.errors import BodyNotKept
 
 __all__ = ["BodySink", "BodyStore"]
 
@@ -70,31 +75,40 @@ class BodySink:
 
     def write(self, data: bytes) -> None:
         self._hash.update(data)
-        if self._file is not None:
-            self._file.write(data)
-            return
-        self._buffer += data
-        if len(self._buffer) > _SPILL_BYTES:
-            self._file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in commit/discard
-                dir=self._store.root / "tmp", delete=False
-            )
-            self._file.write(self._buffer)
-            self._buffer = bytearray()
+        try:
+            if self._file is not None:
+                self._file.write(data)
+                return
+            self._buffer += data
+            if len(self._buffer) > _SPILL_BYTES:
+                self._file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in commit/discard
+                    dir=self._store.root / "tmp", delete=False
+                )
+                self._file.write(self._buffer)
+                self._buffer = bytearray()
+        except OSError as exc:
+            raise BodyNotKept(exc) from exc
 
     def commit(self) -> tuple[str, str]:
         """File the body; (sha256, path relative to the body directory)."""
         digest = self._hash.hexdigest()
-        if self._file is not None:
-            self._file.close()
-            self._store.file(digest, None, self._file.name)
-            self._file = None
-        else:
-            self._store.file(digest, bytes(self._buffer), None)
+        try:
+            if self._file is not None:
+                self._file.close()
+                self._store.file(digest, None, self._file.name)
+                self._file = None
+            else:
+                self._store.file(digest, bytes(self._buffer), None)
+        except OSError as exc:
+            raise BodyNotKept(exc) from exc
         return digest, self._store.relative(digest)
 
     def discard(self) -> None:
+        """Drop what was collected; a spill file that cannot even be closed is still removed."""
         if self._file is not None:
-            self._file.close()
-            os.unlink(self._file.name)
+            with contextlib.suppress(OSError):
+                self._file.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self._file.name)
             self._file = None
         self._buffer = bytearray()

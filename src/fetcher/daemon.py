@@ -45,6 +45,9 @@ def run_daemon(settings: Settings, *, drain: bool, progress: bool) -> int:
     except (OSError, StoreUnavailable) as exc:
         _log.error("service.failed", error=str(exc))
         return 1
+    except Exception as exc:  # a bug: one line with its traceback, and systemd restarts us
+        _log.error("service.failed", error=repr(exc), exc_info=exc)
+        return 1
     return 0 if failure is None else 1
 
 

@@ -3,6 +3,8 @@
 FetcherError
  ├── ConfigError        a wrong variable or hosts file: exit 78, the message names it
  ├── InvalidURL         refused at submit (or when a redirect names one)
+ ├── BodyNotKept        the body could not be written (disk full): fetcher's fault, not the
+ │                      host's; the job tries again later without using up an attempt
  └── Refused            a job ends `failed` without (more) requests: reason stored in results
       ├── BlockedDestination
       └── BodyTooLarge
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 __all__ = [
     "BlockedDestination",
+    "BodyNotKept",
     "BodyTooLarge",
     "ConfigError",
     "FetcherError",
@@ -37,6 +40,14 @@ class InvalidURL(FetcherError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class BodyNotKept(FetcherError):
+    """A response body could not be written to the body directory."""
+
+    def __init__(self, exc: OSError) -> None:
+        self.reason = f"body not kept: {exc.strerror or exc}"
+        super().__init__(self.reason)
 
 
 class Refused(FetcherError):

@@ -33,7 +33,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from fetcher.bodies import BodySink, BodyStore
 from fetcher.config import Settings
 from fetcher.decoding import ACCEPT_ENCODING, CappedDecoder
-from fetcher.errors import BlockedDestination, BodyTooLarge, Refused
+from fetcher.errors import BlockedDestination, BodyNotKept, BodyTooLarge, Refused
 from fetcher.guard import Guard, address_verdict
 from fetcher.model import REDIRECT_STATUSES, Hop
 from fetcher.urls import Target
@@ -264,6 +264,8 @@ class Fetcher:
                 await self._exchange(hop, sink, reuse)
         except Refused as exc:
             hop.refused = exc
+        except BodyNotKept as exc:
+            hop.local_error = exc.reason
         except TimeoutError:
             hop.error = f"timeout: no complete response within {self._timeout_s:g}s"
         except (httpx.HTTPError, aiohttp.ClientError, OSError, ValueError) as exc:
@@ -271,7 +273,7 @@ class Fetcher:
         finally:
             hop.sends = sends[0]
             hop.latency_ms = (time.perf_counter() - started) * 1000.0
-            if sink is not None and (hop.error or hop.refused or hop.body_sha256 is None):
+            if sink is not None and hop.body_sha256 is None:
                 sink.discard()
         if hop.error is not None:
             hop.status = None  # a body cut short is no response

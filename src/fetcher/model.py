@@ -36,7 +36,8 @@ class Job:
 @dataclass(slots=True)
 class Hop:
     """What one request of a job got. `sends` counts requests that went out (aiohttp re-sends
-    once on a reused connection that resets); `status` None means no response."""
+    once on a reused connection that resets); `status` None means no response; `local_error`
+    says fetcher itself failed to keep what came (the host's answer still counts as given)."""
 
     target: Target
     sends: int
@@ -47,6 +48,7 @@ class Hop:
     retry_after: str | None = None
     error: str | None = None
     refused: Refused | None = None
+    local_error: str | None = None
     body_sha256: str | None = None
     body_path: str | None = None
 

@@ -1,5 +1,6 @@
 """What a hop's result means for its job and its host: a pure function, tested with numbers.
 
+fetcher could not keep the body         → retry later, the attempt not used up (our fault)
 refused (blocked, too large)            → failed, no retry
 no response (network error, timeout)    → retry, or failed when attempts are used up
 301/302/303/307/308 + usable Location   → follow: the next hop waits for its own host
@@ -55,6 +56,16 @@ def decide(
     rand: Callable[[], float] = random.random,
 ) -> Decision:
     """The next step for `job` after `hop` (its `job.hops`-th redirect, 0 for the first)."""
+    if hop.local_error is not None:
+        delay = backoff_delay(
+            max(job.attempts, 1), base_s=settings.backoff_base, max_s=settings.backoff_max,
+            rand=rand,
+        )  # fmt: skip
+        outcome = Outcome(
+            job.id, JobState.RETRYING, job.attempts, status=hop.status, error=hop.local_error,
+            next_attempt_at=now + delay,
+        )  # fmt: skip
+        return Decision(outcome=outcome)
     if hop.refused is not None:
         return Decision(outcome=_final(job, hop, JobState.FAILED, hop.refused.reason))
     status = hop.status

@@ -75,6 +75,19 @@ def test_refusals_fail_at_once_and_count_no_request(settings: Settings) -> None:
     assert exchanges_of(refused, NOW) == []
 
 
+def test_a_body_fetcher_could_not_keep_retries_without_using_an_attempt(
+    settings: Settings,
+) -> None:
+    """Disk full while keeping the body: the host answered (its response is counted as such),
+    and the job waits to try again without an attempt used up, even on its last attempt."""
+    local = hop(200, bytes=1024, local_error="body not kept: No space left on device")
+    outcome = decide(job(attempts=2), local, settings, now=NOW, rand=lambda: 1.0).outcome
+    assert outcome is not None and outcome.state is JobState.RETRYING
+    assert outcome.attempts == 2 and outcome.next_attempt_at == NOW + 2.0
+    assert outcome.error == "body not kept: No space left on device"
+    assert [(e.status, e.bytes) for e in exchanges_of(local, NOW)] == [(200, 1024)]
+
+
 def test_a_resent_request_counts_twice() -> None:
     """aiohttp re-sends once after a reset on a reused connection: the host saw two requests."""
     exchanges = exchanges_of(Hop(parse_url("http://a.example/"), 2, 3.0, status=200), NOW)

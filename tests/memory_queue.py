@@ -1,0 +1,158 @@
+"""A `JobQueue` in memory, for in-process tests of the service's logic only (the real backends
+are tested against real databases). It can be taken down: while `down` is set every call
+raises `StoreUnavailable`, as SQLite's locked or full database does, and changes nothing."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from fetcher.errors import StoreUnavailable
+from fetcher.model import Exchange, Job, JobState, Outcome
+from fetcher.urls import Target, stored_target
+
+_ACTIVE = (JobState.QUEUED, JobState.RETRYING, JobState.RUNNING)
+
+
+@dataclass
+class Row:
+    id: int
+    url: str
+    host: str
+    state: JobState = JobState.QUEUED
+    attempts: int = 0
+    next_attempt_at: float | None = None
+    owner: str | None = None
+
+
+class MemoryQueue:
+    owner = "memory-daemon"
+
+    def __init__(self, wall: Callable[[], float] = time.time) -> None:
+        self.rows: dict[int, Row] = {}
+        self.results: dict[int, Outcome] = {}
+        self.counters: dict[str, Counter[str]] = {}
+        self.pauses: dict[str, float] = {}
+        self.down: str | None = None  # the reason every call fails, while set
+        self.calls: Counter[str] = Counter()
+        self.bug_in: str | None = None  # an operation that raises a plain bug
+        self._wall = wall
+
+    def _enter(self, operation: str) -> None:
+        self.calls[operation] += 1
+        if self.bug_in == operation:
+            raise RuntimeError(f"a bug in {operation}")
+        if self.down is not None:
+            raise StoreUnavailable(operation, self.down)
+
+    async def close(self) -> None:
+        return None
+
+    def about(self) -> dict[str, str]:
+        return {"backend": "memory"}
+
+    async def submit(self, targets: Sequence[Target]) -> int:
+        self._enter("submit")
+        active = {row.url for row in self.rows.values() if row.state in _ACTIVE}
+        added = 0
+        for target in targets:
+            if target.url not in active:
+                job_id = len(self.rows) + 1
+                self.rows[job_id] = Row(job_id, target.url, target.host_key)
+                active.add(target.url)
+                added += 1
+        return added
+
+    async def hosts_with_queued(self, after: str, limit: int) -> list[str]:
+        self._enter("hosts_with_queued")
+        hosts = {
+            r.host for r in self.rows.values() if r.state is JobState.QUEUED and r.host > after
+        }
+        return sorted(hosts)[: limit + 1]
+
+    async def claim(self, wants: Sequence[tuple[str, int]], lease_s: float) -> list[Job]:
+        self._enter("claim")
+        jobs = []
+        for host, n in wants:
+            queued = [
+                r for r in self.rows.values() if r.state is JobState.QUEUED and r.host == host
+            ]
+            for row in queued[:n]:
+                row.state, row.owner = JobState.RUNNING, self.owner
+                jobs.append(
+                    Job(row.id, row.url, row.host, row.attempts, stored_target(row.url, row.host))
+                )
+        return jobs
+
+    async def promote_due(self) -> int:
+        self._enter("promote_due")
+        now, n = self._wall(), 0
+        for row in self.rows.values():
+            if row.state is JobState.RETRYING and (row.next_attempt_at or 0) <= now:
+                row.state, row.next_attempt_at = JobState.QUEUED, None
+                n += 1
+        return n
+
+    async def register(self) -> int:
+        self._enter("register")
+        return 0
+
+    async def heartbeat(self, lease_s: float) -> int:
+        self._enter("heartbeat")
+        return 0
+
+    async def release_all(self) -> int:
+        self._enter("release_all")
+        held = [
+            r for r in self.rows.values() if r.state is JobState.RUNNING and r.owner == self.owner
+        ]
+        for row in held:
+            row.state, row.owner = JobState.QUEUED, None
+        return len(held)
+
+    async def unregister(self) -> None:
+        self._enter("unregister")
+
+    async def record(
+        self,
+        outcomes: Sequence[Outcome],
+        exchanges: Sequence[Exchange] = (),
+        pauses: Mapping[str, float] | None = None,
+    ) -> None:
+        self._enter("record")
+        for outcome in outcomes:
+            row = self.rows[outcome.job_id]
+            if row.state is not JobState.RUNNING or row.owner != self.owner:
+                continue
+            row.state, row.attempts, row.owner = outcome.state, outcome.attempts, None
+            row.next_attempt_at = outcome.next_attempt_at
+            if outcome.state in (JobState.DONE, JobState.FAILED):
+                self.results[outcome.job_id] = outcome
+        for e in exchanges:
+            counter = self.counters.setdefault(e.host, Counter())
+            counter["requests"] += 1
+            counter["errors" if e.status is None else f"status_{e.status // 100}xx"] += 1
+        for host, until in (pauses or {}).items():
+            self.pauses[host] = max(until, self.pauses.get(host, 0.0))
+
+    async def paused_hosts(self) -> dict[str, float]:
+        self._enter("paused_hosts")
+        return {h: u for h, u in self.pauses.items() if u > self._wall()}
+
+    async def counts(self) -> dict[str, int]:
+        self._enter("counts")
+        counts = Counter(row.state.value for row in self.rows.values())
+        return {state.value: counts[state.value] for state in JobState}
+
+    async def is_idle(self) -> bool:
+        counts = await self.counts()
+        return counts["queued"] + counts["retrying"] + counts["running"] == 0
+
+    async def prune(self, before: float) -> tuple[int, list[str]]:
+        self._enter("prune")
+        return 0, []
+
+    def states(self) -> Counter[str]:
+        return Counter(row.state.value for row in self.rows.values())

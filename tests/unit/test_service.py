@@ -1,0 +1,191 @@
+"""The service in process: the in-memory queue, a fake transport and fake clocks. The global
+cap, no head-of-line blocking, shutdown, a store that goes away, and a task with a bug."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from structlog.testing import capture_logs
+
+from fetcher.config import Settings
+from fetcher.fetch import Fetcher
+from fetcher.guard import Guard
+from fetcher.service import Service
+from fetcher.urls import parse_url
+from tests.memory_queue import MemoryQueue
+
+WALL = 1_700_000_000.0
+
+
+class FrozenClock:
+    """A clock that moves only when a test moves it."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeOrigin(httpx.AsyncBaseTransport):
+    """Answers 200 after `delay_s`; requests to a host in `held` wait until `release` is set.
+    Counts what it receives and how many requests were in flight at most."""
+
+    def __init__(self, delay_s: float = 0.005, held: frozenset[str] = frozenset()) -> None:
+        self.delay_s = delay_s
+        self.held = held
+        self.release = asyncio.Event()
+        self.requests: Counter[str] = Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests[str(request.url)] += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if request.url.host in self.held:
+                await self.release.wait()
+            else:
+                await asyncio.sleep(self.delay_s)
+        finally:
+            self.in_flight -= 1
+        return httpx.Response(200, stream=httpx.ByteStream(b"x" * 100), request=request)
+
+
+def make_service(
+    tmp_path: Path,
+    queue: MemoryQueue,
+    origin: FakeOrigin,
+    *,
+    drain: bool = True,
+    clock: Callable[[], float] | None = None,
+    **overrides: object,
+) -> Service:
+    values: dict[str, object] = {"host_rate": 0, "host_concurrency": 8, "max_concurrency": 4}
+    values.update(overrides)
+    settings = Settings(db=tmp_path / "unused.db", allow_private=True, **values)  # type: ignore[arg-type]
+    fetcher = Fetcher(settings, origin, Guard(allow_private=True), None)
+    return Service(
+        settings,
+        queue,
+        fetcher,
+        drain=drain,
+        install_signal_handlers=False,
+        clock=clock or FrozenClock(100.0),
+        wall=FrozenClock(WALL),
+    )
+
+
+async def submit(queue: MemoryQueue, hosts: list[str], per_host: int) -> list[str]:
+    urls = [f"http://{host}/{i}" for host in hosts for i in range(per_host)]
+    await queue.submit([parse_url(url) for url in urls])
+    return urls
+
+
+async def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_the_global_cap_is_reached_and_never_exceeded(tmp_path: Path) -> None:
+    """Five hosts that could each take 8 at once, a global cap of 4: exactly 4 in flight at
+    the most, and every job done once."""
+    queue, origin = MemoryQueue(), FakeOrigin(delay_s=0.02)
+    urls = await submit(queue, [f"h{i}.example" for i in range(5)], 10)
+    service = make_service(tmp_path, queue, origin, max_concurrency=4)
+    summary = await asyncio.wait_for(service.run(), 30)
+    assert origin.max_in_flight == 4
+    assert summary.done == 50 and queue.states() == Counter(done=50)
+    assert origin.requests == Counter({url: 1 for url in urls})
+    assert sum(c["requests"] for c in queue.counters.values()) == 50
+
+
+async def test_a_paused_host_never_holds_a_slot_another_host_could_use(tmp_path: Path) -> None:
+    """One global slot; host a.example is paused for an hour (restored from the queue) with
+    jobs waiting; every job of b.example still goes through that one slot, none of a's is sent,
+    and a's jobs go back to the queue at shutdown."""
+    queue, origin = MemoryQueue(wall=FrozenClock(WALL)), FakeOrigin()
+    await submit(queue, ["a.example"], 5)
+    await submit(queue, ["b.example"], 20)
+    queue.pauses["a.example"] = WALL + 3600
+    service = make_service(tmp_path, queue, origin, drain=False, max_concurrency=1)
+    run = asyncio.create_task(service.run())
+    await wait_for(lambda: len(queue.results) == 20)
+    service.stop("test")
+    summary = await asyncio.wait_for(run, 10)
+    assert {url for url in origin.requests} == {f"http://b.example/{i}" for i in range(20)}
+    assert queue.states() == Counter(done=20, queued=5)
+    assert summary.requeued == 5
+
+
+async def test_shutdown_requeues_what_never_started_and_what_the_grace_cut_off(
+    tmp_path: Path,
+) -> None:
+    """Stopped while two requests hang and five more claimed jobs wait (a host with a cap of
+    2 holds 7): after the grace the two are cancelled, and all seven go back to `queued`;
+    none is left running, none is recorded."""
+    queue, origin = MemoryQueue(), FakeOrigin(held=frozenset({"h.example"}))
+    await submit(queue, ["h.example"], 10)
+    service = make_service(
+        tmp_path, queue, origin, drain=False, host_concurrency=2, shutdown_grace=0.1
+    )
+    run = asyncio.create_task(service.run())
+    await wait_for(lambda: origin.in_flight == 2)
+    service.stop("test")
+    summary = await asyncio.wait_for(run, 10)
+    assert queue.states() == Counter(queued=10)
+    assert summary.requeued == 7 and not queue.results
+
+
+async def test_a_store_that_is_away_for_a_while_loses_nothing(tmp_path: Path) -> None:
+    """The store refuses every call for a while in the middle of a run: the episode is logged
+    once at each end, outcomes wait in memory, the run resumes by itself and completes; every
+    job done once, the counters equal what the origin received."""
+    queue, origin = MemoryQueue(), FakeOrigin(delay_s=0.01)
+    urls = await submit(queue, [f"h{i}.example" for i in range(3)], 100)
+    service = make_service(tmp_path, queue, origin, max_concurrency=4)
+    with capture_logs() as logs:
+        run = asyncio.create_task(service.run())
+        await wait_for(lambda: len(queue.results) >= 30)
+        queue.down = "database is locked"
+        await wait_for(lambda: queue.calls["record"] >= 3 and queue.calls["claim"] >= 2)
+        down_for = sum(origin.requests.values())
+        await asyncio.sleep(0.3)
+        queue.down = None
+        summary = await asyncio.wait_for(run, 30)
+    events = [e["event"] for e in logs]
+    assert events.count("store.unavailable") == 1 and events.count("store.recovered") == 1
+    assert "service.crashed" not in events
+    assert down_for < 300  # it was down mid-run
+    assert summary.done == 300 and queue.states() == Counter(done=300)
+    assert origin.requests == Counter({url: 1 for url in urls})
+    assert sum(c["requests"] for c in queue.counters.values()) == 300
+    assert service.failure is None
+
+
+@pytest.mark.parametrize("operation", ["promote_due", "claim", "record"])
+async def test_a_task_that_raises_a_bug_ends_the_run_with_an_error(
+    tmp_path: Path, operation: str
+) -> None:
+    """A bug (not a store that is away) in a background task: one `service.crashed` line
+    naming the task, the run stops by itself, and it reports the failure (exit 1)."""
+    queue, origin = MemoryQueue(), FakeOrigin()
+    await submit(queue, ["h.example"], 20)
+    queue.bug_in = operation
+    service = make_service(tmp_path, queue, origin, drain=False)
+    with capture_logs() as logs:
+        if operation == "record":  # the last commit at the way out meets it again: raised
+            with pytest.raises(RuntimeError, match="a bug in record"):
+                await asyncio.wait_for(service.run(), 30)
+        else:
+            await asyncio.wait_for(service.run(), 30)
+    crashed = [e for e in logs if e["event"] == "service.crashed"]
+    assert len(crashed) == 1 and f"a bug in {operation}" in crashed[0]["error"]
+    assert service.failure is not None and f"a bug in {operation}" in service.failure
