@@ -40,6 +40,9 @@ class MemoryQueue:
         self.bug_in: str | None = None  # an operation that raises a plain bug
         self._wall = wall
 
+    def _in(self, state: JobState) -> list[Row]:
+        return [row for row in self.rows.values() if row.state is state]
+
     def _enter(self, operation: str) -> None:
         self.calls[operation] += 1
         if self.bug_in == operation:
