@@ -30,7 +30,9 @@ _T = TypeVar("_T")
 
 class StoreHealth:
     """Whether the store answers, shared by every task that uses it: one episode of
-    unavailability is logged once, however many tasks meet it."""
+    unavailability is logged once, however many tasks meet it. It ends when every operation
+    that failed during it has succeeded since: under SQLite's WAL, reads go on while another
+    process holds the write lock, and a read that works says nothing about the writes."""
 
     def __init__(
         self,
@@ -47,6 +49,7 @@ class StoreHealth:
         self.down: StoreUnavailable | None = None  # the error that began the current episode
         self._down_since = 0.0
         self._failures = 0
+        self._failing: set[str] = set()  # operations that failed in this episode, not yet retried
 
     async def call(
         self,
@@ -63,23 +66,27 @@ class StoreHealth:
             try:
                 result = await action()
             except StoreUnavailable as exc:
-                self._failed(exc)
+                self._failed(operation, exc)
                 if give_up is not None and give_up.is_set():
+                    self._failing.discard(operation)  # not retried: no word on it to wait for
                     raise
                 await _wait(give_up, wait_s)
                 wait_s = min(wait_s * 2, self._max_wait_s)
                 continue
             if self.down is not None:
-                self._recovered(operation)
+                self._failing.discard(operation)
+                if not self._failing:
+                    self._recovered(operation)
             return result
 
-    def _failed(self, exc: StoreUnavailable) -> None:
+    def _failed(self, operation: str, exc: StoreUnavailable) -> None:
         self._failures += 1
+        self._failing.add(operation)
         if self.down is not None:
-            _log.debug("store.still_unavailable", operation=exc.operation, reason=exc.reason)
+            _log.debug("store.still_unavailable", operation=operation, reason=exc.reason)
             return
         self.down, self._down_since = exc, self._clock()
-        _log.warning("store.unavailable", operation=exc.operation, reason=exc.reason)
+        _log.warning("store.unavailable", operation=operation, reason=exc.reason)
         self._notifier.notify(STATUS=self.status_line())
 
     def _recovered(self, operation: str) -> None:
