@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from fetcher.demo import Origin
@@ -88,6 +91,39 @@ def test_submit_rejects_bad_lines_and_queues_the_rest_once(
     assert origin.stats.requests[origin.host()] == 1
     assert fetcher.submit([good]).returncode == 0
     assert fetcher.status()["queued"] == 1  # a finished URL may be fetched again
+
+
+def test_submit_rejects_a_line_that_is_not_utf8_and_queues_the_rest(
+    fetcher: Fetcher, origin: Origin
+) -> None:
+    """A line of bytes that are not UTF-8, in a file, on stdin or as an argument, is rejected
+    by itself with its bytes shown escaped (no traceback); the lines around it are queued."""
+    good = [origin.url(f"ok/{n}") for n in range(4)]
+    bad = b"http://bad.example/\xff\xfeq"
+    path = fetcher.workdir / "urls.txt"
+    path.write_bytes(f"{good[0]}\n".encode() + bad + f"\n{good[1]}\n".encode())
+    from_file = fetcher.cli("submit", "-f", str(path))
+    command = [sys.executable, "-m", "fetcher", "submit"]
+    from_stdin = subprocess.run(
+        [*command, "-f", "-"], input=bad + f"\n{good[2]}\n".encode(),
+        capture_output=True, env=fetcher.env, timeout=60, check=False,
+    )  # fmt: skip
+    from_args = subprocess.run(
+        [*command, good[3], b"http://arg.example/\xff"],
+        capture_output=True, env=fetcher.env, timeout=60, check=False,
+    )  # fmt: skip
+    assert from_file.returncode == from_stdin.returncode == from_args.returncode == 1
+    assert "rejected: http://bad.example/\\xff\\xfeq: not UTF-8 (byte 0xff at 19)" in (
+        from_file.stderr
+    )
+    assert "queued 2, already queued 0, rejected 1" in from_file.stderr
+    stdin_err, args_err = from_stdin.stderr.decode(), from_args.stderr.decode()
+    assert "not UTF-8" in stdin_err and "queued 1, already queued 0, rejected 1" in stdin_err
+    assert "rejected: http://arg.example/\\xff: not UTF-8" in args_err
+    assert "queued 1, already queued 0, rejected 1" in args_err
+    for err in (from_file.stderr, stdin_err, args_err):
+        assert "Traceback" not in err
+    assert fetcher.status()["queued"] == 4
 
 
 def test_results_and_stats_formats(fetcher: Fetcher, origin: Origin) -> None:
