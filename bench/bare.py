@@ -1,6 +1,7 @@
 """The baselines: a bare httpx + asyncio.Semaphore loop over the same URLs, over httpx's
 default transport, over fetcher's own aiohttp transport, or over httpx-aiohttp's (when the bench
-extra installed it). Prints how many responses it read."""
+extra installed it); or a bare aiohttp + Semaphore loop (`aiohttp`). Each reads every body
+whole. Prints how many 200s it got."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import httpx
 
 from fetcher.fetch import AiohttpTransport
 
-TRANSPORTS = ("default", "fetcher", "httpx-aiohttp")
+TRANSPORTS = ("default", "fetcher", "httpx-aiohttp", "aiohttp")
 
 
 def transport_for(name: str, limits: httpx.Limits) -> httpx.AsyncBaseTransport | None:
@@ -32,7 +33,25 @@ def transport_for(name: str, limits: httpx.Limits) -> httpx.AsyncBaseTransport |
     return None
 
 
+async def fetch_all_aiohttp(urls: list[str], concurrency: int) -> int:
+    semaphore = asyncio.Semaphore(concurrency)
+    ok = 0
+
+    async def one(session: aiohttp.ClientSession, url: str) -> None:
+        nonlocal ok
+        async with semaphore, session.get(url) as response:
+            await response.read()
+            ok += response.status == 200
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(one(session, url) for url in urls))
+    return ok
+
+
 async def fetch_all(urls: list[str], concurrency: int, transport: str) -> int:
+    if transport == "aiohttp":
+        return await fetch_all_aiohttp(urls, concurrency)
     semaphore = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     client = httpx.AsyncClient(transport=transport_for(transport, limits), limits=limits)
@@ -41,7 +60,7 @@ async def fetch_all(urls: list[str], concurrency: int, transport: str) -> int:
     async def one(url: str) -> None:
         nonlocal ok
         async with semaphore:
-            response = await client.get(url)
+            response = await client.get(url)  # reads the body whole
             ok += response.status_code == 200
 
     async with client:

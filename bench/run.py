@@ -8,6 +8,12 @@
                  URLs / wall time of the client's process.
     politeness   achieved rate and the worst one-second window for one host at a set rate; the
                  head-of-line scenario (11 hosts x 20 URLs at 2/s each, global cap 4).
+    large        100 kB answers (a distinct body per URL): 5,000 URLs, C=64, one host; fetcher with
+                 bodies saved and with FETCHER_SAVE_BODIES=false against the bare aiohttp loop.
+    polite       10,000 URLs over 2,000 host keys (127.0.1-8.1-250), 5 a host, each at 2/s, burst
+                 1, 4 in flight, C=64, the demo origin answering in 50 ms: `run --drain` wall time
+                 against the ideal (64 slots x 50 ms = 1,280 req/s, or a host's own rate if
+                 that is slower).
     scale        (--scale) submit of 1,000,000 URLs over 10,000 hosts; the daemon's RSS with them
                  queued and at 10k / 100k done; status and stats query times meanwhile.
 
@@ -17,6 +23,7 @@ Prints Markdown; BENCHMARKS.md keeps the figures of a run with the command that 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import os
 import platform
@@ -54,9 +61,16 @@ def pinned(core: int) -> list[str]:
 
 
 class Nginx:
-    """nginx from Debian's packages, one worker, a 1 kB answer on 16 loopback addresses."""
+    """nginx from Debian's packages, one worker, a 1 kB answer on 16 loopback addresses, and
+    under /100k/ a 100 kB answer that starts with its own URI (so every body is distinct)."""
 
     def __init__(self, workdir: Path, scale: bool) -> None:
+        www = workdir / "www"
+        www.mkdir(exist_ok=True)
+        (www / "100k.txt").write_bytes(b"@@URI@@\n" + os.urandom(51_200).hex().encode())
+        for path in (workdir, www):  # nginx's workers run as another user when started as root
+            path.chmod(0o755)
+        (www / "100k.txt").chmod(0o644)
         listens = [f"listen {a}:{PORT};" for a in ADDRESSES]
         if scale:  # 10,000 host keys: 127.0.x.y, reachable through the wildcard address
             listens.append(f"listen {SCALE_PORT};")
@@ -74,6 +88,10 @@ http {{
   server {{
     {" ".join(listens)}
     location / {{ default_type text/plain; return 200 "{BODY}\\n"; }}
+    location /100k/ {{
+      root {www}; try_files /100k.txt =404; default_type text/plain;
+      sub_filter '@@URI@@' '$request_uri'; sub_filter_once on; sub_filter_types *;
+    }}
   }}
 }}
 """)
@@ -164,10 +182,12 @@ def fresh_db(db: Path) -> Path:
     return db
 
 
-def run_fetcher(urls: Path, concurrency: int, workdir: Path) -> float:
+def run_fetcher(urls: Path, concurrency: int, workdir: Path, **variables: object) -> float:
     db = fresh_db(workdir / "bench.db")
     shutil.rmtree(workdir / "bodies", ignore_errors=True)
-    env = fetcher_env(db, max_concurrency=concurrency, host_concurrency=concurrency, host_rate=0)
+    env = fetcher_env(
+        db, max_concurrency=concurrency, host_concurrency=concurrency, host_rate=0, **variables
+    )
     fetcher = [sys.executable, "-m", "fetcher"]
     subprocess.run([*fetcher, "submit", "-f", str(urls)], env=env, check=True, capture_output=True)
     elapsed = timed([*pinned(1), *fetcher, "run", "--drain"], env, workdir / "fetcher.log")
@@ -211,6 +231,7 @@ def throughput(workdir: Path, n: int, concurrency: int, reps: int) -> list[str]:
     clients: dict[str, Callable[[Path, int, Path], float]] = {
         "fetcher run --drain": run_fetcher,
         "bare httpx (default transport)": run_bare("default"),
+        "bare aiohttp loop": run_bare("aiohttp"),
         "bare httpx over fetcher's transport": run_bare("fetcher"),
     }
     if importlib.util.find_spec("httpx_aiohttp") is not None:
@@ -226,17 +247,91 @@ def throughput(workdir: Path, n: int, concurrency: int, reps: int) -> list[str]:
     for hosts in (1, 16):
         urls = workdir / f"urls-{hosts}.txt"
         urls.write_text("".join(f"http://{ADDRESSES[i % hosts]}:{PORT}/{i}\n" for i in range(n)))
-        rates: dict[str, list[float]] = {name: [] for name in clients}
-        for _ in range(reps):  # interleaved: machine noise falls on every client alike
-            for name, run in clients.items():
-                rates[name].append(n / run(urls, concurrency, workdir))
-        ours = statistics.median(rates["fetcher run --drain"])
-        for name, values in rates.items():
-            median = statistics.median(values)
-            runs = ", ".join(f"{v:,.0f}" for v in values)
-            lines.append(f"| {hosts} | {name} | {median:,.0f} | {runs} | {ours / median:.2f} |")
-        print("\n".join(lines[-len(clients) :]), flush=True)
+        lines += compare(clients, urls, concurrency, reps, workdir, str(hosts))
     return lines
+
+
+def compare(
+    clients: dict[str, Callable[[Path, int, Path], float]],
+    urls: Path,
+    concurrency: int,
+    reps: int,
+    workdir: Path,
+    label: str,
+) -> list[str]:
+    """Interleaved runs of each client; a table row each: median req/s, every run, and the
+    ratio of the first client (fetcher) to it."""
+    n = count_lines(urls)
+    rates: dict[str, list[float]] = {name: [] for name in clients}
+    for _ in range(reps):  # interleaved: machine noise falls on every client alike
+        for name, run in clients.items():
+            rates[name].append(n / run(urls, concurrency, workdir))
+    ours = statistics.median(next(iter(rates.values())))
+    rows = []
+    for name, values in rates.items():
+        median = statistics.median(values)
+        runs = ", ".join(f"{v:,.0f}" for v in values)
+        rows.append(f"| {label} | {name} | {median:,.0f} | {runs} | {ours / median:.2f} |")
+    print("\n".join(rows), flush=True)
+    return rows
+
+
+def large_bodies(workdir: Path, n: int, concurrency: int, reps: int) -> list[str]:
+    urls = workdir / "urls-100k.txt"
+    urls.write_text("".join(f"http://{ADDRESSES[0]}:{PORT}/100k/{i}\n" for i in range(n)))
+    clients: dict[str, Callable[[Path, int, Path], float]] = {
+        "fetcher run --drain": run_fetcher,
+        "fetcher, FETCHER_SAVE_BODIES=false": functools.partial(run_fetcher, save_bodies=False),
+        "bare aiohttp loop": run_bare("aiohttp"),
+        "bare httpx over fetcher's transport": run_bare("fetcher"),
+    }
+    return [
+        f"### 100 kB answers: {n:,} URLs, one host, C={concurrency}, median of {reps}",
+        "",
+        "| answers | client | req/s (median) | runs | fetcher ÷ client |",
+        "|---|---|---|---|---|",
+        *compare(clients, urls, concurrency, reps, workdir, "100 kB"),
+    ]
+
+
+POLITE_PORT = 18082
+
+
+def many_polite_hosts(workdir: Path, smoke: bool) -> list[str]:
+    """Every host at 2/s with 4 in flight, 64 slots in all, answers in 50 ms: the feeder's
+    and the scheduler's own efficiency, against the ideal 64 / 0.05 s = 1,280 req/s."""
+    hosts, per_host = (200, 5) if smoke else (2_000, 5)
+    keys = [f"127.0.{1 + h // 250}.{1 + h % 250}:{POLITE_PORT}" for h in range(hosts)]
+    lines = [f"http://{key}/slow/50/{key}/{i}\n" for i in range(per_host) for key in keys]
+    urls = workdir / "urls-polite.txt"
+    urls.write_text("".join(lines))
+    code = (
+        "import time; from fetcher.demo import Origin; "
+        f"o = Origin(['0.0.0.0'], {POLITE_PORT}).start(); time.sleep(86400)"
+    )
+    origin = subprocess.Popen([*pinned(0), sys.executable, "-c", code])
+    try:
+        wait_for(f"http://127.0.1.1:{POLITE_PORT}/ok/")
+        db = fresh_db(workdir / "polite.db")
+        env = fetcher_env(db, host_rate=2, host_burst=1, host_concurrency=4, max_concurrency=64)
+        fetcher = [sys.executable, "-m", "fetcher"]
+        subprocess.run(
+            [*fetcher, "submit", "-f", str(urls)], env=env, check=True, capture_output=True
+        )
+        wall = timed([*pinned(1), *fetcher, "run", "--drain"], env, workdir / "polite.log")
+        done = stats.status(open_reader(db))["done"]
+    finally:
+        origin.terminate()
+        origin.wait(10)
+    n = len(lines)
+    ideal = max(n / (64 / 0.05), (per_host - 1) / 2 + 0.05)  # the slots', or one host's rate
+    row = (
+        f"- Many polite hosts: {n:,} URLs over {hosts:,} host keys, {per_host} a host at 2/s,"
+        f" burst 1, 4 in flight, C=64, answers in 50 ms: `run --drain` {wall:.1f} s, ideal"
+        f" {ideal:.1f} s ({100 * (wall / ideal - 1):+.0f} %); {done:,} of {n:,} done."
+    )
+    print(row, flush=True)
+    return ["### Many polite hosts", "", row]
 
 
 # -- politeness -------------------------------------------------------------------------------
@@ -392,7 +487,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--scale", action="store_true", help="also the million-job figures")
-    parser.add_argument("--only", choices=["throughput", "politeness", "scale"])
+    parser.add_argument("--only", choices=["throughput", "large", "polite", "politeness", "scale"])
     args = parser.parse_args()
     if args.smoke:
         args.urls, args.reps = 500, 1
@@ -407,10 +502,15 @@ def main() -> int:
     with origin:
         if args.only in (None, "throughput"):
             report += ["", *throughput(workdir, args.urls, args.concurrency, args.reps)]
+        if args.only in (None, "large") and use_nginx:
+            n = 200 if args.smoke else 5_000
+            report += ["", *large_bodies(workdir, n, args.concurrency, args.reps)]
         if with_scale:
             if not use_nginx:
                 raise SystemExit("the scale run needs nginx (the wildcard address)")
             report += ["", *scale(workdir, args.smoke)]
+    if args.only in (None, "polite"):
+        report += ["", *many_polite_hosts(workdir, args.smoke)]
     if args.only in (None, "politeness"):
         report += ["", *politeness(workdir, args.smoke)]
     out = HERE / "out"

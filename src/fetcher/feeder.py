@@ -47,11 +47,13 @@ class Feeder:
         self._lease_s = lease_s
         self._max_held = max_held
         self.held: Counter[str] = Counter()  # host (as queued) → jobs claimed, not yet settled
+        self._held_total = 0
         self._room_freed = asyncio.Event()
 
     def settled(self, job: Job) -> None:
         """`job` left memory (its outcome is with the recorder): its host may hold another."""
         self.held[job.host] -= 1
+        self._held_total -= 1
         if self.held[job.host] <= 0:
             del self.held[job.host]
         self._room_freed.set()
@@ -70,7 +72,7 @@ class Feeder:
         cursor = ""
         claimed_this_walk = 0
         while not stopping.is_set():
-            room = self._max_held - sum(self.held.values())
+            room = self._max_held - self._held_total
             hosts: list[str] = []
             if room > 0:
                 walk = functools.partial(self._queue.hosts_with_queued, cursor, WALK_HOSTS)
@@ -97,12 +99,20 @@ class Feeder:
         for job in jobs:
             self.held[job.host] += 1
             self._scheduler.add(job)
+        self._held_total += len(jobs)
         return len(jobs)
 
     def _host_room(self, host: str) -> int:
+        """Jobs `host` may still hold: about two seconds' worth. A host without a rate limit
+        gets its in-flight cap three times over (and its burst); a rate-limited one its burst
+        and two seconds of its rate, whatever its cap (a host at 2/s never uses 4 places: the
+        jobs are better held for other hosts)."""
         limits = self._limits.limits_for(host)
-        ahead = 2 * limits.concurrency if limits.rate == 0 else math.ceil(2 * limits.rate)
-        return min(limits.concurrency + limits.burst + ahead, 1000) - self.held[host]
+        if limits.rate == 0:
+            wanted = 3 * limits.concurrency + limits.burst
+        else:
+            wanted = limits.burst + math.ceil(2 * limits.rate)
+        return min(wanted, 1000) - self.held[host]
 
 
 def allot(room: int, hosts: list[tuple[str, int]]) -> list[tuple[str, int]]:

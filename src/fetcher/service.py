@@ -98,7 +98,9 @@ class Service:
             self._limits,
             self._health,
             lease_s=settings.lease_s,
-            max_held=max(8 * settings.max_concurrency, 512),
+            # what many slow, polite hosts need to keep every slot busy (64 slots over hosts
+            # at 2/s: 640 of them at once), and little memory (BENCHMARKS.md, "polite")
+            max_held=max(64 * settings.max_concurrency, 4096),
         )
         self._recorder = Recorder(queue, self._health, metrics)
         self._housekeeping = Housekeeping(
