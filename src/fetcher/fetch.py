@@ -115,8 +115,7 @@ def build_transport(settings: Settings, guard: Guard) -> httpx.AsyncBaseTranspor
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """httpx's transport interface over an aiohttp session: what httpx-aiohttp does, less the
-    per-request work a fetcher has no use for (bench/transport_floor.py: 6,434 req/s through
-    this one, 5,398 through httpx-aiohttp's, at 64 in flight on loopback). It sends the
+    per-request work a fetcher has no use for (BENCHMARKS.md, "own transport"). It sends the
     request's method, URL, headers and bytes body as they are (no redirects, no decoding: the
     caller does both), honours the `connect` and `read` timeout extensions, and lets aiohttp's
     errors through for the caller to word.
@@ -146,8 +145,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         timeouts: Mapping[str, float | None] | None = None,
     ) -> httpx.Response:
         """GET `url`, a URL in fetcher's normal form, without an httpx.Request: building one
-        parses the URL again, in Python, into the same string (tests/unit/test_urls.py), and
-        that was about a quarter of fetcher's own work per job (bench/machinery.py). A row
+        parses the URL again, in Python, into the same string (tests/unit/test_urls.py), a
+        large share of fetcher's own work per job (BENCHMARKS.md, "stored URL"). A row
         put in the queue by hand, not by `submit`, may hold anything: what is not printable
         ASCII without spaces is refused here, not sent."""
         if _NOT_URL_TEXT.search(url):

@@ -44,7 +44,8 @@ class HostLimiter:
         if self.limits.rate > 0:
             interval = 1.0 / self.limits.rate
             # Started a little after its slot (the loop woke late): the next slot still follows
-            # this one, or the host would lose that lateness on every request (2-3 % at 20/s).
+            # this one, or the host would lose that lateness on every request (BENCHMARKS.md,
+            # "late starts").
             # After a longer gap the host was idle: the schedule starts again from now.
             late = now - self._tat
             self._tat = self._tat + interval if late < interval else now + interval

@@ -39,7 +39,8 @@ _MIGRATIONS: list[str] = [
         WHERE state IN ('queued', 'retrying', 'running');
 
     -- Jobs per state, kept by triggers on state changes and deletes; inserts are counted by
-    -- `fetcher submit` in their own transaction (a trigger per inserted row cost 4 µs).
+    -- `fetcher submit` in their own transaction (a trigger per inserted row was dearer:
+    -- BENCHMARKS.md, "insert trigger").
     CREATE TABLE job_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
     INSERT INTO job_counts VALUES
         ('queued', 0), ('retrying', 0), ('running', 0), ('done', 0), ('failed', 0);

@@ -273,8 +273,8 @@ class SqliteQueue:
         finals = [o for o in outcomes if o.state in _FINAL]
         async with self._transaction("record") as db:
             # One statement per batch, its rows a JSON array: with executemany, statement
-            # set-up and the job_counts trigger program ran once per row (bench/store_sql.py:
-            # claim + record 66-68 µs a job that way, 37-38 µs this way).
+            # set-up and the job_counts trigger program ran once per row (BENCHMARKS.md,
+            # "one statement per batch").
             # Results first: both statements skip a job whose lease another daemon took.
             if finals:
                 await db.execute(
