@@ -91,7 +91,7 @@ class Service:
         self._stopping = asyncio.Event()
         self._store_deadline = asyncio.Event()  # set _STORE_GRACE_S after stopping began
         self._health = StoreHealth(self._notifier)
-        self._supervisor = Supervisor(on_crash=self._crashed)
+        self._supervisor = Supervisor(on_crash=self._crashed, stopping=self._stopping)
         self._feeder = Feeder(
             queue,
             self._scheduler,

@@ -115,12 +115,14 @@ async def _wait(event: asyncio.Event | None, seconds: float) -> None:
 
 
 class Supervisor:
-    """Starts the background tasks and watches them: one that ends with an exception stops
-    the daemon through `on_crash`; at the end, `stop` cancels the ones that may be cancelled
-    (nothing they hold is lost) and waits for the others to finish by themselves."""
+    """Starts the background tasks and watches them: one that ends with an exception, or ends
+    at all before `stopping` is set, stops the daemon through `on_crash`; at the end, `stop`
+    cancels the ones that may be cancelled (nothing they hold is lost) and waits for the others
+    to finish by themselves."""
 
-    def __init__(self, on_crash: Callable[[str], None]) -> None:
+    def __init__(self, on_crash: Callable[[str], None], stopping: asyncio.Event) -> None:
         self._on_crash = on_crash
+        self._stopping = stopping
         self._tasks: dict[asyncio.Task[None], bool] = {}  # task → may be cancelled
         self.crashed: str | None = None  # "task: error" of the first crash
 
@@ -135,14 +137,13 @@ class Supervisor:
         task.add_done_callback(self._ended)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is None:
-            return
-        _log.error("service.crashed", task=task.get_name(), error=repr(exc), exc_info=exc)
+        exc = None if task.cancelled() else task.exception()
+        if exc is None and self._stopping.is_set():
+            return  # a task's normal end
+        why = repr(exc) if exc is not None else "ended before the daemon stopped"
+        _log.error("service.crashed", task=task.get_name(), error=why, exc_info=exc)
         if self.crashed is None:
-            self.crashed = f"{task.get_name()}: {exc!r}"
+            self.crashed = f"{task.get_name()}: {why}"
             self._on_crash(self.crashed)
 
     async def stop(self) -> None:

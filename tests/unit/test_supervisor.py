@@ -9,7 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from fetcher.errors import StoreUnavailable
-from fetcher.supervisor import StoreHealth
+from fetcher.supervisor import StoreHealth, Supervisor
 from fetcher.systemd import Notifier
 
 
@@ -70,3 +70,27 @@ async def test_giving_up_raises_only_once_told_to() -> None:
     give_up.set()
     with pytest.raises(StoreUnavailable, match="database is locked"):
         await asyncio.wait_for(call, 5)
+
+
+async def test_a_task_that_ends_before_the_daemon_stops_is_a_crash() -> None:
+    """A background task that returns, or is cancelled, while the daemon is not stopping
+    would leave it alive doing nothing: that is reported as a crash, once; after `stopping`
+    is set, a task's end is its normal end."""
+    stopping = asyncio.Event()
+    crashes: list[str] = []
+    supervisor = Supervisor(crashes.append, stopping)
+
+    async def returns_early() -> None:
+        return None
+
+    async def waits() -> None:
+        await stopping.wait()
+
+    with capture_logs() as logs:
+        supervisor.start("feeder", returns_early())
+        supervisor.start("recorder", waits())
+        await asyncio.sleep(0.01)
+        stopping.set()
+        await asyncio.wait_for(supervisor.stop(), 5)
+    assert crashes == ["feeder: ended before the daemon stopped"]
+    assert [e["task"] for e in logs if e["event"] == "service.crashed"] == ["feeder"]
