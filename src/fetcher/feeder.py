@@ -48,6 +48,9 @@ class Feeder:
         self._max_held = max_held
         self.held: Counter[str] = Counter()  # host (as queued) → jobs claimed, not yet settled
         self._held_total = 0
+        # hosts whose last claim got all it asked for: more may be queued, and the feeder will
+        # come back for them while they hold jobs
+        self._refilled: set[str] = set()
         self._room_freed = asyncio.Event()
 
     def settled(self, job: Job) -> None:
@@ -56,6 +59,7 @@ class Feeder:
         self._held_total -= 1
         if self.held[job.host] <= 0:
             del self.held[job.host]
+            self._refilled.discard(job.host)
         self._room_freed.set()
 
     def wake(self) -> None:
@@ -96,11 +100,23 @@ class Feeder:
         jobs = await self._health.call(
             "claim", lambda: self._queue.claim(wants, self._lease_s), give_up=stopping
         )
+        got: Counter[str] = Counter()
         for job in jobs:
-            self.held[job.host] += 1
+            got[job.host] += 1
             self._scheduler.add(job)
+        self.held.update(got)
         self._held_total += len(jobs)
+        for host, wanted in wants:
+            if got[host] >= wanted:
+                self._refilled.add(host)
+            else:
+                self._refilled.discard(host)
         return len(jobs)
+
+    def refilling(self, host: str) -> bool:
+        """Whether the feeder is still bringing in jobs for `host` (its last claim was full,
+        and it holds some now)."""
+        return host in self._refilled
 
     def _host_room(self, host: str) -> int:
         """Jobs `host` may still hold: about two seconds' worth. A host without a rate limit

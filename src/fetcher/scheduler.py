@@ -79,13 +79,8 @@ class Scheduler:
                 self._schedule(key)
         self._changed.set()
 
-    def connection_wanted(self, key: str) -> bool:
-        """Whether a request to host `key` that starts now should leave its connection open:
-        yes while a job waits for the host (it may reuse it). Otherwise the connection would
-        most likely wait idle until the keep-alive timeout: over thousands of hosts those
-        idle connections were most of the daemon's memory (`make bench --only scale`).
-        Asking for as many waiting jobs as requests in flight kept fewer still, but a host
-        with a backlog then lost connections whenever the feeder was a little late."""
+    def has_pending(self, key: str) -> bool:
+        """Whether a claimed job waits for host `key`."""
         return bool(self._pending.get(key))
 
     def wake(self) -> None:

@@ -162,8 +162,7 @@ class Service:
             self._settle(job, outcome)
 
     async def _step(self, job: Job) -> None:
-        reuse = self._scheduler.connection_wanted(job.target.host_key)
-        hop = await self._fetcher.fetch(job.target, reuse=reuse)
+        hop = await self._fetcher.fetch(job.target, reuse=self._connection_wanted(job))
         now = self._wall()
         exchanges = exchanges_of(hop, now)
         self._recorder.requests(exchanges)
@@ -180,6 +179,17 @@ class Service:
             return
         assert decision.outcome is not None
         self._settle(job, decision.outcome)
+
+    def _connection_wanted(self, job: Job) -> bool:
+        """Whether the request `job` starts now should leave its connection open: yes while a
+        job waits for its host, or while the feeder is still bringing in the host's backlog
+        (its next jobs may just not be claimed yet). Otherwise the connection would most likely
+        wait idle until the keep-alive timeout: over thousands of hosts those idle connections
+        were most of the daemon's memory (`make bench --only scale`). Keeping it only while a
+        claimed job waited closed a backlogged host's connection whenever the feeder was a
+        little late (BENCHMARKS.md, "connection rule")."""
+        key = job.target.host_key
+        return self._scheduler.has_pending(key) or (key == job.host and self._feeder.refilling(key))
 
     def _settle(self, job: Job, outcome: Outcome) -> None:
         self._recorder.outcome(outcome)
