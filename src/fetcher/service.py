@@ -326,6 +326,7 @@ class Service:
         self._stopping.set()
         self._scheduler.close()
         self._feeder.wake()
+        self._recorder.soon()  # its loop ends now, not at its next poll
         loop = asyncio.get_running_loop()
         self._grace_timer = loop.call_later(self._settings.shutdown_grace, self._cancel_in_flight)
         loop.call_later(self._settings.shutdown_grace + _STORE_GRACE_S, self._store_deadline.set)

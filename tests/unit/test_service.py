@@ -189,3 +189,14 @@ async def test_a_task_that_raises_a_bug_ends_the_run_with_an_error(
     crashed = [e for e in logs if e["event"] == "service.crashed"]
     assert len(crashed) == 1 and f"a bug in {operation}" in crashed[0]["error"]
     assert service.failure is not None and f"a bug in {operation}" in service.failure
+
+
+async def test_stopping_ends_every_background_task_at_once(tmp_path: Path) -> None:
+    """A drain of an empty queue ends without waiting out any task's poll (the recorder's is
+    0.5 s): stopping wakes the feeder, the recorder and the chores."""
+    queue, origin = MemoryQueue(), FakeOrigin()
+    service = make_service(tmp_path, queue, origin)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(service.run(), 5)
+    assert loop.time() - started < 0.4
