@@ -4,6 +4,7 @@ raises `StoreUnavailable`, as SQLite's locked or full database does, and changes
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -43,7 +44,9 @@ class MemoryQueue:
     def _in(self, state: JobState) -> list[Row]:
         return [row for row in self.rows.values() if row.state is state]
 
-    def _enter(self, operation: str) -> None:
+    async def _enter(self, operation: str) -> None:
+        """Every call yields to the loop once, as a real backend's I/O does."""
+        await asyncio.sleep(0)
         self.calls[operation] += 1
         if self.bug_in == operation:
             raise RuntimeError(f"a bug in {operation}")
@@ -57,7 +60,7 @@ class MemoryQueue:
         return {"backend": "memory"}
 
     async def submit(self, targets: Sequence[Target]) -> int:
-        self._enter("submit")
+        await self._enter("submit")
         active = {row.url for row in self.rows.values() if row.state in _ACTIVE}
         added = 0
         for target in targets:
@@ -69,14 +72,14 @@ class MemoryQueue:
         return added
 
     async def hosts_with_queued(self, after: str, limit: int) -> list[str]:
-        self._enter("hosts_with_queued")
+        await self._enter("hosts_with_queued")
         hosts = {
             r.host for r in self.rows.values() if r.state is JobState.QUEUED and r.host > after
         }
         return sorted(hosts)[: limit + 1]
 
     async def claim(self, wants: Sequence[tuple[str, int]], lease_s: float) -> list[Job]:
-        self._enter("claim")
+        await self._enter("claim")
         jobs = []
         for host, n in wants:
             queued = [
@@ -90,7 +93,7 @@ class MemoryQueue:
         return jobs
 
     async def promote_due(self) -> int:
-        self._enter("promote_due")
+        await self._enter("promote_due")
         now, n = self._wall(), 0
         for row in self.rows.values():
             if row.state is JobState.RETRYING and (row.next_attempt_at or 0) <= now:
@@ -99,15 +102,15 @@ class MemoryQueue:
         return n
 
     async def register(self) -> int:
-        self._enter("register")
+        await self._enter("register")
         return 0
 
     async def heartbeat(self, lease_s: float) -> int:
-        self._enter("heartbeat")
+        await self._enter("heartbeat")
         return 0
 
     async def release_all(self) -> int:
-        self._enter("release_all")
+        await self._enter("release_all")
         held = [
             r for r in self.rows.values() if r.state is JobState.RUNNING and r.owner == self.owner
         ]
@@ -116,7 +119,7 @@ class MemoryQueue:
         return len(held)
 
     async def unregister(self) -> None:
-        self._enter("unregister")
+        await self._enter("unregister")
 
     async def record(
         self,
@@ -124,7 +127,7 @@ class MemoryQueue:
         exchanges: Sequence[Exchange] = (),
         pauses: Mapping[str, float] | None = None,
     ) -> None:
-        self._enter("record")
+        await self._enter("record")
         for outcome in outcomes:
             row = self.rows[outcome.job_id]
             if row.state is not JobState.RUNNING or row.owner != self.owner:
@@ -141,11 +144,11 @@ class MemoryQueue:
             self.pauses[host] = max(until, self.pauses.get(host, 0.0))
 
     async def paused_hosts(self) -> dict[str, float]:
-        self._enter("paused_hosts")
+        await self._enter("paused_hosts")
         return {h: u for h, u in self.pauses.items() if u > self._wall()}
 
     async def counts(self) -> dict[str, int]:
-        self._enter("counts")
+        await self._enter("counts")
         counts = Counter(row.state.value for row in self.rows.values())
         return {state.value: counts[state.value] for state in JobState}
 
@@ -154,7 +157,7 @@ class MemoryQueue:
         return counts["queued"] + counts["retrying"] + counts["running"] == 0
 
     async def prune(self, before: float) -> tuple[int, list[str]]:
-        self._enter("prune")
+        await self._enter("prune")
         return 0, []
 
     def states(self) -> Counter[str]:
