@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import time
@@ -16,6 +17,14 @@ from fetcher.demo import Origin
 from .conftest import Fetcher, assert_counters_match, wait_until
 
 pytestmark = pytest.mark.integration
+
+
+def _json(line: str) -> dict[str, object]:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _messages(sock: socket.socket, until: float) -> list[str]:
@@ -108,8 +117,12 @@ def test_sigkill_then_restart_refetches_only_what_was_not_committed(
     seen_before = sum(origin.stats.requests.values())
     assert 0 < len(committed) < seen_before  # killed mid-run, with requests unrecorded
 
-    result = fetcher.drain(timeout=60)
-    assert "reclaimed" in result.stderr
+    # well within the 60 s lease: only the dead daemon's pid, not its lease, can free its jobs
+    result = fetcher.drain(timeout=30)
+    events = [_json(line) for line in result.stderr.splitlines()]
+    started = [e for e in events if e.get("event") == "service.started"]
+    reclaimed = started[0]["reclaimed"] if started else None
+    assert isinstance(reclaimed, int) and reclaimed > 0
     status = fetcher.status()
     assert status["done"] == 60 and status["running"] == 0
     fetched = Counter[str]()
@@ -119,6 +132,22 @@ def test_sigkill_then_restart_refetches_only_what_was_not_committed(
     refetched = {path for path, n in fetched.items() if n == 2}
     assert not refetched & committed
     assert len(refetched) <= seen_before - len(committed)
+
+
+def test_a_request_longer_than_the_lease_keeps_its_job(fetcher: Fetcher, origin: Origin) -> None:
+    """A request that takes longer than FETCHER_LEASE_S: its daemon renews the lease, so a
+    second daemon on the same database never takes the job back and fetches it again."""
+    fetcher.set(lease_s=5, timeout=30)
+    fetcher.submit([origin.url("slow/9000/long")])
+    first = fetcher.start()
+    assert wait_until(lambda: origin.stats.total_in_flight == 1, timeout=10)
+    second = fetcher.start("--drain")  # heartbeats every 1.25 s, taking back expired leases
+    assert second.wait(40) == 0  # it ends once the first daemon has recorded the job
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(15) == 0
+    assert origin.stats.paths[(origin.host(), "/slow/9000/long")] == 1
+    assert fetcher.status()["done"] == 1
+    assert "jobs.reclaimed" not in [e["event"] for e in fetcher.log_of(1)]
 
 
 def test_wrong_variable_exits_78_naming_it(fetcher: Fetcher) -> None:
