@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import itertools
 import json
+import os
 import re
 import sys
 import time
@@ -40,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = settings.model_copy(update={"db": args.db})
         return int(args.command(args, settings))
     except ConfigError as exc:
-        print(f"fetcher: configuration error: {exc}", file=sys.stderr)
+        _report_config_error(args, exc)
         return EXIT_CONFIG
     except FileNotFoundError as exc:
         print(f"fetcher: {exc}", file=sys.stderr)
@@ -50,6 +52,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+
+
+def _report_config_error(args: argparse.Namespace, exc: ConfigError) -> None:
+    """One line naming the variable. The daemon's goes to the journal as JSON, like the rest
+    of its lines, when its logs would be JSON (FETCHER_LOG_FORMAT=json, or auto off a
+    terminal); read from the environment itself, since the settings are what failed."""
+    fmt = os.environ.get("FETCHER_LOG_FORMAT", "auto").strip().lower()
+    if args.command is cmd_run and (
+        fmt == "json" or (fmt != "console" and not sys.stderr.isatty())
+    ):
+        line = {
+            "event": "service.config_invalid",
+            "level": "error",
+            "timestamp": datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z"),
+            "error": str(exc),
+            "exit_code": EXIT_CONFIG,
+        }
+        print(json.dumps(line), file=sys.stderr)
+    else:
+        print(f"fetcher: configuration error: {exc}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -151,11 +151,16 @@ def test_a_request_longer_than_the_lease_keeps_its_job(fetcher: Fetcher, origin:
 
 
 def test_wrong_variable_exits_78_naming_it(fetcher: Fetcher) -> None:
-    """A wrong value: exit 78 (systemd does not restart on it), the variable named, no traceback."""
+    """A wrong value: exit 78 (systemd does not restart on it), the variable named, no traceback;
+    with JSON logs, as one JSON line like the daemon's others (the journal stays parseable)."""
     fetcher.set(max_concurrency="lots")
     result = fetcher.cli("run")
     assert result.returncode == 78
-    assert "FETCHER_MAX_CONCURRENCY" in result.stderr and "Traceback" not in result.stderr
+    line = json.loads(result.stderr)
+    assert line["event"] == "service.config_invalid" and line["exit_code"] == 78
+    assert "FETCHER_MAX_CONCURRENCY" in line["error"] and "Traceback" not in result.stderr
+    fetcher.set(log_format="console")
+    assert fetcher.cli("run").stderr.startswith("fetcher: configuration error: FETCHER_MAX_")
 
 
 def test_bad_hosts_file_at_start_exits_78_naming_file_and_key(fetcher: Fetcher) -> None:
