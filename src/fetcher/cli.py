@@ -31,7 +31,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 78
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_sort_values_joined(sys.argv[1:] if argv is None else list(argv)))
     try:
         if args.read_only:  # stats, status, results: only the database is needed
             return int(args.command(args, args.db or database_path(args.env_file)))
@@ -52,6 +52,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+
+
+def _sort_values_joined(argv: list[str]) -> list[str]:
+    """`--sort -requests` as `--sort=-requests`: argparse would take a value that starts with
+    '-' for an option of its own, and `-field` (reversed) is how the README spells it."""
+    out: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--sort":
+            value = next(args, None)
+            if value is not None and value.startswith("-") and value[1:2].isalpha():
+                out.append(f"--sort={value}")
+                continue
+            out.append(arg)
+            if value is not None:
+                out.append(value)
+            continue
+        out.append(arg)
+    return out
 
 
 def _report_config_error(args: argparse.Namespace, exc: ConfigError) -> None:

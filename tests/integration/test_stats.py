@@ -51,6 +51,42 @@ def test_table_json_and_csv_agree_and_filters_sort(fetcher: Fetcher, origin: Ori
     assert bad.returncode == 2 and "cannot sort by" in bad.stderr
 
 
+def test_results_filters_stats_reverse_sort_and_the_db_option(
+    fetcher: Fetcher, origin: Origin
+) -> None:
+    """`results --state/--host/--since/--limit` select what they say; `stats --sort -field`
+    reverses the order; `--db PATH` reads that database whatever FETCHER_DB says."""
+    _run_mix(fetcher, origin)
+
+    def results(*args: str) -> list[dict[str, object]]:
+        out = fetcher.cli("results", *args)
+        assert out.returncode == 0, out.stderr
+        return [json.loads(line) for line in out.stdout.splitlines()]
+
+    every = results()
+    assert len(every) == 36
+    failed = results("--state", "failed")
+    assert failed and {r["state"] for r in failed} == {"failed"}
+    assert len(failed) == sum(r["state"] == "failed" for r in every)
+    one_host = results("--host", origin.host(2))
+    assert one_host and {r["host"] for r in one_host} == {origin.host(2)}
+    assert len(one_host) == sum(r["host"] == origin.host(2) for r in every)
+    assert [r["job_id"] for r in results("--limit", "5")] == [r["job_id"] for r in every[:5]]
+    assert len(results("--since", "1h")) == 36
+
+    by_requests = [r["requests"] for r in json.loads(fetcher.cli("stats", "--json").stdout)]
+    ascending = fetcher.cli("stats", "--json", "--sort", "-requests").stdout
+    assert [r["requests"] for r in json.loads(ascending)] == sorted(by_requests)
+    assert by_requests == sorted(by_requests, reverse=True)
+
+    moved = fetcher.workdir / "elsewhere.db"
+    fetcher.db.rename(moved)
+    fetcher.set(db=fetcher.workdir / "missing.db")
+    assert fetcher.cli("status", "--json").returncode == 1  # FETCHER_DB names no database
+    via_option = fetcher.cli("--db", str(moved), "status", "--json")
+    assert via_option.returncode == 0 and json.loads(via_option.stdout)["done"] > 0
+
+
 def test_minute_series_sums_to_the_counters(fetcher: Fetcher, origin: Origin) -> None:
     """Per host, the per-minute rows add up to the cumulative counters."""
     _run_mix(fetcher, origin)
