@@ -57,20 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _sort_values_joined(argv: list[str]) -> list[str]:
     """`--sort -requests` as `--sort=-requests`: argparse would take a value that starts with
     '-' for an option of its own, and `-field` (reversed) is how the README spells it."""
-    out: list[str] = []
-    args = iter(argv)
-    for arg in args:
-        if arg == "--sort":
-            value = next(args, None)
-            if value is not None and value.startswith("-") and value[1:2].isalpha():
-                out.append(f"--sort={value}")
-                continue
-            out.append(arg)
-            if value is not None:
-                out.append(value)
-            continue
-        out.append(arg)
-    return out
+    joined: list[str] = []
+    for arg in argv:
+        if joined and joined[-1] == "--sort" and arg[:1] == "-" and arg[1:2].isalpha():
+            joined[-1] = f"--sort={arg}"
+        else:
+            joined.append(arg)
+    return joined
 
 
 def _report_config_error(args: argparse.Namespace, exc: ConfigError) -> None:

@@ -19,7 +19,7 @@ from fetcher.jobqueue import JobQueue
 from fetcher.limits import Limits
 from fetcher.model import Job
 from fetcher.scheduler import Scheduler
-from fetcher.supervisor import StoreHealth
+from fetcher.supervisor import StoreHealth, wait_set
 
 __all__ = ["Feeder", "allot"]
 
@@ -90,9 +90,7 @@ class Feeder:
             cursor = "" if wrapped else hosts[WALK_HOSTS - 1]
             if room <= 0 or (wrapped and claimed_this_walk == 0):
                 self._room_freed.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_IDLE_POLL_S):
-                        await self._room_freed.wait()
+                await wait_set(self._room_freed, _IDLE_POLL_S)
             if wrapped:
                 claimed_this_walk = 0
 

@@ -10,7 +10,6 @@ prune    10 min        FETCHER_RETENTION_DAYS
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -19,7 +18,7 @@ from fetcher.bodies import BodyStore
 from fetcher.errors import StoreUnavailable
 from fetcher.jobqueue import JobQueue
 from fetcher.log import get_logger
-from fetcher.supervisor import StoreHealth, Supervisor
+from fetcher.supervisor import StoreHealth, Supervisor, wait_set
 from fetcher.systemd import Notifier
 
 if TYPE_CHECKING:
@@ -63,16 +62,17 @@ class Housekeeping:
         self._wall = wall
 
     def start(self, supervisor: Supervisor, stopping: asyncio.Event) -> None:
-        chores: list[tuple[str, float, Callable[[asyncio.Event], Awaitable[None]]]] = [
-            ("retries", RETRIES_EVERY_S, self.promote_due),
-            ("leases", self._lease_s / 4, self.renew_leases),
-            ("status", STATUS_EVERY_S, self.report_status),
-            ("prune", PRUNE_EVERY_S, self.prune),
+        chores: list[tuple[str, float, Callable[[asyncio.Event], Awaitable[None]], bool]] = [
+            ("retries", RETRIES_EVERY_S, self.promote_due, False),
+            ("leases", self._lease_s / 4, self.renew_leases, False),
+            ("status", STATUS_EVERY_S, self.report_status, False),
         ]
+        if self._retention_days > 0:  # a first prune at start: a restart may find much to do
+            chores.append(("prune", PRUNE_EVERY_S, self.prune, True))
         if self._metrics is not None:
-            chores.append(("metrics", METRICS_EVERY_S, self.gauge_queue))
-        for name, every_s, chore in chores:
-            supervisor.start(name, _every(every_s, chore, stopping, first_now=name == "prune"))
+            chores.append(("metrics", METRICS_EVERY_S, self.gauge_queue, False))
+        for name, every_s, chore, first_now in chores:
+            supervisor.start(name, _every(every_s, chore, stopping, first_now=first_now))
 
     async def promote_due(self, stopping: asyncio.Event) -> None:
         if await self._health.call("promote_due", self._queue.promote_due, give_up=stopping):
@@ -93,7 +93,7 @@ class Housekeeping:
             return
         self._notifier.notify(STATUS=await self.status_line(stopping))
 
-    async def status_line(self, stopping: asyncio.Event | None = None) -> str:
+    async def status_line(self, stopping: asyncio.Event) -> str:
         counts = await self._health.call("counts", self._queue.counts, give_up=stopping)
         return (
             f"in flight {self._in_flight()}, queued {counts['queued']},"
@@ -108,8 +108,6 @@ class Housekeeping:
         """FETCHER_RETENTION_DAYS: old results, finished jobs, minute rows and the bodies no
         result names any more go, a batch per transaction; cumulative counters stay."""
         days = self._retention_days
-        if days <= 0:
-            return
         before = self._wall() - days * 86400
         deleted, orphans = await self._health.call(
             "prune", lambda: self._queue.prune(before), give_up=stopping
@@ -131,9 +129,7 @@ async def _every(
     """`chore` every `seconds` until `stopping` is set (a store that is away then ends it)."""
     wait_s = 0.0 if first_now else seconds
     while True:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(wait_s):
-                await stopping.wait()
+        await wait_set(stopping, wait_s)
         if stopping.is_set():
             return
         try:

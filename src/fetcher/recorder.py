@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from fetcher.errors import StoreUnavailable
 from fetcher.jobqueue import JobQueue
 from fetcher.model import Exchange, Outcome
-from fetcher.supervisor import StoreHealth
+from fetcher.supervisor import StoreHealth, wait_set
 
 if TYPE_CHECKING:
     from fetcher.metrics import Metrics
@@ -41,11 +41,6 @@ class Recorder:
         self._pauses: dict[str, float] = {}  # host → unix time its pause ends
         self._due = asyncio.Event()
 
-    @property
-    def pending(self) -> int:
-        """Outcomes and requests not yet committed."""
-        return len(self._outcomes) + len(self._exchanges)
-
     def requests(self, exchanges: list[Exchange]) -> None:
         self._exchanges.extend(exchanges)
 
@@ -65,9 +60,7 @@ class Recorder:
     async def run(self, stopping: asyncio.Event) -> None:
         """Commit batches until `stopping` is set; the last batch is the caller's (`flush`)."""
         while not stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_IDLE_POLL_S):
-                    await self._due.wait()
+            await wait_set(self._due, _IDLE_POLL_S)
             self._due.clear()
             with contextlib.suppress(StoreUnavailable):  # only once stopping: flush keeps it
                 await self.flush(give_up=stopping)

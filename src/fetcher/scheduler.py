@@ -91,14 +91,12 @@ class Scheduler:
         self._closed = True
         self._changed.set()
 
-    def take_all(self) -> list[Job]:
-        """Every job not yet started (shutdown puts them back in the queue)."""
-        jobs = [job for queue in self._pending.values() for job in queue]
+    def clear(self) -> None:
+        """Forget every job not yet started (shutdown puts them back in the queue)."""
         self._pending.clear()
         self._heap.clear()
         self._in_heap.clear()
         self.pending = 0
-        return jobs
 
     async def next_ready(self, max_wait_s: float) -> tuple[Job, Permit] | None:
         """A global slot, then the job of the host ready first, with its host's place taken

@@ -121,7 +121,6 @@ class Service:
         # a filtered debug line still costs its arguments: skip the call unless it is shown
         self._log_hops = _log.is_enabled_for(logging.DEBUG)
         self.summary = Summary()
-        self.failure: str | None = None  # why the run failed (a task crashed); None if it did not
 
     # -- the main loop ----------------------------------------------------------------------
 
@@ -331,8 +330,12 @@ class Service:
         self._grace_timer = loop.call_later(self._settings.shutdown_grace, self._cancel_in_flight)
         loop.call_later(self._settings.shutdown_grace + _STORE_GRACE_S, self._store_deadline.set)
 
+    @property
+    def failure(self) -> str | None:
+        """Why the run failed ("task: error" of the first crash), or None."""
+        return self._supervisor.crashed
+
     def _crashed(self, why: str) -> None:
-        self.failure = why
         self.stop("a task crashed")
 
     def _cancel_in_flight(self) -> None:
@@ -344,7 +347,7 @@ class Service:
             await asyncio.wait(list(self._in_flight))
         if self._grace_timer is not None:
             self._grace_timer.cancel()
-        self._scheduler.take_all()  # they go back to the queue with the rest this daemon holds
+        self._scheduler.clear()  # its jobs go back to the queue with the rest this daemon holds
 
     async def _final_commit(self) -> None:
         await self._recorder.flush(give_up=self._store_deadline)

@@ -22,7 +22,7 @@ from fetcher.errors import StoreUnavailable
 from fetcher.log import get_logger
 from fetcher.systemd import Notifier
 
-__all__ = ["StoreHealth", "Supervisor"]
+__all__ = ["StoreHealth", "Supervisor", "wait_set"]
 
 _log = get_logger("fetcher.supervisor")
 _T = TypeVar("_T")
@@ -70,7 +70,7 @@ class StoreHealth:
                 if give_up is not None and give_up.is_set():
                     self._failing.discard(operation)  # not retried: no word on it to wait for
                     raise
-                await _wait(give_up, wait_s)
+                await wait_set(give_up, wait_s)
                 wait_s = min(wait_s * 2, self._max_wait_s)
                 continue
             if self.down is not None:
@@ -105,7 +105,9 @@ class StoreHealth:
         return f"store unavailable for {since_s:.0f}s ({self.down}); retrying"
 
 
-async def _wait(event: asyncio.Event | None, seconds: float) -> None:
+async def wait_set(event: asyncio.Event | None, seconds: float) -> None:
+    """Until `event` is set, `seconds` at most (no event: just `seconds`). Without a task per
+    wait, as `asyncio.wait_for` would make."""
     if event is None:
         await asyncio.sleep(seconds)
         return

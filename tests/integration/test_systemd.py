@@ -119,6 +119,11 @@ class Container:
         out = self.run("systemctl", "show", "fetcher", "-p", ",".join(properties)).stdout
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
+    def restarted_from(self, pid: str) -> bool:
+        """The unit is active again under a main process other than `pid`."""
+        shown = self.show("MainPID", "ActiveState")
+        return shown["ActiveState"] == "active" and shown["MainPID"] not in ("0", pid)
+
     def journal(self) -> list[dict[str, object]]:
         """What the daemon wrote to the journal, every line parsed as JSON (a line that is not
         fails the test). `-u fetcher` would add systemd's own lines about the unit
@@ -244,15 +249,7 @@ def test_kill_9_is_restarted_and_every_job_ends(container: Container) -> None:
     before = container.show("MainPID")["MainPID"]
     _wait(lambda: container.status()["done"] > len(URLS), 30, "the new jobs to start ending")
     container.run("kill", "-9", before)
-    _wait(
-        lambda: (
-            container.show("MainPID", "ActiveState")
-            == {"MainPID": container.show("MainPID")["MainPID"], "ActiveState": "active"}
-            and container.show("MainPID")["MainPID"] not in ("0", before)
-        ),
-        30,
-        "a restarted daemon",
-    )
+    _wait(lambda: container.restarted_from(before), 30, "a restarted daemon")
     total = len(URLS) + len(more)
     _wait(lambda: container.status()["done"] == total, 90, "every job done after the restart")
     assert container.status()["running"] == 0
@@ -264,14 +261,7 @@ def test_a_wedged_loop_is_killed_by_the_watchdog_and_restarted(container: Contai
     before = container.show("MainPID")["MainPID"]
     restarts = int(container.show("NRestarts")["NRestarts"])
     container.run("kill", "-STOP", before)
-    _wait(
-        lambda: (
-            container.show("MainPID")["MainPID"] not in ("0", before)
-            and container.show("ActiveState")["ActiveState"] == "active"
-        ),
-        40,
-        "the watchdog to restart the daemon",
-    )
+    _wait(lambda: container.restarted_from(before), 40, "the watchdog to restart the daemon")
     assert int(container.show("NRestarts")["NRestarts"]) > restarts
     log = container.run("journalctl", "-u", "fetcher", "--no-pager", "-o", "short").stdout
     assert "Watchdog timeout" in log
