@@ -11,6 +11,10 @@ With --submit N, it times `fetcher submit -f` of N URLs over 10,000 hosts into a
 database instead (the URLs of `make bench --only scale`; no origin needed):
 
     .venv/bin/python bench/ab.py HEAD~1 HEAD --submit 1000000 --reps 3
+
+With --polite, it runs `make bench`'s many-polite-hosts case (2,000 hosts at 2/s) instead:
+
+    .venv/bin/python bench/ab.py 8ecf51e HEAD --polite --reps 2
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import time
 from io import BytesIO
 from pathlib import Path
 
-from run import ADDRESSES, PORT, Nginx, fetcher_env, fresh_db, pinned
+from run import ADDRESSES, PORT, Nginx, fetcher_env, fresh_db, pinned, polite_run
 
 
 def checkout(rev: str, into: Path) -> Path:
@@ -98,17 +102,37 @@ def compare_submits(srcs: dict[str, Path], n: int, reps: int, workdir: Path) -> 
         print(f"{rev:>12}  {statistics.median(values):6.2f} s   (runs: {every})")
 
 
+def compare_polite(srcs: dict[str, Path], reps: int, workdir: Path) -> None:
+    runs: dict[str, list[tuple[float, float]]] = {rev: [] for rev in srcs}
+    for _ in range(reps):
+        for rev, src in srcs.items():
+            os.environ["PYTHONPATH"] = str(src)  # the daemon's and the origin's
+            run = polite_run(workdir, smoke=False)
+            if run.done != run.urls:
+                raise RuntimeError(f"{rev}: {run.done} of {run.urls} jobs done")
+            runs[rev].append((run.wall_s, run.latency_ms))
+    print(f"10,000 URLs over 2,000 hosts at 2/s, C=64, medians of {reps} interleaved runs")
+    for rev, values in runs.items():
+        wall, latency = (statistics.median(v) for v in zip(*values, strict=True))
+        every = ", ".join(f"{v[0]:.1f}" for v in values)
+        print(f"{rev:>12}  {wall:5.1f} s  mean latency {latency:5.1f} ms   (s: {every})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("revs", nargs="+", help="git revisions to compare")
     parser.add_argument("--urls", type=int, default=20_000)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--submit", type=int, metavar="N", help="time submits of N URLs instead")
+    parser.add_argument("--polite", action="store_true", help="the many-polite-hosts case")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="fetcher-ab-"))
     srcs = {rev: checkout(rev, workdir / f"rev{i}") for i, rev in enumerate(args.revs)}
     if args.submit:
         compare_submits(srcs, args.submit, args.reps, workdir)
+        return
+    if args.polite:
+        compare_polite(srcs, args.reps, workdir)
         return
     urls = workdir / "urls.txt"
     urls.write_text("".join(f"http://{ADDRESSES[0]}:{PORT}/{i}\n" for i in range(args.urls)))
