@@ -28,7 +28,6 @@ import httpx
 from fetcher.bodies import BodyStore
 from fetcher.config import Settings
 from fetcher.fetch import AiohttpTransport, Fetcher
-from fetcher.guard import Guard
 from fetcher.log import configure_logging
 from fetcher.service import Service
 from fetcher.sqlite.store import SqliteQueue as Store
@@ -76,8 +75,7 @@ async def one_run(workdir: Path, path: str, n: int, hosts: int) -> tuple[float, 
         db=db, allow_private=True, max_concurrency=64, host_concurrency=64, host_rate=0
     )
     bodies = BodyStore(workdir / "bodies")
-    guard = Guard(allow_private=True)
-    fetcher = Fetcher(settings, TRANSPORTS[path](), guard, bodies)
+    fetcher = Fetcher(settings, TRANSPORTS[path](), bodies)
     service = Service(
         settings, store, fetcher, drain=True, bodies=bodies, install_signal_handlers=False
     )

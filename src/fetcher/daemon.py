@@ -84,7 +84,7 @@ async def _run(
         _log.info("store.opened", **queue.about())
         guard = Guard(allow_private=settings.allow_private)
         bodies = BodyStore(settings.bodies_path) if settings.bodies_path else None
-        fetcher = Fetcher(settings, build_transport(settings, guard), guard, bodies)
+        fetcher = Fetcher(settings, build_transport(guard), bodies)
         stack.push_async_callback(fetcher.aclose)
         notifier = Notifier(os.environ)
         stack.callback(notifier.close)

@@ -1,4 +1,4 @@
-"""One hop of a job on the wire: guard → send → read the body under a deadline and a cap.
+"""One hop of a job on the wire: send (guarded in the transport), read under a deadline and a cap.
 
 The only module that speaks HTTP. It uses httpx's API over a transport of its own on aiohttp
 (httpx's own transport slows down as concurrency grows: encode/httpx#3215). Requests go straight
@@ -8,9 +8,10 @@ own transport takes the stored URL, already in normal form, as it is; any other 
 will do too (an httpx.Request in), which is where the unit tests put respx. Library errors
 become one-line reasons here.
 
-    guard.check (resolve, refuse non-public, pin)
-      → client.send (connect to the pinned address; a middleware counts every send and checks
-        the peer address it actually reached)
+    client.send (a middleware counts every send)
+      → guard.check (resolve, refuse non-public, pin) when a new connection is wanted
+      → connect to the pinned address, the socket refused if its peer is not public, whatever
+        led there
         → CappedDecoder (decoded-size cap) → BodySink (hash, spill to disk)
 all inside one `asyncio.timeout`: FETCHER_TIMEOUT is a deadline for the whole hop, not per read.
 """
@@ -23,18 +24,18 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextvars import ContextVar
-from typing import Any
 
 import aiohttp
 import httpx
 import yarl
+from aiohappyeyeballs import AddrInfoType
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from fetcher.bodies import BodySink, BodyStore
 from fetcher.config import Settings
 from fetcher.decoding import ACCEPT_ENCODING, CappedDecoder
 from fetcher.errors import BlockedDestination, BodyNotKept, BodyTooLarge, Refused
-from fetcher.guard import Guard, address_verdict
+from fetcher.guard import Guard
 from fetcher.model import REDIRECT_STATUSES, Hop
 from fetcher.urls import Target
 
@@ -71,27 +72,31 @@ class _PinnedResolver(AbstractResolver):
         return None
 
 
-def _middleware(allow_private: bool) -> Any:
-    async def count_and_check(
-        request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
-    ) -> aiohttp.ClientResponse:
-        counter = _sends.get(None)
-        if counter is not None:
-            counter[0] += 1
-        response = await handler(request)
-        if not allow_private and response.connection is not None:
-            transport = response.connection.transport
-            peer = transport.get_extra_info("peername") if transport is not None else None
-            reason = address_verdict(peer[0]) if peer else "no peer address"
-            if reason is not None:
-                response.close()
-                raise BlockedDestination(f"blocked destination: connected to {reason}")
-        return response
-
-    return count_and_check
+async def _count_sends(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    counter = _sends.get(None)
+    if counter is not None:
+        counter[0] += 1
+    return await handler(request)
 
 
-def build_transport(settings: Settings, guard: Guard) -> httpx.AsyncBaseTransport:
+def _checked_socket(guard: Guard) -> Callable[[AddrInfoType], socket.socket]:
+    """aiohttp makes the socket for each address it is about to connect to here: whatever led
+    it there (the pinned resolver, or a path that bypassed it), a non-public peer is refused
+    before a byte is sent to it."""
+
+    def make(addr_info: AddrInfoType) -> socket.socket:
+        family, kind, proto, _name, address = addr_info
+        reason = guard.verdict(str(address[0]))
+        if reason is not None:
+            raise BlockedDestination(f"blocked destination: connecting to {reason}")
+        return socket.socket(family, kind, proto)
+
+    return make
+
+
+def build_transport(guard: Guard) -> httpx.AsyncBaseTransport:
     """aiohttp's transport, connecting only to the addresses the guard approved."""
 
     def session() -> aiohttp.ClientSession:
@@ -102,12 +107,13 @@ def build_transport(settings: Settings, guard: Guard) -> httpx.AsyncBaseTranspor
             # idle connections are memory and file descriptors: over thousands of hosts, keep
             # only those a host reuses soon
             keepalive_timeout=_KEEPALIVE_S,
+            socket_factory=None if guard.allow_private else _checked_socket(guard),
         )
         return aiohttp.ClientSession(
             connector=connector,
             trust_env=False,
             auto_decompress=False,
-            middlewares=(_middleware(settings.allow_private),),
+            middlewares=(_count_sends,),
         )
 
     return AiohttpTransport(session)
@@ -222,7 +228,6 @@ class Fetcher:
         self,
         settings: Settings,
         transport: httpx.AsyncBaseTransport,
-        guard: Guard,
         bodies: BodyStore | None,
     ) -> None:
         self._transport = transport
@@ -238,9 +243,7 @@ class Fetcher:
         # Only the connect timeout goes to the transport: the whole-hop deadline below covers
         # every read, and per-read timers cost aiohttp a timer reschedule per chunk.
         self._timeouts: dict[str, float | None] = {"connect": settings.connect_timeout}
-        self._guard = guard
         self._bodies = bodies
-        self._check_first = not settings.allow_private
         self._timeout_s = settings.timeout
         self._max_body_bytes = settings.max_body_bytes
 
@@ -257,8 +260,6 @@ class Fetcher:
         hop = Hop(target, 0, 0.0)
         sink = self._bodies.sink() if self._bodies is not None and keep_body else None
         try:
-            if self._check_first:
-                await self._guard.check(target.host, target.port)
             async with asyncio.timeout(self._timeout_s):
                 await self._exchange(hop, sink, reuse)
         except Refused as exc:

@@ -15,7 +15,7 @@ import functools
 import ipaddress
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fetcher.errors import BlockedDestination
 
@@ -83,18 +83,36 @@ def _embedded_ipv4(address: IPAddress) -> list[ipaddress.IPv4Address]:
     return found
 
 
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
 class Guard:
-    """Resolves host names, refuses non-public destinations, and remembers what it checked."""
+    """Resolves host names, refuses non-public destinations, and remembers what it checked.
+
+    `resolve` and `treat_as_public` are for tests only; the daemon passes neither, and no
+    setting reaches them. With them a test makes one loopback address stand for a public host
+    and a name answer differently from one lookup to the next, so that what happens after the
+    first check (a redirect, a changed DNS answer, the peer actually reached) is tested over
+    real sockets."""
 
     def __init__(
         self,
         *,
         allow_private: bool,
         clock: Callable[[], float] = time.monotonic,
+        resolve: Resolver | None = None,
+        treat_as_public: frozenset[str] = frozenset(),
     ) -> None:
-        self._allow_private = allow_private
+        self.allow_private = allow_private
         self._clock = clock
+        self._resolve = resolve or _resolve
+        self._public = treat_as_public
         self._cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
+
+    def verdict(self, address: str) -> str | None:
+        """Why a connection to `address` (as text) is refused, or None: the check of every
+        peer a request reaches."""
+        return None if address in self._public else address_verdict(address)
 
     async def check(self, host: str, port: int) -> list[str]:
         """The addresses `host` may be connected to on `port`; `BlockedDestination` if any is
@@ -105,9 +123,9 @@ class Guard:
         if cached is not None and cached[0] > now:
             return cached[1]
         addresses = await self._resolve(host, port)
-        if not self._allow_private:
+        if not self.allow_private:
             for text in addresses:
-                reason = address_verdict(text)
+                reason = self.verdict(text)
                 if reason is not None:
                     raise BlockedDestination(f"blocked destination: {host} → {reason}")
         self._cache[key] = (now + _DNS_TTL_S, addresses)
@@ -118,23 +136,24 @@ class Guard:
         cached = self._cache.get((host, port))
         return cached[1] if cached is not None and cached[0] > self._clock() else None
 
-    async def _resolve(self, host: str, port: int) -> list[str]:
-        try:
-            return [str(ipaddress.ip_address(host))]
-        except ValueError:
-            pass
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await loop.getaddrinfo(
-                host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-            )
-        except socket.gaierror as exc:
-            raise OSError(f"cannot resolve {host}: {exc.strerror}") from None
-        addresses = []
-        for _family, _type, _proto, _name, sockaddr in infos:
-            text = str(sockaddr[0]).partition("%")[0]
-            if text not in addresses:
-                addresses.append(text)
-        if not addresses:
-            raise OSError(f"cannot resolve {host}: no addresses")
-        return addresses
+
+async def _resolve(host: str, port: int) -> list[str]:
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        pass
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+        )
+    except socket.gaierror as exc:
+        raise OSError(f"cannot resolve {host}: {exc.strerror}") from None
+    addresses = []
+    for _family, _type, _proto, _name, sockaddr in infos:
+        text = str(sockaddr[0]).partition("%")[0]
+        if text not in addresses:
+            addresses.append(text)
+    if not addresses:
+        raise OSError(f"cannot resolve {host}: no addresses")
+    return addresses

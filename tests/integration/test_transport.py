@@ -72,7 +72,7 @@ async def server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
 def make_fetcher(tmp_path: Path, **overrides: object) -> Fetcher:
     settings = Settings(db=tmp_path / "f.db", allow_private=True, **overrides)  # type: ignore[arg-type]
     guard = Guard(allow_private=True)
-    return Fetcher(settings, build_transport(settings, guard), guard, None)
+    return Fetcher(settings, build_transport(guard), None)
 
 
 def _untrusted_tls() -> ssl.SSLContext:
@@ -169,10 +169,10 @@ async def test_a_stored_url_goes_out_as_an_httpx_request_would_send_it(
     guard = Guard(allow_private=True)
     target = parse_url(f"http://{HOST}:{server.port}/x/./../sm%61ll-é|x?a=b%20c&d=/../ü#frag")
     for transport in (
-        build_transport(settings, guard),
-        _AnyTransport(build_transport(settings, guard)),
+        build_transport(guard),
+        _AnyTransport(build_transport(guard)),
     ):
-        fetcher = Fetcher(settings, transport, guard, None)
+        fetcher = Fetcher(settings, transport, None)
         try:
             hop = await fetcher.fetch(target)
         finally:

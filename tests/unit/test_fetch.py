@@ -13,7 +13,6 @@ from respx.models import SideEffectError
 from fetcher.bodies import BodyStore
 from fetcher.config import Settings
 from fetcher.fetch import Fetcher
-from fetcher.guard import Guard
 from fetcher.urls import parse_url
 
 
@@ -36,8 +35,7 @@ class RespxTransport(httpx.AsyncBaseTransport):
 
 def make_fetcher(router: respx.Router, tmp_path: Path, **overrides: object) -> Fetcher:
     settings = Settings(db=tmp_path / "f.db", allow_private=True, **overrides)  # type: ignore[arg-type]
-    guard = Guard(allow_private=True)
-    return Fetcher(settings, RespxTransport(router), guard, BodyStore(tmp_path / "bodies"))
+    return Fetcher(settings, RespxTransport(router), BodyStore(tmp_path / "bodies"))
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from structlog.testing import capture_logs
 
 from fetcher.config import Settings
 from fetcher.fetch import Fetcher
-from fetcher.guard import Guard
 from fetcher.service import Service
 from fetcher.urls import parse_url
 from tests.memory_queue import MemoryQueue
@@ -70,7 +69,7 @@ def make_service(
     values: dict[str, object] = {"host_rate": 0, "host_concurrency": 8, "max_concurrency": 4}
     values.update(overrides)
     settings = Settings(db=tmp_path / "unused.db", allow_private=True, **values)  # type: ignore[arg-type]
-    fetcher = Fetcher(settings, origin, Guard(allow_private=True), None)
+    fetcher = Fetcher(settings, origin, None)
     return Service(
         settings,
         queue,
