@@ -56,6 +56,9 @@ class OriginStats:
     connections: defaultdict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
     # per request, in order of arrival: did it ask for `Connection: close`
     closing: defaultdict[str, list[bool]] = field(default_factory=lambda: defaultdict(list))
+    # responses sent, by (host, status), and the bytes of their bodies (plain bodies only)
+    statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
+    body_bytes: Counter[str] = field(default_factory=Counter)
     total_in_flight: int = 0
     max_total_in_flight: int = 0
 
@@ -153,7 +156,14 @@ class Origin:
             s.total_in_flight += 1
             s.max_total_in_flight = max(s.max_total_in_flight, s.total_in_flight)
         try:
-            return await self._respond(request, path.strip("/").split("/"), seen)
+            response = await self._respond(request, path.strip("/").split("/"), seen)
+            if request.transport is not None and not request.transport.is_closing():
+                with self._lock:
+                    s.statuses[(host, response.status)] += 1
+                    body = response.body if isinstance(response, web.Response) else None
+                    if isinstance(body, bytes) and response.status not in (204, 304):
+                        s.body_bytes[host] += len(body)
+            return response
         finally:
             with self._lock:
                 s.in_flight[host] -= 1

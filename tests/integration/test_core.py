@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import datetime
 
 import pytest
 
@@ -73,6 +74,45 @@ def test_counters_equal_what_the_origin_received(fetcher: Fetcher, origin: Origi
     assert status["done"] + status["failed"] == len(urls)
     assert status["queued"] == status["running"] == status["retrying"] == 0
     assert len(fetcher.results()) == len(urls)
+
+
+def test_every_counter_equals_the_truth_class_by_class(fetcher: Fetcher, origin: Origin) -> None:
+    """Each host's counters, field by field, against what the origin sent (responses by status
+    class, body bytes) and what the daemon measured for each request (its `request.done` lines:
+    latency sum and maximum, the time of the last one). One attempt per job, so every response
+    is in the log once."""
+    fetcher.set(max_attempts=1, max_concurrency=16, host_concurrency=4, log_level="debug")
+    kinds = ["ok", "status/404", "status/500", "status/503", "nolocation", "redirect/1", "reset"]
+    kinds += ["slow/150", "status/204", "status/502"]  # a different number in each class
+    urls = [
+        origin.url(f"{kinds[(n + h) % len(kinds)]}/{n}", h) for h in range(3) for n in range(40)
+    ]
+    proc = fetcher.start("--drain")
+    fetcher.submit(urls)
+    assert proc.wait(120) == 0
+    hops = [e for e in fetcher.log_of(0) if e["event"] == "request.done"]
+    stats = fetcher.stats()
+    for h in range(3):
+        host = origin.host(h)
+        row = stats[host]
+        sent = {code: n for (where, code), n in origin.stats.statuses.items() if where == host}
+        for c in (2, 3, 4, 5):
+            in_class = sum(n for code, n in sent.items() if code // 100 == c)
+            assert row[f"status_{c}xx"] == in_class, (c, row, sent)
+        # a reset on a reused connection is sent again by aiohttp: both sends are counted
+        resets = sum(1 for url in urls if f"{host}/reset/" in url)
+        assert row["requests"] == origin.stats.requests[host]
+        assert row["errors"] == row["requests"] - sum(sent.values()) >= resets
+        assert row["bytes"] == origin.stats.body_bytes[host], (row, origin.stats.body_bytes[host])
+        mine = [e for e in hops if e["host"] == host]
+        answered = [e["latency_ms"] for e in mine if e["status"] is not None]
+        assert len(answered) == row["requests"] - row["errors"]
+        assert row["latency_avg_ms"] == pytest.approx(sum(answered) / len(answered), abs=0.11)
+        assert row["latency_max_ms"] == pytest.approx(max(answered), abs=0.06)
+        assert row["latency_max_ms"] >= 150  # each host had slow/150 requests
+        last = max(datetime.fromisoformat(e["timestamp"]) for e in mine)
+        stored = datetime.fromisoformat(row["last_request_at"])
+        assert abs((stored - last).total_seconds()) < 0.5, (stored, last)
 
 
 def test_submit_rejects_bad_lines_and_queues_the_rest_once(

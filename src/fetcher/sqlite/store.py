@@ -27,6 +27,7 @@ from pathlib import Path
 import aiosqlite
 import orjson
 
+from fetcher.counters import COUNTER_FIELDS, MINUTE_FIELDS, Tally, tally
 from fetcher.errors import ConfigError, StoreUnavailable
 from fetcher.model import Exchange, Job, JobState, Outcome
 from fetcher.sqlite.schema import connect_pragmas, migrate, prepare_path
@@ -35,10 +36,6 @@ from fetcher.urls import Target, stored_target
 __all__ = ["SqliteQueue"]
 _FINAL = (JobState.DONE, JobState.FAILED)
 _MIN_SQLITE = (3, 35, 0)
-_COUNTER_FIELDS = (
-    "requests", "status_2xx", "status_3xx", "status_4xx", "status_5xx", "errors", "bytes",
-    "latency_sum_ms", "latency_max_ms", "last_status", "last_request_at",
-)  # fmt: skip
 
 
 class SqliteQueue:
@@ -318,27 +315,16 @@ class SqliteQueue:
     async def _count(self, db: aiosqlite.Connection, exchanges: Sequence[Exchange]) -> None:
         hosts = sorted({e.host for e in exchanges})
         cursor = await db.execute(
-            f"SELECT host, {', '.join(_COUNTER_FIELDS)} FROM host_counters"
+            f"SELECT host, {', '.join(COUNTER_FIELDS)} FROM host_counters"
             " WHERE host IN (SELECT value FROM json_each(?))",
             (_json_array(hosts),),
         )
-        rows = {row[0]: list(row[1:]) for row in await cursor.fetchall()}
-        minutes: dict[tuple[str, int], list[float]] = {}
-        for e in exchanges:
-            row = rows.get(e.host)
-            if row is None:
-                row = rows[e.host] = [0, 0, 0, 0, 0, 0, 0, 0.0, 0.0, None, None]
-            minute = minutes.get((e.host, int(e.at // 60)))
-            if minute is None:
-                minute = minutes[(e.host, int(e.at // 60))] = [0, 0, 0, 0, 0, 0, 0, 0.0, 0.0]
-            _add(row, e)
-            _add(minute, e)
-            row[9] = e.status
-            row[10] = e.at
+        counters = {row[0]: Tally(*row[1:]) for row in await cursor.fetchall()}
+        minutes = tally(counters, exchanges)
         await db.executemany(
-            f"INSERT OR REPLACE INTO host_counters (host, {', '.join(_COUNTER_FIELDS)})"
+            f"INSERT OR REPLACE INTO host_counters (host, {', '.join(COUNTER_FIELDS)})"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(host, *row) for host, row in rows.items()],
+            [(host, *c.values()) for host, c in counters.items()],
         )
         await db.executemany(
             "INSERT INTO host_minutes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -350,7 +336,10 @@ class SqliteQueue:
             " errors = errors + excluded.errors, bytes = bytes + excluded.bytes,"
             " latency_sum_ms = latency_sum_ms + excluded.latency_sum_ms,"
             " latency_max_ms = max(latency_max_ms, excluded.latency_max_ms)",
-            [(host, minute, *row) for (host, minute), row in minutes.items()],
+            [
+                (host, minute, *c.values()[: len(MINUTE_FIELDS)])
+                for (host, minute), c in minutes.items()
+            ],
         )
 
     # -- retention --------------------------------------------------------------------------
@@ -389,17 +378,6 @@ class SqliteQueue:
 
 def _host_key(target: Target) -> str:
     return target.host_key
-
-
-def _add(row: list[float], e: Exchange) -> None:
-    row[0] += 1
-    if e.status is None:
-        row[5] += 1
-    else:
-        row[min(max(e.status // 100, 2), 5) - 1] += 1
-        row[7] += e.latency_ms
-        row[8] = max(row[8], e.latency_ms)
-    row[6] += e.bytes
 
 
 def _alive(pid: int) -> bool:
