@@ -14,6 +14,8 @@ from structlog.testing import capture_logs
 
 from fetcher.config import Settings
 from fetcher.fetch import Fetcher
+from fetcher.limits import HostLimits
+from fetcher.model import JobState
 from fetcher.service import Service
 from fetcher.urls import parse_url
 from tests.memory_queue import MemoryQueue
@@ -64,6 +66,7 @@ def make_service(
     *,
     drain: bool = True,
     clock: Callable[[], float] | None = None,
+    hosts: dict[str, HostLimits] | None = None,
     **overrides: object,
 ) -> Service:
     values: dict[str, object] = {"host_rate": 0, "host_concurrency": 8, "max_concurrency": 4}
@@ -75,6 +78,7 @@ def make_service(
         queue,
         fetcher,
         drain=drain,
+        overrides=hosts,
         install_signal_handlers=False,
         clock=clock or FrozenClock(100.0),
         wall=FrozenClock(WALL),
@@ -122,6 +126,39 @@ async def test_a_paused_host_never_holds_a_slot_another_host_could_use(tmp_path:
     assert {url for url in origin.requests} == {f"http://b.example/{i}" for i in range(20)}
     assert queue.states() == Counter(done=20, queued=5)
     assert summary.requeued == 5
+
+
+@pytest.mark.parametrize(
+    ("rate", "concurrency", "room"),
+    [(0, 2, 3 * 2 + 1), (5, 4, 1 + 2 * 5)],  # unlimited: 3 x cap + burst; rated: burst + 2 s
+)
+async def test_a_backlog_is_held_a_few_seconds_at_a_time_and_never_crowds_out_another_host(
+    tmp_path: Path, rate: float, concurrency: int, room: int
+) -> None:
+    """Host a has 3,000 jobs queued first, its requests hanging; host b's 50 come after, with
+    no limit of their own. The daemon holds exactly a's room of a's jobs, never its backlog,
+    and b's jobs all complete through the slots a does not use."""
+    queue, origin = MemoryQueue(), FakeOrigin(held=frozenset({"a.example"}))
+    await submit(queue, ["a.example"], 3000)
+    b_urls = await submit(queue, ["b.example"], 50)
+    b_key = parse_url(b_urls[0]).host_key
+    service = make_service(
+        tmp_path, queue, origin, drain=False, max_concurrency=concurrency + 2,
+        host_rate=rate, host_burst=1, host_concurrency=concurrency, shutdown_grace=0.1,
+        hosts={b_key: HostLimits(0, 1, 8)},
+    )  # fmt: skip
+    run = asyncio.create_task(service.run())
+    await wait_for(lambda: sum(origin.requests[url] for url in b_urls) == 50)
+    await wait_for(lambda: len(queue.results) == 50)
+    held = Counter(row.host for row in queue.rows.values() if row.state is JobState.RUNNING)
+    service.stop("test")
+    await asyncio.wait_for(run, 10)
+    assert held == Counter({parse_url("http://a.example/").host_key: room})
+    assert origin.requests == Counter({url: 1 for url in b_urls}) + Counter(
+        {url: 1 for url in origin.requests if "a.example" in url}
+    )
+    assert 1 <= sum(n for url, n in origin.requests.items() if "a.example" in url) <= room
+    assert queue.states() == Counter(done=50, queued=3000)
 
 
 async def test_shutdown_requeues_what_never_started_and_what_the_grace_cut_off(
