@@ -266,6 +266,8 @@ class Fetcher:
             hop.refused = exc
         except BodyNotKept as exc:
             hop.local_error = exc.reason
+        except aiohttp.ServerTimeoutError as exc:  # a connect or read timeout: before the
+            hop.error = _reason(exc)  # deadline's TimeoutError, which it also is
         except TimeoutError:
             hop.error = f"timeout: no complete response within {self._timeout_s:g}s"
         except (httpx.HTTPError, aiohttp.ClientError, OSError, ValueError) as exc:
@@ -328,8 +330,10 @@ def _read_headers(hop: Hop, raw: list[tuple[bytes, bytes]]) -> str:
 def _reason(exc: BaseException) -> str:
     """One line for an exception from the client stack, most specific cause first."""
     cause: BaseException = exc
-    if isinstance(exc.__cause__, aiohttp.ClientError | OSError):
-        cause = exc.__cause__  # a wrapped library error: the cause says more
+    if not isinstance(exc, aiohttp.ClientError) and isinstance(
+        exc.__cause__, aiohttp.ClientError | OSError
+    ):
+        cause = exc.__cause__  # aiohttp's error wrapped by another layer: it says more
     text = str(cause).strip()
     detail = text.splitlines()[0][:200] if text else type(cause).__name__
     match cause:
@@ -341,7 +345,7 @@ def _reason(exc: BaseException) -> str:
             return f"truncated body: {detail}"
         case aiohttp.ServerDisconnectedError():
             return "connection closed by the server before a response"
-        case aiohttp.ClientConnectorError() | httpx.ConnectError():
+        case aiohttp.ClientConnectorError() | httpx.ConnectError() | ConnectionRefusedError():
             return f"connect error: {detail}"
         case ConnectionResetError() | aiohttp.ClientOSError() if "reset" in detail.lower():
             return "connection reset"

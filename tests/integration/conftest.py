@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -121,6 +124,40 @@ def fetcher(tmp_path: Path) -> Iterator[Fetcher]:
         yield f
     finally:
         f.stop_all()
+
+
+class RawListener:
+    """A TCP listener that does not speak HTTP. `full`: its accept queue is left full, so a
+    new connection's SYN is dropped and the connect hangs (a host that does not answer).
+    Otherwise a thread reads each connection's request and hangs up without a response."""
+
+    def __init__(self, address: str, *, full: bool) -> None:
+        self.sock = socket.socket()
+        self.sock.bind((address, 0))
+        self.sock.listen(0)
+        self.port: int = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._fill = [socket.create_connection((address, self.port), timeout=1)] if full else []
+        if not full:
+            threading.Thread(target=self._hang_up, daemon=True).start()
+
+    def _hang_up(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            self.accepted += 1
+            with conn:
+                conn.settimeout(5)
+                with contextlib.suppress(OSError):
+                    conn.recv(65536)
+
+    def close(self) -> None:
+        for sock in (*self._fill, self.sock):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

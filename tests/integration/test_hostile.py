@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from typing import Any
 
 import pytest
 
 from fetcher.demo import Origin
 
-from .conftest import Fetcher, assert_counters_match
+from .conftest import Fetcher, RawListener, assert_counters_match
+
+_ALONE = "127.0.0.15"  # an address of this test's own (not the shared origin's)
 
 pytestmark = pytest.mark.integration
 
@@ -90,6 +94,44 @@ def test_resets_truncation_and_bad_headers_are_errors_and_the_daemon_survives(
     stats = fetcher.stats()[origin.host()]
     assert stats["errors"] >= 18 and stats["last_status"] in (None, 200)
     assert_counters_match(fetcher, origin)
+
+
+def test_a_refused_a_silent_and_a_hanging_up_host_fail_with_their_reasons(
+    fetcher: Fetcher,
+) -> None:
+    """Nothing listening, a host that never answers the SYN, one that hangs up without a
+    response: each job ends `failed` with its own reason, the silent one after
+    FETCHER_CONNECT_TIMEOUT (the drain ends long before the 60 s request deadline), and every
+    send is counted."""
+    fetcher.set(max_attempts=1, connect_timeout=0.5, timeout=60)
+    with socket.socket() as free:
+        free.bind((_ALONE, 0))
+        refused_port = free.getsockname()[1]
+    silent, hang_up = RawListener(_ALONE, full=True), RawListener(_ALONE, full=False)
+    try:
+        fetcher.submit(
+            [f"http://{_ALONE}:{port}/x" for port in (refused_port, silent.port, hang_up.port)]
+        )
+        started = time.monotonic()
+        fetcher.drain(timeout=50)
+        took = time.monotonic() - started
+    finally:
+        silent.close()
+        hang_up.close()
+    errors = {int(r["url"].split(":")[2].split("/")[0]): r["error"] for r in fetcher.results()}
+    assert errors[refused_port].startswith("gave up after 1 attempts: connect error:")
+    assert errors[silent.port] == "gave up after 1 attempts: connect timeout"
+    assert errors[hang_up.port] == (
+        "gave up after 1 attempts: connection closed by the server before a response"
+    )
+    assert took < 50
+    stats = fetcher.stats()
+    assert (
+        stats[f"{_ALONE}:{refused_port}"]["errors"]
+        == stats[f"{_ALONE}:{silent.port}"]["errors"]
+        == 1
+    )
+    assert stats[f"{_ALONE}:{hang_up.port}"]["errors"] == hang_up.accepted >= 1
 
 
 def _events(stderr: str) -> list[dict[str, Any]]:

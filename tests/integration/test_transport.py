@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,8 @@ from fetcher.config import Settings
 from fetcher.fetch import AiohttpTransport, Fetcher, build_transport
 from fetcher.guard import Guard
 from fetcher.urls import parse_url, stored_target
+
+from .conftest import RawListener
 
 HOST = "127.0.0.14"  # not one of the shared origin's addresses
 
@@ -196,3 +199,39 @@ async def test_a_url_put_in_the_queue_by_hand_is_refused_not_sent(
         await fetcher.aclose()
     assert hop.status is None and "not a URL as fetcher stores them" in (hop.error or "")
     assert server.requests == []
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_network_failures_are_named_and_the_connect_timeout_is_its_own(
+    tmp_path: Path,
+) -> None:
+    """On aiohttp's real path: nothing listening is a connect error; a host that never
+    answers the SYN is a connect timeout after FETCHER_CONNECT_TIMEOUT (well inside the
+    request's deadline); a server that hangs up without a response is named as such."""
+    fetcher = make_fetcher(tmp_path, connect_timeout=0.3, timeout=20)
+    silent, hang_up = RawListener(HOST, full=True), RawListener(HOST, full=False)
+    loop = asyncio.get_running_loop()
+    try:
+        refused = await fetcher.fetch(parse_url(f"http://{HOST}:{_free_port()}/x"))
+        started = loop.time()
+        timed_out = await fetcher.fetch(parse_url(f"http://{HOST}:{silent.port}/x"))
+        waited = loop.time() - started
+        closed = await fetcher.fetch(parse_url(f"http://{HOST}:{hang_up.port}/x"))
+    finally:
+        await fetcher.aclose()
+        silent.close()
+        hang_up.close()
+    assert refused.status is None and refused.error is not None
+    assert refused.error.startswith("connect error:") and "onnect" in refused.error, refused.error
+    assert (timed_out.status, timed_out.error) == (None, "connect timeout")
+    assert 0.25 <= waited < 5, waited
+    assert (closed.status, closed.error) == (
+        None, "connection closed by the server before a response",
+    )  # fmt: skip
+    assert refused.sends == timed_out.sends == 1
+    assert closed.sends == hang_up.accepted >= 1  # aiohttp may send once more: both counted

@@ -12,9 +12,8 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from fetcher.config import Settings
+from fetcher.config import HostLimits, Settings
 from fetcher.fetch import Fetcher
-from fetcher.limits import HostLimits
 from fetcher.model import JobState
 from fetcher.service import Service
 from fetcher.urls import parse_url
