@@ -20,6 +20,7 @@ from fetcher.locations import database_path
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
     from fetcher.config import Settings
     from fetcher.jobqueue import QueueReader
@@ -237,21 +238,16 @@ def cmd_stats(args: argparse.Namespace, path: Path) -> int:
 
 
 def _watch(db: QueueReader, args: argparse.Namespace, console: Console) -> None:
+    """The table, refreshed in place every 2 s until Ctrl-C."""
     from rich.live import Live
-    from rich.table import Table
 
     def frame() -> Table:
-        capture = Console(record=True, width=console.width)
-        with capture.capture():
-            stats.render_table(stats.host_stats(db, host=args.host, sort=args.sort), capture)
-        grid = Table.grid()
-        grid.add_row(capture.export_text(styles=True))
-        return grid
+        return stats.host_table(stats.host_stats(db, host=args.host, sort=args.sort))
 
-    with Live(frame(), console=console, refresh_per_second=1) as live:
+    with Live(frame(), console=console, auto_refresh=False) as live:
         while True:
             time.sleep(2)
-            live.update(frame())
+            live.update(frame(), refresh=True)
 
 
 def cmd_status(args: argparse.Namespace, path: Path) -> int:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # rich is imported where a table is drawn: --json and --csv need none of it
     from rich.console import Console
+    from rich.table import Table
 
     from fetcher.jobqueue import QueueReader
 
@@ -126,6 +127,11 @@ def success_percent(row: dict[str, Any]) -> str:
 
 
 def render_table(rows: Sequence[dict[str, Any]], console: Console) -> None:
+    console.print(host_table(rows))
+
+
+def host_table(rows: Sequence[dict[str, Any]]) -> Table:
+    """The stats table, for `stats` and each frame of `stats --watch`."""
     from rich.table import Table
 
     table = Table(show_lines=False, header_style="bold", box=None, pad_edge=False)
@@ -152,7 +158,7 @@ def render_table(rows: Sequence[dict[str, Any]], console: Console) -> None:
             "-" if row["last_status"] is None else str(row["last_status"]),
             (row["last_request_at"] or "-").replace("T", " ").removesuffix("Z")[:19],
         )
-    console.print(table)
+    return table
 
 
 def render_csv(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> str:

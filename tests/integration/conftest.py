@@ -88,8 +88,7 @@ class Fetcher:
         return proc
 
     def log_of(self, index: int = 0) -> list[dict[str, Any]]:
-        lines = (self.workdir / f"daemon-{index}.log").read_text().splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
+        return events((self.workdir / f"daemon-{index}.log").read_text())
 
     def stats(self) -> dict[str, dict[str, Any]]:
         result = self.cli("stats", "--json")
@@ -158,6 +157,11 @@ class RawListener:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+
+
+def events(log: str) -> list[dict[str, Any]]:
+    """The JSON log lines of a daemon's output."""
+    return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

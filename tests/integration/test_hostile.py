@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Any
 
 import pytest
 
 from fetcher.demo import Origin
 
-from .conftest import Fetcher, RawListener, assert_counters_match
+from .conftest import Fetcher, RawListener, assert_counters_match, events
 
 _ALONE = "127.0.0.15"  # an address of this test's own (not the shared origin's)
 
@@ -44,7 +43,7 @@ def test_huge_body_and_bombs_fail_with_small_memory(fetcher: Fetcher, origin: Or
     urls = ["large/50000000/a", "bomb/200/b", "brbomb/200/d", "ok/c"]
     fetcher.submit([origin.url(u) for u in urls])
     result = fetcher.drain()
-    [stopped] = [e for e in _events(result.stderr) if e["event"] == "service.stopped"]
+    [stopped] = [e for e in events(result.stderr) if e["event"] == "service.stopped"]
     assert 0 < stopped["peak_rss_kb"] < 150 * 1024, stopped  # VmHWM of the daemon itself
     results = {r["url"].rsplit("/", 1)[1]: r for r in fetcher.results()}
     for key in "abd":
@@ -61,7 +60,7 @@ def test_a_drip_is_cut_at_the_deadline(fetcher: Fetcher, origin: Origin) -> None
     result = fetcher.drain(timeout=30)
     [row] = fetcher.results()
     assert row["state"] == "failed" and "timeout" in row["error"]
-    [job] = [e for e in _events(result.stderr) if e["event"] == "job.failed"]
+    [job] = [e for e in events(result.stderr) if e["event"] == "job.failed"]
     assert 1400 <= job["latency_ms"] <= 2500
 
 
@@ -132,9 +131,3 @@ def test_a_refused_a_silent_and_a_hanging_up_host_fail_with_their_reasons(
         == 1
     )
     assert stats[f"{_ALONE}:{hang_up.port}"]["errors"] == hang_up.accepted >= 1
-
-
-def _events(stderr: str) -> list[dict[str, Any]]:
-    import json
-
-    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]

@@ -9,7 +9,7 @@ import pytest
 
 from fetcher.demo import Origin
 
-from .conftest import Fetcher, assert_counters_match, wait_until
+from .conftest import Fetcher, assert_counters_match, events, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -147,3 +147,35 @@ def test_a_bad_hosts_file_on_reload_keeps_the_old_limits(fetcher: Fetcher, origi
     events = [e for e in fetcher.log_of() if e["event"] == "hosts.reload_failed"]
     assert events and "not valid TOML" in events[0]["why"]
     assert fetcher.status()["done"] == 30
+
+
+def test_a_bare_429_pauses_the_whole_host_for_the_backoff_base(
+    fetcher: Fetcher, origin: Origin
+) -> None:
+    """A 429 without Retry-After pauses its host (FETCHER_BACKOFF_BASE, 0.6 s here, on the
+    first strike): no request of any job reaches it meanwhile; the other host goes on."""
+    fetcher.set(host_concurrency=1, backoff_base=0.6, backoff_max=2)
+    fetcher.submit([origin.url("throttle/x")] + [origin.url(f"ok/{n}") for n in range(5)]
+                   + [origin.url(f"ok/{n}", 1) for n in range(5)])  # fmt: skip
+    result = fetcher.drain()
+    first, *rest = sorted(origin.stats.arrivals[origin.host()])
+    assert len(rest) == 6
+    assert min(rest) - first >= 0.6
+    assert max(origin.stats.arrivals[origin.host(1)]) - first < 0.6
+    paused = [e for e in events(result.stderr) if e["event"] == "host.paused"]
+    assert [(e["host"], e["why"], e["seconds"]) for e in paused] == [(origin.host(), "429", 0.6)]
+    assert_counters_match(fetcher, origin)
+
+
+def test_retry_after_is_honoured_up_to_retry_after_max(fetcher: Fetcher, origin: Origin) -> None:
+    """A host asking for an hour (Retry-After: 3600) is paused FETCHER_RETRY_AFTER_MAX (1.5 s)
+    instead: neither the hour nor nothing."""
+    fetcher.set(host_concurrency=1, retry_after_max=1.5)
+    fetcher.submit([origin.url("pause/3600/x"), origin.url("ok/1"), origin.url("ok/2")])
+    result = fetcher.drain(timeout=60)
+    first, *rest = sorted(origin.stats.arrivals[origin.host()])
+    assert len(rest) == 3
+    assert 1.5 <= min(rest) - first < 30
+    paused = [e for e in events(result.stderr) if e["event"] == "host.paused"]
+    assert [(e["why"], e["seconds"]) for e in paused] == [("Retry-After", 1.5)]
+    assert fetcher.status()["done"] == 3

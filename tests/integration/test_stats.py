@@ -6,9 +6,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import pty
+import select
 import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 import time
 
 import httpx
@@ -162,3 +167,54 @@ def test_metrics_endpoint_agrees_with_the_stats_view(fetcher: Fetcher, origin: O
     assert wait_until(lambda: _scrape(port).get(("fetcher_queue_jobs", "done", None)) == done, 5)
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(15) == 0
+
+
+class Terminal:
+    """A command run on a pseudo-terminal (as an operator's shell runs it), its output read
+    as it comes; stopped by its pid at the end."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        main, sub = pty.openpty()
+        self._main = main
+        self.proc = subprocess.Popen(
+            args, stdin=sub, stdout=sub, stderr=sub,
+            env={**env, "COLUMNS": "160", "LINES": "40", "TERM": "xterm"},
+        )  # fmt: skip
+        os.close(sub)
+        self.output = ""
+
+    def read(self, seconds: float) -> str:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if select.select([self._main], [], [], min(left, 0.1))[0]:
+                try:
+                    self.output += os.read(self._main, 65536).decode(errors="replace")
+                except OSError:  # the command ended
+                    break
+        return self.output
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        os.close(self._main)
+
+
+def test_stats_watch_refreshes_in_place_until_ctrl_c(fetcher: Fetcher, origin: Origin) -> None:
+    """`stats --watch` on a terminal shows the table, shows the next numbers once the daemon
+    has recorded them (within its 2 s refresh), and ends on Ctrl-C with 130 and no
+    traceback."""
+    fetcher.submit([origin.url(f"ok/{n}") for n in range(7)])
+    watch = Terminal([sys.executable, "-m", "fetcher", "stats", "--watch"], fetcher.env)
+    try:
+        assert "last request, UTC" in watch.read(1.5)
+        assert origin.host() not in watch.output  # nothing fetched yet
+        fetcher.drain()
+        assert wait_until(lambda: origin.host() in watch.read(0.2), 10), watch.output
+        row = next(line for line in watch.output.splitlines() if origin.host() in line)
+        assert row.split()[1:4] == ["7", "100.0%", "7"], row  # requests, ok %, 2xx
+        watch.proc.send_signal(signal.SIGINT)
+        assert watch.proc.wait(10) == 130
+        assert "Traceback" not in watch.read(0.3)
+    finally:
+        watch.close()
