@@ -87,6 +87,10 @@ class Fetcher:
         self._logs.append(log)
         return proc
 
+    def last_log(self) -> list[dict[str, Any]]:
+        """The log of the daemon started last."""
+        return self.log_of(len(self._procs) - 1)
+
     def log_of(self, index: int = 0) -> list[dict[str, Any]]:
         return events((self.workdir / f"daemon-{index}.log").read_text())
 

@@ -4,6 +4,7 @@ retention while fetching, the metrics endpoint, reads while the daemon writes.""
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -15,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -163,10 +165,65 @@ def test_metrics_endpoint_agrees_with_the_stats_view(fetcher: Fetcher, origin: O
             value = samples.get(("fetcher_responses_total", host, cls), 0)
             assert value == row[f"status_{cls}"], (host, cls)
     assert samples[("fetcher_in_flight", None, None)] == 0
+    _assert_durations_match(port, stats)
     done = fetcher.status()["done"]
     assert wait_until(lambda: _scrape(port).get(("fetcher_queue_jobs", "done", None)) == done, 5)
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(15) == 0
+
+
+def _assert_durations_match(port: int, stats: dict[str, dict[str, Any]]) -> None:
+    """The duration histogram holds one observation per response, its sum is the latencies'
+    sum, its buckets are cumulative and at least 50 ms past the slow requests' 50 ms."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    name = "fetcher_request_duration_seconds"
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    totals: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            host = sample.labels.get("host", "")
+            if sample.name == f"{name}_bucket":
+                buckets.setdefault(host, []).append((float(sample.labels["le"]), sample.value))
+            elif sample.name in (f"{name}_count", f"{name}_sum"):
+                totals[(sample.name, host)] = sample.value
+    for host, row in stats.items():
+        answered = row["requests"] - row["errors"]
+        assert totals[(f"{name}_count", host)] == answered
+        latency_sum_ms = totals[(f"{name}_sum", host)] * 1000
+        assert latency_sum_ms == pytest.approx(
+            row["latency_avg_ms"] * answered, abs=0.05 * answered + 0.01
+        )
+        counts = [n for _, n in sorted(buckets[host])]
+        assert counts == sorted(counts) and counts[-1] == answered  # +Inf holds them all
+        under_50ms = dict(buckets[host])[0.05]
+        assert under_50ms <= answered - 4  # 4 slow/50 requests per host
+
+
+def test_metrics_on_a_non_loopback_address_are_served_and_logged_as_exposed(
+    fetcher: Fetcher,
+) -> None:
+    """FETCHER_METRICS_ADDR on every interface: served, and one `metrics.exposed` warning
+    tells the operator; a loopback address gets none."""
+    for addr, exposed in ((f"0.0.0.0:{_free_port()}", True), (f"127.0.0.1:{_free_port()}", False)):
+        fetcher.set(metrics_addr=addr)
+        proc = fetcher.start()
+        port = int(addr.rsplit(":")[1])
+        try:
+            assert wait_until(functools.partial(_reachable, port), 15), addr
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(15) == 0
+        warnings = [e for e in fetcher.last_log() if e["event"] == "metrics.exposed"]
+        assert len(warnings) == int(exposed), (addr, warnings)
+        if exposed:
+            assert warnings[0]["addr"] == addr and warnings[0]["level"] == "warning"
+
+
+def _reachable(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 class Terminal:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,13 @@ def test_read_commands_need_only_the_database(
     monkeypatch.setenv("FETCHER_MAX_CONCURRENCY", "lots")
     assert main(["--env-file", str(env), "status", "--json"]) == 1
     assert f"no database at {tmp_path / 'elsewhere.db'}" in capsys.readouterr().err
+    monkeypatch.delenv("FETCHER_MAX_CONCURRENCY")
+    assert main(["--env-file", str(env), "submit", "http://a.example/1"]) == 0
+    monkeypatch.setenv("FETCHER_MAX_CONCURRENCY", "lots")
+    capsys.readouterr()
+    assert main(["--env-file", str(env), "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["queued"] == 1
+    for command in (["stats", "--json"], ["results"]):
+        assert main(["--env-file", str(env), *command]) == 0, command
+    assert main(["--env-file", str(env), "submit", "http://a.example/2"]) == 78  # it needs all
+    assert "FETCHER_MAX_CONCURRENCY" in capsys.readouterr().err

@@ -4,6 +4,7 @@ cap, no head-of-line blocking, shutdown, a store that goes away, and a task with
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from fetcher.config import HostLimits, Settings
 from fetcher.fetch import Fetcher
 from fetcher.model import JobState
 from fetcher.service import Service
+from fetcher.systemd import Notifier
 from fetcher.urls import parse_url
 from tests.memory_queue import MemoryQueue
 
@@ -235,3 +237,44 @@ async def test_stopping_ends_every_background_task_at_once(tmp_path: Path) -> No
     started = loop.time()
     await asyncio.wait_for(service.run(), 5)
     assert loop.time() - started < 0.4
+
+
+class RecordingNotifier(Notifier):
+    """sd_notify to a list: (monotonic time, message fields), with a 50 ms watchdog."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.watchdog_s = 0.05
+        self.sent: list[tuple[float, dict[str, str]]] = []
+
+    def notify(self, **fields: str) -> None:
+        self.sent.append((time.monotonic(), fields))
+
+
+async def test_the_watchdog_stops_pinging_while_the_event_loop_is_blocked(
+    tmp_path: Path,
+) -> None:
+    """WATCHDOG=1 comes from the event loop itself: while a task blocks the loop for 0.6 s
+    there is no ping (systemd would kill a wedged daemon), before and after there are."""
+    queue, origin = MemoryQueue(), FakeOrigin()
+    notifier = RecordingNotifier()
+    settings = Settings(db=tmp_path / "unused.db", allow_private=True)
+    service = Service(
+        settings, queue, Fetcher(settings, origin, None), drain=False, notifier=notifier,
+        install_signal_handlers=False,
+    )  # fmt: skip
+    run = asyncio.create_task(service.run())
+
+    def pings() -> list[float]:
+        return [t for t, fields in notifier.sent if "WATCHDOG" in fields]
+
+    await wait_for(lambda: len(pings()) >= 3)
+    blocked_from = time.monotonic()
+    time.sleep(0.6)  # the loop is wedged: no task runs
+    blocked_until = time.monotonic()
+    await wait_for(lambda: pings()[-1] > blocked_until + 0.1)
+    service.stop("test")
+    await asyncio.wait_for(run, 10)
+    during = [t for t in pings() if blocked_from < t < blocked_until]
+    assert during == []
+    assert any(t < blocked_from for t in pings()) and any(t > blocked_until for t in pings())
