@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format bench bench-smoke install-service clean
+.PHONY: demo test lint format bench bench-smoke mutate install-service clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,14 @@ bench: $(STAMP)  ## throughput against the bare loops and Scrapy, politeness, sc
 bench-smoke: $(STAMP)  ## the benchmark at tiny sizes: does it still run
 	$(BIN)/python bench/run.py --smoke --scale
 
+mutate: $(STAMP)  ## mutation testing of the pure core and the counters (slow; not in make test)
+	$(BIN)/python -m pip install --quiet -e '.[dev,mutate]'
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2
+	$(BIN)/python bench/mutation_score.py
+
 install-service:  ## install fetcher as a systemd service (as root)
 	sh config/install.sh
 
 clean:
-	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache mutants
