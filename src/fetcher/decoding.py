@@ -1,8 +1,9 @@
 """Content decoding with a cap on the decoded size, enforced while decoding.
 
 httpx decodes a whole chunk at once, so 590 bytes of `gzip, gzip` become 256 MiB before any
-caller can count them. Here every decoder is asked for at most `_STEP` bytes at a time and the
-running total is checked after each step: a bomb stops one step past the cap.
+caller can count them. Here every decoder is asked for at most `_STEP` bytes at a time (brotli
+may give up to half as much again) and the running total is checked after each step: a bomb
+stops one step past the cap.
 """
 
 from __future__ import annotations
@@ -49,11 +50,13 @@ class _Brotli:
         self._d = brotli.Decompressor()
 
     def feed(self, data: bytes) -> Iterator[bytes]:
+        # Output past the limit stays inside the decoder, and `can_accept_more_data()` may
+        # say True while it does (brotli 1.2): drain until a call gives nothing, or the last
+        # piece of a body would be lost.
         out = self._d.process(data, output_buffer_limit=_STEP)
-        while True:
-            if out:
-                yield out
-            if self._d.can_accept_more_data() or self._d.is_finished():
+        while out:
+            yield out
+            if self._d.is_finished():
                 return
             out = self._d.process(b"", output_buffer_limit=_STEP)
 

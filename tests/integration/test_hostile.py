@@ -140,3 +140,15 @@ def _peak_rss_kb(result: subprocess.CompletedProcess[str]) -> int:
     """The peak resident memory (VmHWM) a drained daemon reported on its way out."""
     [stopped] = [e for e in events(result.stderr) if e["event"] == "service.stopped"]
     return int(stopped["peak_rss_kb"])
+
+
+def test_compressed_bodies_under_the_cap_are_decoded_whole(
+    fetcher: Fetcher, origin: Origin
+) -> None:
+    """1 MB of zeros in gzip and in brotli (each one chunk of a few hundred bytes on the wire):
+    every decoded byte is counted and kept, the last piece included."""
+    fetcher.submit([origin.url("bomb/1/g"), origin.url("brbomb/1/b")])
+    fetcher.drain()
+    for row in fetcher.results():
+        assert (row["state"], row["bytes"]) == ("done", 1024 * 1024), row
+        assert (fetcher.db.parent / "bodies" / row["body_path"]).stat().st_size == 1024 * 1024
