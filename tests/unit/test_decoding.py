@@ -119,7 +119,7 @@ def test_a_corrupt_body_is_an_undecodable_body(header: str) -> None:
     body = b"\x1f\x8b\x08\x00" + b"\xff" * 64 if header == "gzip" else b"\x78\x9c" + b"\xff" * 64
     if header == "br":
         body = b"\xff" * 64
-    with pytest.raises(ValueError, match="^undecodable body: "):
+    with pytest.raises(ValueError, match=r"^undecodable body: "):
         list(CappedDecoder(header, 10**6).feed(body))
 
 
