@@ -3,6 +3,8 @@ in-flight cap, no head-of-line blocking."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from fetcher.config import HostLimits
@@ -115,3 +117,160 @@ def test_the_feeder_shares_its_room_among_the_hosts_of_a_walk() -> None:
     assert allot(512, [("only", 193)]) == [("only", 193)]
     assert allot(10, [("a", 193), ("b", 1), ("c", 193), ("d", 0)]) == [("a", 3), ("b", 1), ("c", 3)]
     assert allot(0, [("a", 5)]) == [] and allot(5, []) == []
+
+
+def _job(n: int, url: str) -> Job:
+    target = parse_url(url)
+    return Job(n, target.url, target.host_key, 0, target)
+
+
+def test_each_finish_gives_back_one_place() -> None:
+    host = HostLimiter(HostLimits(rate=0, burst=1, concurrency=3))
+    for _ in range(3):
+        host.start(0.0)
+    assert host.ready_at(0.0) == float("inf")
+    host.finish()
+    assert (host.in_flight, host.ready_at(0.0)) == (2, 0.0)
+    host.finish()
+    host.finish()
+    assert host.in_flight == 0
+
+
+def test_a_start_a_whole_interval_late_starts_the_schedule_again() -> None:
+    """Late by less than one interval, the next slot follows the last one; late by a whole
+    interval or more, the host was idle and its schedule starts again from now."""
+    host = HostLimiter(HostLimits(rate=1.0, burst=1, concurrency=9))
+    host.start(0.0)  # next slot at 1.0
+    host.start(1.5)  # late by 0.5: next at 2.0
+    assert host.ready_at(1.5) == 2.0
+    host.start(3.0)  # late by exactly 1.0: next at 4.0, not 3.0
+    assert host.ready_at(3.0) == 4.0
+
+
+def test_each_good_response_takes_back_one_strike() -> None:
+    host = HostLimiter(HostLimits(rate=0, burst=1, concurrency=4))
+    assert [host.throttle(0.0, base_s=1, max_s=100) for _ in range(3)] == [1, 2, 4]
+    host.recover()
+    assert host.throttle(0.0, base_s=1, max_s=100) == 4  # three strikes again, not two
+    host.recover()
+    host.recover()
+    host.recover()
+    host.recover()  # no strikes left: stays at zero
+    assert host.strikes == 0
+    assert host.throttle(0.0, base_s=0.01, max_s=100) == 0.1  # never under 100 ms
+
+
+def test_a_host_is_idle_only_with_nothing_in_flight_no_pause_and_a_full_bucket() -> None:
+    host = HostLimiter(HostLimits(rate=1.0, burst=1, concurrency=4))
+    assert host.idle(0.0)
+    host.start(0.0)  # in flight, and its next slot is at 1.0
+    assert not host.idle(5.0)
+    host.finish()
+    assert not host.idle(0.99) and host.idle(1.0)
+    host.pause(7.0)
+    assert not host.idle(6.99) and host.idle(7.0)
+
+
+def test_overrides_apply_per_host_and_a_reload_changes_hosts_already_met() -> None:
+    defaults = HostLimits(rate=1.0, burst=1, concurrency=2)
+    special = HostLimits(rate=9.0, burst=3, concurrency=7)
+    given = {"a:80": special}
+    limits = Limits(4, defaults, given, Clock())
+    given.clear()  # the limits keep their own copy
+    a, b = limits.host("a:80"), limits.host("b:80")
+    assert (a.limits, b.limits) == (special, defaults)
+    assert (limits.limits_for("a:80"), limits.limits_for("c:80")) == (special, defaults)
+    assert limits.host("a:80") is a  # one limiter per host
+    limits.reload({"b:80": special})
+    assert (a.limits, b.limits) == (defaults, special)
+    assert limits.limits_for("b:80") == special and limits.limits_for("a:80") == defaults
+
+
+def test_forget_idle_drops_only_idle_hosts_by_the_clock() -> None:
+    clock = Clock()
+    limits = Limits(4, HostLimits(rate=0, burst=1, concurrency=2), {}, clock)
+    busy, paused, idle = limits.host("busy"), limits.host("paused"), limits.host("idle")
+    busy.start(clock.now)
+    paused.pause(clock.now + 10)
+    limits.forget_idle()
+    assert limits.host("busy") is busy and limits.host("paused") is paused
+    assert limits.host("idle") is not idle
+    clock.now += 10
+    limits.forget_idle()
+    assert limits.host("paused") is not paused and limits.host("busy") is busy
+
+
+async def test_hosts_ready_at_the_same_time_go_in_the_order_they_came() -> None:
+    clock = Clock()
+    scheduler = Scheduler(Limits(9, HostLimits(rate=0, burst=1, concurrency=9), {}, clock), clock)
+    for n, host in enumerate(["b", "a", "c", "a"]):
+        scheduler.add(_job(n, f"http://{host}.example/{n}"))
+    assert scheduler.pending == 4
+    assert scheduler.has_pending("a.example") and not scheduler.has_pending("d.example")
+    order = []
+    while (ready := await scheduler.next_ready(0)) is not None:
+        order.append(ready[0].id)
+    assert order == [0, 1, 2, 3] and scheduler.pending == 0
+    assert not scheduler.has_pending("a.example")
+
+
+async def test_a_permit_gives_back_both_places_once_and_the_host_s_next_job_goes() -> None:
+    """A host at its cap of 1 holds its second job until the first's permit is released;
+    releasing twice gives back one global slot, not two."""
+    clock = Clock()
+    limits = Limits(2, HostLimits(rate=0, burst=1, concurrency=1), {}, clock)
+    scheduler = Scheduler(limits, clock)
+    scheduler.add(_job(1, "http://h.example/1"))
+    scheduler.add(_job(2, "http://h.example/2"))
+    first = await scheduler.next_ready(0)
+    assert first is not None and first[0].id == 1
+    assert await scheduler.next_ready(0) is None  # h is at its cap
+    first[1].release()
+    first[1].release()
+    second = await scheduler.next_ready(0)
+    assert second is not None and second[0].id == 2
+    assert limits.slots._value == 1  # one slot held (by the second), one free
+    second[1].release()
+    assert limits.slots._value == 2 and limits.host("h.example").in_flight == 0
+
+
+async def test_next_ready_waits_for_the_first_ready_host_and_no_longer() -> None:
+    """A host whose next slot is 0.2 s away: next_ready returns its job after about 0.2 s, not
+    at once and not after the 5 s it may wait; with nothing claimed it returns None after its
+    wait."""
+    loop = asyncio.get_running_loop()
+    limits = Limits(4, HostLimits(rate=5.0, burst=1, concurrency=4), {}, loop.time)
+    scheduler = Scheduler(limits, loop.time)
+    limits.host("h.example").start(loop.time())
+    scheduler.add(_job(1, "http://h.example/1"))
+    started = loop.time()
+    ready = await scheduler.next_ready(5)
+    waited = loop.time() - started
+    assert ready is not None and 0.15 <= waited < 0.8, waited
+    started = loop.time()
+    assert await Scheduler(limits, loop.time).next_ready(0.05) is None
+    assert loop.time() - started >= 0.04
+
+
+async def test_a_closed_scheduler_hands_out_nothing() -> None:
+    clock = Clock()
+    scheduler = Scheduler(Limits(4, HostLimits(rate=0, burst=1, concurrency=4), {}, clock), clock)
+    scheduler.add(_job(1, "http://h.example/1"))
+    scheduler.close()
+    assert await scheduler.next_ready(0) is None
+    scheduler.clear()
+    assert scheduler.pending == 0 and not scheduler.has_pending("h.example")
+
+
+async def test_a_reload_reschedules_hosts_already_waiting() -> None:
+    """A host whose next slot was 10 s away gets its new, unlimited rate at once."""
+    clock = Clock()
+    limits = Limits(4, HostLimits(rate=0.1, burst=1, concurrency=4), {}, clock)
+    scheduler = Scheduler(limits, clock)
+    limits.host("h.example").start(clock.now)
+    scheduler.add(_job(1, "http://h.example/1"))
+    assert scheduler._pop_ready() is None
+    limits.reload({"h.example": HostLimits(rate=0, burst=1, concurrency=4)})
+    scheduler.reschedule()
+    job = scheduler._pop_ready()
+    assert job is not None and job.id == 1
