@@ -3,6 +3,7 @@ numbers."""
 
 from __future__ import annotations
 
+import math
 from email.utils import formatdate
 from pathlib import Path
 
@@ -10,8 +11,8 @@ import pytest
 
 from fetcher.config import Settings
 from fetcher.errors import BlockedDestination
-from fetcher.model import Hop, Job, JobState
-from fetcher.policy import backoff_delay, decide, exchanges_of, retry_after_delay
+from fetcher.model import Exchange, Hop, Job, JobState, Outcome
+from fetcher.policy import Decision, backoff_delay, decide, exchanges_of, retry_after_delay
 from fetcher.urls import parse_url
 
 NOW = 1_700_000_000.0
@@ -110,3 +111,93 @@ def test_retry_after_seconds_and_dates() -> None:
     assert retry_after_delay(formatdate(now - 30, usegmt=True), now=now, max_s=3600) == 0
     assert retry_after_delay("soon", now=now, max_s=3600) is None
     assert retry_after_delay(None, now=now, max_s=3600) is None
+
+
+URL = "http://a.example/x"
+
+
+def test_a_final_outcome_carries_everything_the_hop_knew(settings: Settings) -> None:
+    done = hop(200, bytes=10, body_sha256="ab" * 32, body_path="ab/" + "ab" * 32)
+    assert decide(job(attempts=1), done, settings, now=NOW) == Decision(
+        outcome=Outcome(
+            1, JobState.DONE, 2, status=200, bytes=10, latency_ms=5.0, final_url=URL,
+            body_sha256="ab" * 32, body_path="ab/" + "ab" * 32,
+        )
+    )  # fmt: skip
+
+
+def test_no_response_retries_with_its_reason_then_gives_up(settings: Settings) -> None:
+    """A network error is retried after the backoff with the error as the reason (or "no
+    response" when there is none); the last attempt fails naming it."""
+    error = hop(None, error="connect timeout")
+    assert decide(job(0), error, settings, now=NOW, rand=lambda: 0.5) == Decision(
+        outcome=Outcome(1, JobState.RETRYING, 1, error="connect timeout", next_attempt_at=NOW + 0.5)
+    )
+    silent = decide(job(1), hop(None), settings, now=NOW, rand=lambda: 0.5).outcome
+    assert silent == Outcome(1, JobState.RETRYING, 2, error="no response", next_attempt_at=NOW + 1)
+    assert decide(job(2), error, settings, now=NOW) == Decision(
+        outcome=Outcome(
+            1, JobState.FAILED, 3, error="gave up after 3 attempts: connect timeout",
+            latency_ms=5.0, final_url=URL,
+        )
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "pause_s", "throttled"),
+    [(429, "7", 7.0, False), (503, "7", 7.0, False), (429, None, None, True),
+     (503, None, None, False), (500, "7", None, False), (504, "7", None, False),
+     (429, "junk", None, True)],
+)  # fmt: skip
+def test_what_a_host_says_about_itself(
+    settings: Settings, status: int, retry_after: str | None, pause_s: float | None,
+    throttled: bool,
+) -> None:  # fmt: skip
+    """Retry-After counts on 429 and 503 only; a 429 without a readable one throttles."""
+    decision = decide(
+        job(), hop(status, retry_after=retry_after), settings, now=NOW, rand=lambda: 0
+    )
+    assert (decision.pause_s, decision.throttled) == (pause_s, throttled)
+    assert decision.outcome == Outcome(
+        1, JobState.RETRYING, 1, status=status, error=f"HTTP {status}",
+        next_attempt_at=NOW + (pause_s or 0.0),
+    )  # fmt: skip
+
+
+def test_only_a_redirect_status_with_a_location_is_followed(settings: Settings) -> None:
+    assert decide(job(), hop(200, location="/y"), settings, now=NOW).follow is None
+    assert decide(job(), hop(302), settings, now=NOW).outcome == Outcome(
+        1, JobState.DONE, 1, status=302, latency_ms=5.0, final_url=URL
+    )
+    one_left = decide(job(hops=1), hop(307, location="/y"), settings, now=NOW)
+    assert one_left.follow == parse_url("http://a.example/y") and one_left.outcome is None
+
+
+def test_a_body_not_kept_waits_by_its_attempt_number_at_least_the_first(
+    settings: Settings,
+) -> None:
+    """Its delay is the backoff of the attempt it is on (the first one for a new job)."""
+    local = hop(200, local_error="body not kept: disk full")
+    fresh = decide(job(attempts=0), local, settings, now=NOW, rand=lambda: 1.0).outcome
+    assert fresh == Outcome(
+        1, JobState.RETRYING, 0, status=200, error="body not kept: disk full",
+        next_attempt_at=NOW + 1.0,
+    )  # fmt: skip
+
+
+def test_every_send_is_an_exchange_the_last_one_with_the_response() -> None:
+    host = parse_url(URL).host_key
+    three = Hop(parse_url(URL), 3, 5.0, status=200, bytes=10)
+    assert exchanges_of(three, NOW) == [
+        Exchange(host, None, 0, 0.0, NOW), Exchange(host, None, 0, 0.0, NOW),
+        Exchange(host, 200, 10, 5.0, NOW),
+    ]  # fmt: skip
+    unsent = Hop(parse_url(URL), 0, 5.0, error="connect error: refused")
+    assert exchanges_of(unsent, NOW) == [Exchange(host, None, 0, 5.0, NOW)]  # tried: counted
+
+
+def test_backoff_never_overflows() -> None:
+    """The exponent stops at 60: a job retried for ever still gets a finite delay."""
+    assert backoff_delay(10**6, base_s=1, max_s=math.inf, rand=lambda: 1.0) == 2.0**60
+    assert backoff_delay(61, base_s=1, max_s=math.inf, rand=lambda: 1.0) == 2.0**60
+    assert backoff_delay(1, base_s=3, max_s=10, rand=lambda: 0.5) == 1.5
