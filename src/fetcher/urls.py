@@ -47,6 +47,7 @@ _NUMERIC_LABEL = re.compile(r"[0-9]+|0[xX][0-9a-fA-F]*")
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _DOTTED_QUAD = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 _QUERY_SAFE = _PATH_SAFE + "?"
+_BRACKETED_NETLOC = re.compile(r"\[[^\]]*\](?::[0-9]*)?")
 
 
 class Target(NamedTuple):
@@ -83,7 +84,10 @@ def parse_url(raw: str) -> Target:
     netloc = parts.netloc
     if "@" in netloc:
         raise InvalidURL("credentials in URLs are not accepted")
-    host = _normalize_host(parts.hostname or "", bracketed=netloc.startswith("["))
+    bracketed = netloc.startswith("[")
+    if bracketed and not _BRACKETED_NETLOC.fullmatch(netloc):
+        raise InvalidURL(f"malformed: {netloc!r} (after an IPv6 address only a port may follow)")
+    host = _normalize_host(parts.hostname or "", bracketed=bracketed)
     port = port_text if port_text is not None else _DEFAULT_PORTS[scheme]
     if not 0 < port < 65536:
         raise InvalidURL(f"port out of range: {port}")
@@ -161,6 +165,8 @@ def _normalize_host(host: str, *, bracketed: bool) -> str:
     if not host:
         raise InvalidURL("no host")
     if bracketed:
+        if "%" in host:  # a zone names an interface of the machine the URL was written on
+            raise InvalidURL(f"invalid IPv6 address: {host!r} (zone identifiers are refused)")
         try:
             return ipaddress.IPv6Address(host).compressed
         except ValueError:

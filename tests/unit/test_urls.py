@@ -11,7 +11,13 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fetcher.errors import InvalidURL
-from fetcher.urls import MAX_URL_LENGTH, normalize_host_key, parse_url, stored_target
+from fetcher.urls import (
+    MAX_URL_LENGTH,
+    join_redirect,
+    normalize_host_key,
+    parse_url,
+    stored_target,
+)
 
 
 @pytest.mark.parametrize(
@@ -158,3 +164,102 @@ def test_httpx_keeps_the_normal_form_as_it_is(base: str, rest: str) -> None:
     except InvalidURL:
         return
     assert str(httpx.URL(target.url)) == target.url
+
+
+_EDGE = "http://a.example/"
+_ACCEPTED_AT_THE_EDGES = [
+    # (raw, url, host_key, host, port); each also through the full parser (a non-ASCII path)
+    ("http://a.example:1/", "http://a.example:1/", "a.example:1", "a.example", 1),
+    ("http://a.example:65535/", "http://a.example:65535/", "a.example:65535", "a.example", 65535),
+    ("HTTP://A.Example:80/x", "http://a.example/x", "a.example", "a.example", 80),
+    ("https://a.example:443/", "https://a.example/", "a.example", "a.example", 443),
+    ("https://a.example:80/", "https://a.example:80/", "a.example:80", "a.example", 80),
+    ("http://a.example/?", "http://a.example/", "a.example", "a.example", 80),
+    ("http://a.example/?a", "http://a.example/?a", "a.example", "a.example", 80),
+    ("http://a.example/..", "http://a.example/", "a.example", "a.example", 80),
+    ("http://1.2.3/", "http://1.2.0.3/", "1.2.0.3", "1.2.0.3", 80),
+    ("http://1.2.65535/", "http://1.2.255.255/", "1.2.255.255", "1.2.255.255", 80),
+    ("http://1.16777215/", "http://1.255.255.255/", "1.255.255.255", "1.255.255.255", 80),
+    ("http://4294967295/", "http://255.255.255.255/", "255.255.255.255", "255.255.255.255", 80),
+    ("http://255.255.255.255/", "http://255.255.255.255/", "255.255.255.255", "255.255.255.255",
+     80),
+    ("http://0x/", "http://0.0.0.0/", "0.0.0.0", "0.0.0.0", 80),
+    ("http://0x7f.1/", "http://127.0.0.1/", "127.0.0.1", "127.0.0.1", 80),
+    ("http://07.1.1.1/", "http://7.1.1.1/", "7.1.1.1", "7.1.1.1", 80),
+    ("http://00/", "http://0.0.0.0/", "0.0.0.0", "0.0.0.0", 80),
+    ("http://1.2.3.x/", "http://1.2.3.x/", "1.2.3.x", "1.2.3.x", 80),  # a name: ends in one
+    ("http://a_b.example/", "http://a_b.example/", "a_b.example", "a_b.example", 80),
+    ("http://[::ffff:1.2.3.4]:8080/", "http://[::ffff:102:304]:8080/", "[::ffff:102:304]:8080",
+     "::ffff:102:304", 8080),
+    ("http://bücher.example/", "http://xn--bcher-kva.example/", "xn--bcher-kva.example",
+     "xn--bcher-kva.example", 80),
+    (_EDGE + "x" * (MAX_URL_LENGTH - len(_EDGE)), _EDGE + "x" * (MAX_URL_LENGTH - len(_EDGE)),
+     "a.example", "a.example", 80),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("raw", "url", "key", "host", "port"), _ACCEPTED_AT_THE_EDGES)
+def test_accepted_at_the_edges(raw: str, url: str, key: str, host: str, port: int) -> None:
+    """The last port, the last number of each IPv4 form, the longest URL: accepted, and
+    every part of the target as it should be, by the fast path and by the full parser."""
+    assert parse_url(raw) == (url, key, host, port, url.partition(":")[0])
+    if len(raw) < MAX_URL_LENGTH:
+        slow = parse_url(raw + "%C3%BC" if raw.endswith("/") else raw)  # not plain: full path
+        assert (slow.host_key, slow.host, slow.port) == (key, host, port)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("http://a.example:0/", "port out of range: 0"),
+        ("http://a.example:0/ü", "port out of range: 0"),
+        ("http://a.example:65536/", "malformed: Port out of range 0-65535"),
+        ("http://1.2.3.256/", "invalid IPv4 address: '1.2.3.256'"),
+        ("http://256.1.1.1/", "invalid IPv4 address: '256.1.1.1'"),
+        ("http://1.2.65536/", "invalid IPv4 address: '1.2.65536'"),
+        ("http://1.16777216/", "invalid IPv4 address: '1.16777216'"),
+        ("http://4294967296/", "invalid IPv4 address: '4294967296'"),
+        ("http://1.2.3.4.5/", "invalid IPv4 address: '1.2.3.4.5'"),
+        ("http://08.1.1.1/", "invalid IPv4 address: '08.1.1.1'"),
+        ("http://1.x.3/", "invalid IPv4 address: '1.x.3'"),
+        ("http://x.1/", "invalid IPv4 address: 'x.1'"),
+        ("ftp://a.example/", "scheme must be http or https (got 'ftp')"),
+        ("//a.example/", "scheme must be http or https (got 'none')"),
+        ("http://u:p@a.example/", "credentials in URLs are not accepted"),
+        ("http://@a.example/", "credentials in URLs are not accepted"),
+        ("http:///x", "no host"),
+        ("http://a..b/", "invalid host name: 'a..b'"),
+        ("http://-a.example/", "invalid host name: '-a.example'"),
+        ("http://[v1.x]/", "invalid IPv6 address: 'v1.x'"),
+        (
+            "http://[fe80::1%eth0]/",
+            "invalid IPv6 address: 'fe80::1%eth0' (zone identifiers are refused)",
+        ),
+        ("http://[::1]x/", "malformed: '[::1]x' (after an IPv6 address only a port may follow)"),
+        ("http://xn--ls8h.example\u00ad/", "invalid international host name: "),
+        ("http://a b/", "contains whitespace or control characters"),
+        ("http://a.example/\x7f", "contains whitespace or control characters"),
+        (
+            _EDGE + "x" * (MAX_URL_LENGTH - len(_EDGE) + 1),
+            f"longer than {MAX_URL_LENGTH} characters",
+        ),
+        (_EDGE + "ü" * 1400, f"longer than {MAX_URL_LENGTH} characters once normalised"),
+    ],
+)
+def test_refused_at_the_edges_with_the_exact_reason(raw: str, reason: str) -> None:
+    with pytest.raises(InvalidURL) as refused:
+        parse_url(raw)
+    assert str(refused.value).startswith(reason), str(refused.value)
+    if not reason.endswith((": ", "are")):
+        assert str(refused.value) == reason
+
+
+def test_a_redirect_is_joined_to_its_base_and_stored_targets_split_their_keys() -> None:
+    assert join_redirect("http://a.example/x/y", "  ../z  ").url == "http://a.example/z"
+    assert stored_target("http://[::1]:8080/x", "[::1]:8080") == (
+        "http://[::1]:8080/x", "[::1]:8080", "::1", 8080, "http",
+    )  # fmt: skip
+    assert stored_target("https://a.example/", "a.example").port == 443
+    assert normalize_host_key("A.Example:80") == "a.example"
+    assert normalize_host_key("[::1]:80") == "[::1]"
+    assert normalize_host_key("a.example:8080") == "a.example:8080"
