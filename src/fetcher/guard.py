@@ -31,6 +31,7 @@ _ALSO_BLOCKED = tuple(
         "192.88.99.0/24",  # 6to4 relay anycast
         "198.18.0.0/15",  # benchmarking
         "2001:db8::/32",  # documentation
+        "3fff::/20",  # documentation too (RFC 9637; Python 3.11 does not know it)
     )
 )
 _NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))

@@ -80,3 +80,80 @@ async def test_loopback_in_any_textual_form_is_blocked(host: str) -> None:
 async def test_allow_private_lets_loopback_through() -> None:
     """FETCHER_ALLOW_PRIVATE=true turns the policy off (tests and the demo use loopback)."""
     assert await Guard(allow_private=True).check("127.0.0.1", 80) == ["127.0.0.1"]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("10.0.0.1", "10.0.0.1 is private"),
+        ("169.254.169.254", "169.254.169.254 is link-local"),
+        ("224.0.0.1", "224.0.0.1 is multicast"),
+        ("100.64.0.1", "100.64.0.1 is special-purpose"),
+        ("192.88.99.1", "192.88.99.1 is special-purpose"),
+        ("3fff::1", "3fff::1 is special-purpose"),
+        ("fec0::1", "fec0::1 is site-local"),
+        ("5f00::1", "5f00::1 is reserved"),
+        ("::", ":: is unspecified"),
+        ("::1", "::1 is loopback"),  # not 0.0.0.1 inside an IPv4-compatible address
+        ("::2", "0.0.0.2 is private (embedded in ::2)"),
+        ("2002:7f00:1::", "127.0.0.1 is loopback (embedded in 2002:7f00:1::)"),
+        ("64:ff9b::a00:1", "10.0.0.1 is private (embedded in 64:ff9b::a00:1)"),
+        ("64:ff9b:1::a00:1", "10.0.0.1 is private (embedded in 64:ff9b:1::a00:1)"),
+        ("::ffff:10.0.0.1", "10.0.0.1 is private (embedded in ::ffff:a00:1)"),
+        # Teredo: server 65.54.227.120 (public), client 192.0.2.45 (documentation)
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2",
+         "192.0.2.45 is private (embedded in 2001:0:4136:e378:8000:63bf:3fff:fdd2)"),
+        ("2002:808:808::", None),  # 6to4 of a public address
+        ("64:ff9b::808:808", "64:ff9b::808:808 is reserved"),  # NAT64 to a public one
+    ],
+)  # fmt: skip
+def test_each_refusal_names_the_address_and_its_range(text: str, reason: str | None) -> None:
+    assert blocked_reason(ipaddress.ip_address(text)) == reason
+
+
+class Resolver:
+    """Answers from a script and counts the lookups."""
+
+    def __init__(self, *answers: list[str]) -> None:
+        self.answers = list(answers)
+        self.asked: list[tuple[str, int]] = []
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.asked.append((host, port))
+        return self.answers[min(len(self.asked), len(self.answers)) - 1]
+
+
+async def test_an_answer_is_kept_for_its_ttl_per_host_and_port() -> None:
+    """A name is looked up once per 30 s per (host, port); `pinned` gives what was checked
+    while it is fresh and nothing after; a refused answer is not kept."""
+    now = [0.0]
+    resolver = Resolver(["8.8.8.8"], ["1.1.1.1"], ["10.0.0.1"])
+    guard = Guard(allow_private=False, clock=lambda: now[0], resolve=resolver)
+    assert guard.pinned("a.example", 80) is None
+    assert await guard.check("a.example", 80) == ["8.8.8.8"]
+    now[0] = 29.9
+    assert await guard.check("a.example", 80) == ["8.8.8.8"]
+    assert guard.pinned("a.example", 80) == ["8.8.8.8"] and guard.pinned("a.example", 81) is None
+    assert resolver.asked == [("a.example", 80)]
+    now[0] = 30.0  # expired at 30 s exactly
+    assert guard.pinned("a.example", 80) is None
+    assert await guard.check("a.example", 80) == ["1.1.1.1"]
+    assert resolver.asked[-1] == ("a.example", 80)
+    with pytest.raises(BlockedDestination, match=r"a\.example → 10\.0\.0\.1 is private"):
+        await guard.check("a.example", 443)
+    assert resolver.asked[-1] == ("a.example", 443) and guard.pinned("a.example", 443) is None
+
+
+async def test_one_private_answer_refuses_the_name_and_allow_private_checks_nothing() -> None:
+    mixed = Resolver(["8.8.8.8", "127.0.0.1"])
+    with pytest.raises(BlockedDestination, match=r"^blocked destination: h → 127\.0\.0\.1"):
+        await Guard(allow_private=False, resolve=mixed).check("h", 80)
+    assert await Guard(allow_private=True, resolve=mixed).check("h", 80) == ["8.8.8.8", "127.0.0.1"]
+
+
+async def test_the_system_resolver_gives_each_address_once() -> None:
+    """`localhost` from the hosts file (no DNS traffic): distinct addresses, no scope."""
+    addresses = await Guard(allow_private=True).check("localhost", 80)
+    assert "127.0.0.1" in addresses and len(addresses) == len(set(addresses))
+    assert all("%" not in a for a in addresses)
+    assert await Guard(allow_private=True).check("::1", 80) == ["::1"]
