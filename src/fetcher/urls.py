@@ -140,7 +140,7 @@ def join_redirect(base: str, location: str) -> Target:
 
 def normalize_host_key(key: str) -> str:
     """The canonical form of a host key as written by a person (hosts file, `--host`)."""
-    return parse_url(f"http://{key}/").host_key.removesuffix(":80")
+    return parse_url(f"http://{key}/").host_key  # the default port, :80, is dropped there
 
 
 def _without_dot_segments(path: str) -> str:

@@ -201,3 +201,9 @@ def test_backoff_never_overflows() -> None:
     assert backoff_delay(10**6, base_s=1, max_s=math.inf, rand=lambda: 1.0) == 2.0**60
     assert backoff_delay(61, base_s=1, max_s=math.inf, rand=lambda: 1.0) == 2.0**60
     assert backoff_delay(1, base_s=3, max_s=10, rand=lambda: 0.5) == 1.5
+
+
+def test_a_retry_after_date_is_counted_from_now(settings: Settings) -> None:
+    """An HTTP date 30 s ahead of `now` pauses the host 30 s."""
+    said = hop(503, retry_after=formatdate(NOW + 30, usegmt=True))
+    assert decide(job(), said, settings, now=NOW, rand=lambda: 0).pause_s == 30
