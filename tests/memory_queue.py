@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from fetcher.errors import StoreUnavailable
 from fetcher.model import Exchange, Job, JobState, Outcome
+from fetcher.robots import Verdict
 from fetcher.urls import Target, stored_target
 
 _ACTIVE = (JobState.QUEUED, JobState.RETRYING, JobState.RUNNING)
@@ -36,6 +37,7 @@ class MemoryQueue:
         self.results: dict[int, Outcome] = {}
         self.counters: dict[str, Counter[str]] = {}
         self.pauses: dict[str, float] = {}
+        self.robots: dict[str, Verdict] = {}
         self.down: str | None = None  # the reason every call fails, while set
         self.calls: Counter[str] = Counter()
         self.bug_in: str | None = None  # an operation that raises a plain bug
@@ -126,8 +128,11 @@ class MemoryQueue:
         outcomes: Sequence[Outcome],
         exchanges: Sequence[Exchange] = (),
         pauses: Mapping[str, float] | None = None,
+        robots: Sequence[Verdict] = (),
     ) -> None:
         await self._enter("record")
+        for verdict in robots:
+            self.robots[verdict.origin] = verdict
         for outcome in outcomes:
             row = self.rows[outcome.job_id]
             if row.state is not JobState.RUNNING or row.owner != self.owner:
@@ -138,10 +143,17 @@ class MemoryQueue:
                 self.results[outcome.job_id] = outcome
         for e in exchanges:
             counter = self.counters.setdefault(e.host, Counter())
+            if e.disallowed:
+                counter["robots_disallowed"] += 1
+                continue
             counter["requests"] += 1
             counter["errors" if e.status is None else f"status_{e.status // 100}xx"] += 1
         for host, until in (pauses or {}).items():
             self.pauses[host] = max(until, self.pauses.get(host, 0.0))
+
+    async def cached_robots(self, origins: Sequence[str]) -> list[Verdict]:
+        await self._enter("cached_robots")
+        return [self.robots[o] for o in origins if o in self.robots]
 
     async def paused_hosts(self) -> dict[str, float]:
         await self._enter("paused_hosts")

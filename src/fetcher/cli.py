@@ -130,6 +130,11 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("--limit", type=int)
     res.set_defaults(command=cmd_results, read_only=True)
 
+    robots = sub.add_parser("robots", help="a site's cached robots.txt, and what it allows")
+    robots.add_argument("target", metavar="HOST|URL", help="a host key, or a URL to check")
+    robots.add_argument("--json", action="store_true")
+    robots.set_defaults(command=cmd_robots, read_only=True)
+
     config = sub.add_parser("config", help="the effective configuration and its sources")
     config.add_argument("--json", action="store_true")
     config.set_defaults(command=cmd_config)
@@ -248,6 +253,60 @@ def _watch(db: QueueReader, args: argparse.Namespace, console: Console) -> None:
         while True:
             time.sleep(2)
             live.update(frame(), refresh=True)
+
+
+def cmd_robots(args: argparse.Namespace, path: Path) -> int:
+    """The cached verdict of the origin(s) of a host key or URL; for a URL, whether the
+    daemon may fetch it (by FETCHER_USER_AGENT's product token)."""
+    from fetcher.errors import InvalidURL
+    from fetcher.robots import origin_of, product_token
+    from fetcher.urls import parse_url
+
+    text = args.target
+    try:
+        target = parse_url(text if "://" in text else f"http://{text}/")
+    except InvalidURL as exc:
+        print(f"fetcher robots: {text}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    url = target.url if "://" in text else None
+    origins = (
+        [origin_of(target)] if url else [f"{s}://{target.host_key}" for s in ("http", "https")]
+    )
+    token = product_token(os.environ.get("FETCHER_USER_AGENT", f"fetcher/{__version__}"))
+    verdicts = _reader(path).robots(origins)
+    rows = []
+    for v in verdicts:
+        row: dict[str, Any] = {
+            "origin": v.origin,
+            "fetched_at": _iso(v.fetched_at),
+            "status": v.status,
+            "size": v.size,
+            "crawl_delay": v.delay_s(token),
+            "usable": v.usable,
+            "rules": v.body,
+        }
+        if url is not None:
+            row["url"], row["allowed"] = url, v.allows(url, token)
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows))
+    elif not rows:
+        print(f"no robots.txt cached for {' or '.join(origins)}")
+    for row in rows if not args.json else []:
+        print(
+            f"{row['origin']}: status {row['status']}, {row['size']} bytes, fetched"
+            f" {row['fetched_at']}, crawl delay {row['crawl_delay'] or '-'}"
+            f"{'' if row['usable'] else ' (not usable: everything waits, asked again later)'}"
+        )
+        if "allowed" in row:
+            print(f"{row['url']}: {'allowed' if row['allowed'] else 'disallowed'} for {token!r}")
+        if row["rules"]:
+            print(row["rules"].rstrip())
+    return EXIT_OK if rows else EXIT_FAILURE
+
+
+def _iso(unix: float) -> str:
+    return datetime.datetime.fromtimestamp(unix, datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
 def cmd_status(args: argparse.Namespace, path: Path) -> int:

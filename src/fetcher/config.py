@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     lease_s: float = Field(60.0, ge=5)
     save_bodies: bool = True
+    robots: Literal["obey", "ignore"] = "obey"
+    robots_ttl: float = Field(86_400.0, gt=0)
+    crawl_delay_max: float = Field(30.0, ge=0)
+    conditional: bool = True
 
     @field_validator("host_rate", "backoff_base", "backoff_max", "retry_after_max", "timeout")
     @classmethod
@@ -121,16 +125,20 @@ class Settings(BaseSettings):
 
     @property
     def default_limits(self) -> HostLimits:
-        return HostLimits(self.host_rate, self.host_burst, self.host_concurrency)
+        return HostLimits(
+            self.host_rate, self.host_burst, self.host_concurrency, self.robots == "obey"
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class HostLimits:
-    """How hard one host may be pushed: requests per second (0 = no limit), burst, in flight."""
+    """How hard one host may be pushed: requests per second (0 = no limit), burst, in flight,
+    and whether its robots.txt is obeyed."""
 
     rate: float
     burst: int
     concurrency: int
+    robots: bool = True
 
 
 def load_settings(env_file: Path | None = None) -> Settings:
@@ -173,7 +181,7 @@ def describe(settings: Settings, env_file: Path | None = None) -> list[tuple[str
 
 
 def load_hosts_file(path: Path, defaults: HostLimits) -> dict[str, HostLimits]:
-    """Per-host overrides from TOML (`[hosts."key"] rate/burst/concurrency`); fields left out
+    """Per-host overrides from TOML (`[hosts."key"] rate/burst/concurrency/robots`); fields left out
     take the global value. `ConfigError` names the file and the key that is wrong."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -204,7 +212,7 @@ def load_hosts_file(path: Path, defaults: HostLimits) -> dict[str, HostLimits]:
 
 
 def _host_limits(table: dict[str, Any], defaults: HostLimits, where: str) -> HostLimits:
-    unknown = set(table) - {"rate", "burst", "concurrency"}
+    unknown = set(table) - {"rate", "burst", "concurrency", "robots"}
     if unknown:
         raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key")
     rate = table.get("rate", defaults.rate)
@@ -215,4 +223,7 @@ def _host_limits(table: dict[str, Any], defaults: HostLimits, where: str) -> Hos
     for name, value in (("burst", burst), ("concurrency", concurrency)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{where}.{name}: must be a whole number >= 1 (got {value!r})")
-    return HostLimits(float(rate), burst, concurrency)
+    robots = table.get("robots", defaults.robots)
+    if not isinstance(robots, bool):
+        raise ConfigError(f"{where}.robots: must be true or false (got {robots!r})")
+    return HostLimits(float(rate), burst, concurrency, robots)

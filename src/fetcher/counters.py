@@ -30,8 +30,12 @@ class Tally:
     latency_max_ms: float = 0.0
     last_status: int | None = None  # of the host's last request (None: no response)
     last_request_at: float | None = None  # unix time
+    robots_disallowed: int = 0  # jobs its robots.txt forbade: no request sent
 
     def add(self, e: Exchange) -> None:
+        if e.disallowed:
+            self.robots_disallowed += 1
+            return
         self.requests += 1
         self.bytes += e.bytes
         self.last_status = e.status
@@ -56,12 +60,12 @@ class Tally:
         return (
             self.requests, self.status_2xx, self.status_3xx, self.status_4xx, self.status_5xx,
             self.errors, self.bytes, self.latency_sum_ms, self.latency_max_ms, self.last_status,
-            self.last_request_at,
+            self.last_request_at, self.robots_disallowed,
         )  # fmt: skip
 
 
 COUNTER_FIELDS = tuple(Tally.__dataclass_fields__)
-MINUTE_FIELDS = COUNTER_FIELDS[:9]  # a minute row has no last_status / last_request_at
+MINUTE_FIELDS = COUNTER_FIELDS[:9]  # a minute row: the requests, not last_* or robots_disallowed
 
 
 def tally(
@@ -76,6 +80,8 @@ def tally(
         if counters is None:
             counters = hosts[e.host] = Tally()
         counters.add(e)
+        if e.disallowed:
+            continue  # not a request: the minute series counts requests only
         key = (e.host, int(e.at // 60))
         minute = minutes.get(key)
         if minute is None:

@@ -16,6 +16,9 @@ and hostile endpoints; the first path segment says which:
                                                      /brbomb/<mb>/…    the same in brotli
     /reset/…           the connection reset          /truncated/…      half the declared body
     /bigheader/…       a 64 kB header line           /nolocation/…     302 without Location
+    /etag/…            200 with an ETag, 304 to a request that names it in If-None-Match
+    /lastmod/…         200 with Last-Modified, 304 to a request with that If-Modified-Since
+    /robots.txt        what `Origin.robots[host]` says (a `RobotsFile`); 404 when nothing
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import brotli
 from aiohttp import web
 from rich.console import Console
 
-__all__ = ["Origin", "OriginStats", "run_demo"]
+__all__ = ["Origin", "OriginStats", "RobotsFile", "run_demo"]
 
 _BODY = (b"fetcher demo origin. " * 49)[:1024]
 
@@ -53,6 +56,8 @@ class OriginStats:
     in_flight: Counter[str] = field(default_factory=Counter)
     max_in_flight: Counter[str] = field(default_factory=Counter)
     arrivals: defaultdict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    # every request in order of arrival: (monotonic time, host, path)
+    sequence: list[tuple[float, str, str]] = field(default_factory=list)
     connections: defaultdict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
     # per request, in order of arrival: did it ask for `Connection: close`
     closing: defaultdict[str, list[bool]] = field(default_factory=lambda: defaultdict(list))
@@ -74,6 +79,24 @@ def _brotli_bomb(mb: int) -> bytes:
     return data
 
 
+@dataclass
+class RobotsFile:
+    """What one host's /robots.txt does: `failures` ("500", "429" or "reset") are used up one
+    per request before the answer proper (`status`, `body`, after `delay_s`); `location`
+    redirects; `large` streams that many bytes of comments; `bomb_mb` is a gzip bomb."""
+
+    status: int = 200
+    body: str = ""
+    delay_s: float = 0.0
+    failures: list[str] = field(default_factory=list)
+    location: str | None = None
+    large: int = 0
+    bomb_mb: int = 0
+
+
+_LAST_MODIFIED = "Wed, 21 Oct 2015 07:28:00 GMT"
+
+
 class Origin:
     """The origin, run in a thread of its own with its own event loop."""
 
@@ -81,6 +104,7 @@ class Origin:
         self.addresses = addresses
         self.port = port
         self.stats = OriginStats()
+        self.robots: dict[str, RobotsFile] = {}  # host key (`127.0.0.2:PORT`) → its robots.txt
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -96,6 +120,7 @@ class Origin:
     def reset_stats(self) -> None:
         with self._lock:
             self.stats = OriginStats()
+            self.robots = {}
 
     # -- running --------------------------------------------------------------------------
 
@@ -148,6 +173,7 @@ class Origin:
             s.paths[(host, path)] += 1
             seen = s.paths[(host, path)]
             s.arrivals[host].append(time.monotonic())
+            s.sequence.append((s.arrivals[host][-1], host, path))
             peer = request.transport.get_extra_info("peername") if request.transport else None
             s.connections[host].add(peer[1] if peer else -1)  # a client port per connection
             s.closing[host].append(request.headers.get("Connection", "").lower() == "close")
@@ -173,6 +199,10 @@ class Origin:
         self, request: web.Request, parts: list[str], seen: int
     ) -> web.StreamResponse:
         kind, arg = parts[0], (parts[1] if len(parts) > 1 else "")
+        if kind == "robots.txt":
+            return await self._robots_txt(request)
+        if kind in ("etag", "lastmod"):
+            return _validated(request, kind)
         if kind == "slow":
             await asyncio.sleep(int(arg) / 1000)
         elif kind in ("limited", "throttle") and seen == 1:
@@ -213,10 +243,31 @@ class Origin:
             return web.Response(text="big", headers={"X-Big": "x" * 65536})
         return web.Response(body=_BODY, content_type="text/plain")
 
-    async def _stream(self, request: web.Request, size: int) -> web.StreamResponse:
+    async def _robots_txt(self, request: web.Request) -> web.StreamResponse:
+        spec = self.robots.get(request.host)
+        if spec is None:
+            return web.Response(status=404, text="no robots.txt here")
+        with self._lock:
+            failure = spec.failures.pop(0) if spec.failures else None
+        if failure == "reset":
+            _reset(request)
+            return web.Response()
+        if failure is not None:
+            return web.Response(status=int(failure), text="not now")
+        await asyncio.sleep(spec.delay_s)
+        if spec.location is not None:
+            return _redirect(spec.location)
+        if spec.large:
+            return await self._stream(request, spec.large, b"# " + b"x" * 65533 + b"\n")
+        if spec.bomb_mb:
+            return web.Response(body=_bomb(spec.bomb_mb), headers={"Content-Encoding": "gzip"})
+        return web.Response(status=spec.status, text=spec.body)
+
+    async def _stream(
+        self, request: web.Request, size: int, chunk: bytes = b"x" * 65536
+    ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Length": str(size)})
         await response.prepare(request)
-        chunk = b"x" * 65536
         sent = 0
         while sent < size:
             piece = chunk[: min(len(chunk), size - sent)]
@@ -243,6 +294,18 @@ class Origin:
 
 def _redirect(location: str) -> web.Response:
     return web.Response(status=302, headers={"Location": location}, text="moved")
+
+
+def _validated(request: web.Request, kind: str) -> web.Response:
+    """A page with a validator; 304 when the request carries it back."""
+    if kind == "etag":
+        etag = f'"v1-{request.path}"'
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers={"ETag": etag})
+        return web.Response(body=_BODY, headers={"ETag": etag})
+    if request.headers.get("If-Modified-Since") == _LAST_MODIFIED:
+        return web.Response(status=304)
+    return web.Response(body=_BODY, headers={"Last-Modified": _LAST_MODIFIED})
 
 
 def _reset(request: web.Request) -> None:

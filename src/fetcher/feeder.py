@@ -18,6 +18,7 @@ from fetcher.errors import StoreUnavailable
 from fetcher.jobqueue import JobQueue
 from fetcher.limits import Limits
 from fetcher.model import Job
+from fetcher.robots import RobotsGate, origin_of
 from fetcher.scheduler import Scheduler
 from fetcher.supervisor import StoreHealth, wait_set
 
@@ -37,6 +38,7 @@ class Feeder:
         limits: Limits,
         health: StoreHealth,
         *,
+        robots: RobotsGate | None = None,
         lease_s: float,
         max_held: int,
     ) -> None:
@@ -44,6 +46,7 @@ class Feeder:
         self._scheduler = scheduler
         self._limits = limits
         self._health = health
+        self._robots = robots
         self._lease_s = lease_s
         self._max_held = max_held
         self.held: Counter[str] = Counter()  # host (as queued) → jobs claimed, not yet settled
@@ -98,6 +101,8 @@ class Feeder:
         jobs = await self._health.call(
             "claim", lambda: self._queue.claim(wants, self._lease_s), give_up=stopping
         )
+        if self._robots is not None and jobs:
+            await self._load_robots(jobs, stopping)
         got: Counter[str] = Counter()
         for job in jobs:
             got[job.host] += 1
@@ -110,6 +115,17 @@ class Feeder:
             else:
                 self._refilled.discard(host)
         return len(jobs)
+
+    async def _load_robots(self, jobs: list[Job], stopping: asyncio.Event) -> None:
+        """The stored robots.txt verdicts of origins met for the first time, before their jobs
+        reach the scheduler (a verdict fetched before a restart is not fetched again)."""
+        assert self._robots is not None
+        new = self._robots.known(dict.fromkeys(origin_of(job.target) for job in jobs))
+        if new:
+            cached = await self._health.call(
+                "cached_robots", lambda: self._queue.cached_robots(new), give_up=stopping
+            )
+            self._robots.load(new, cached)
 
     def refilling(self, host: str) -> bool:
         """Whether the feeder is still bringing in jobs for `host` (its last claim was full,

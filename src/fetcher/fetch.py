@@ -36,7 +36,7 @@ from fetcher.config import Settings
 from fetcher.decoding import ACCEPT_ENCODING, CappedDecoder
 from fetcher.errors import BlockedDestination, BodyNotKept, BodyTooLarge, Refused
 from fetcher.guard import Guard
-from fetcher.model import REDIRECT_STATUSES, Hop
+from fetcher.model import REDIRECT_STATUSES, Hop, Validators
 from fetcher.urls import Target
 
 __all__ = ["AiohttpTransport", "Fetcher", "build_transport"]
@@ -234,12 +234,11 @@ class Fetcher:
         # fetcher's own transport takes the stored URL as it is; any other (respx in the unit
         # tests) gets an httpx.Request
         self._direct = transport if isinstance(transport, AiohttpTransport) else None
-        self._headers = httpx.Headers(
-            {"User-Agent": settings.user_agent, "Accept": "*/*", "Accept-Encoding": ACCEPT_ENCODING}
-        )
-        self._header_items = self._headers.multi_items()
-        self._closing_headers = httpx.Headers({**self._headers, "Connection": "close"})
-        self._closing_items = self._closing_headers.multi_items()
+        self._header_items = [
+            ("User-Agent", settings.user_agent), ("Accept", "*/*"),
+            ("Accept-Encoding", ACCEPT_ENCODING),
+        ]  # fmt: skip
+        self._closing_items = [*self._header_items, ("Connection", "close")]
         # Only the connect timeout goes to the transport: the whole-hop deadline below covers
         # every read, and per-read timers cost aiohttp a timer reschedule per chunk.
         self._timeouts: dict[str, float | None] = {"connect": settings.connect_timeout}
@@ -250,18 +249,38 @@ class Fetcher:
     async def aclose(self) -> None:
         await self._transport.aclose()
 
-    async def fetch(self, target: Target, *, keep_body: bool = True, reuse: bool = True) -> Hop:
+    async def fetch(
+        self,
+        target: Target,
+        *,
+        keep_body: bool = True,
+        reuse: bool = True,
+        validators: Validators | None = None,
+        collect: bytearray | None = None,
+        max_bytes: int | None = None,
+    ) -> Hop:
         """Send one GET to `target` and read its response; never raises for the network's sake.
         With `reuse` False the request says `Connection: close`: no next request needs the
-        connection, so neither side keeps it open idle."""
+        connection, so neither side keeps it open idle. With `validators` the request is
+        conditional, and a 304 points at the body kept before. `collect` receives the decoded
+        body in memory, at most `max_bytes` of it (instead of FETCHER_MAX_BODY_BYTES)."""
         sends = [0]
         _sends.set(sends)
         started = time.perf_counter()
         hop = Hop(target, 0, 0.0)
-        sink = self._bodies.sink() if self._bodies is not None and keep_body else None
+        sink: BodySink | _Collector | None = None
+        if collect is not None:
+            sink = _Collector(collect)
+        elif self._bodies is not None and keep_body:
+            sink = self._bodies.sink()
+        headers = self._header_items if reuse else self._closing_items
+        if validators is not None:
+            headers = [*headers, *_conditions(validators)]
         try:
             async with asyncio.timeout(self._timeout_s):
-                await self._exchange(hop, sink, reuse)
+                await self._exchange(hop, sink, headers, max_bytes or self._max_body_bytes)
+            if hop.status == 304 and validators is not None:
+                hop.body_sha256, hop.body_path = validators.body_sha256, validators.body_path
         except Refused as exc:
             hop.refused = exc
         except BodyNotKept as exc:
@@ -275,39 +294,41 @@ class Fetcher:
         finally:
             hop.sends = sends[0]
             hop.latency_ms = (time.perf_counter() - started) * 1000.0
-            if sink is not None and hop.body_sha256 is None:
+            if isinstance(sink, BodySink) and hop.body_sha256 is None:
                 sink.discard()
         if hop.error is not None:
             hop.status = None  # a body cut short is no response
         return hop
 
-    async def _exchange(self, hop: Hop, sink: BodySink | None, reuse: bool) -> None:
+    async def _exchange(
+        self,
+        hop: Hop,
+        sink: BodySink | _Collector | None,
+        headers: Sequence[tuple[str, str]],
+        max_bytes: int,
+    ) -> None:
         if self._direct is not None:
-            headers = self._header_items if reuse else self._closing_items
             response = await self._direct.get(hop.target.url, headers, self._timeouts)
         else:
             request = httpx.Request(
-                "GET",
-                hop.target.url,
-                headers=self._headers if reuse else self._closing_headers,
-                extensions={"timeout": self._timeouts},
+                "GET", hop.target.url, headers=headers, extensions={"timeout": self._timeouts}
             )
             response = await self._transport.handle_async_request(request)
         try:
             hop.status = response.status_code
             encoding = _read_headers(hop, response.headers.raw)
-            decoder = CappedDecoder(encoding, self._max_body_bytes)
+            decoder = CappedDecoder(encoding, max_bytes)
             async for raw in response.aiter_raw():
                 for piece in decoder.feed(raw):
                     if sink is not None:
                         sink.write(piece)
                 hop.bytes = decoder.decoded
         except BodyTooLarge as exc:
-            hop.bytes = self._max_body_bytes
+            hop.bytes = max_bytes
             raise Refused(exc.reason) from None
         finally:
             await response.aclose()
-        if sink is not None and hop.location is None:
+        if isinstance(sink, BodySink) and hop.location is None and hop.status != 304:
             hop.body_sha256, hop.body_path = sink.commit()
 
 
@@ -324,7 +345,33 @@ def _read_headers(hop: Hop, raw: list[tuple[bytes, bytes]]) -> str:
             hop.location = value.decode("latin-1")
         elif name == b"retry-after" and hop.status in (429, 503) and hop.retry_after is None:
             hop.retry_after = value.decode("latin-1")
+        elif name == b"etag" and hop.etag is None:
+            hop.etag = value.decode("latin-1")
+        elif name == b"last-modified" and hop.last_modified is None:
+            hop.last_modified = value.decode("latin-1")
     return ", ".join(encodings)
+
+
+def _conditions(validators: Validators) -> list[tuple[str, str]]:
+    """A conditional GET's headers: the validators the last response of this URL gave."""
+    headers = []
+    if validators.etag is not None:
+        headers.append(("If-None-Match", validators.etag))
+    if validators.last_modified is not None:
+        headers.append(("If-Modified-Since", validators.last_modified))
+    return headers
+
+
+class _Collector:
+    """A body kept in memory (robots.txt), up to the cap the decoder enforces."""
+
+    __slots__ = ("_into",)
+
+    def __init__(self, into: bytearray) -> None:
+        self._into = into
+
+    def write(self, piece: bytes) -> None:
+        self._into += piece
 
 
 def _reason(exc: BaseException) -> str:

@@ -22,6 +22,8 @@ from fetcher.urls import Target
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from fetcher.robots import Verdict
+
 __all__ = ["JobQueue", "QueueReader", "open_queue", "open_reader"]
 
 
@@ -48,7 +50,8 @@ class JobQueue(Protocol):
         ...
 
     async def claim(self, wants: Sequence[tuple[str, int]], lease_s: float) -> list[Job]:
-        """Up to n queued jobs for each (host, n), oldest first, leased to this daemon."""
+        """Up to n queued jobs for each (host, n), oldest first, leased to this daemon; each
+        with the validators its URL's last done fetch left (for a conditional GET)."""
         ...
 
     async def promote_due(self) -> int:
@@ -75,9 +78,15 @@ class JobQueue(Protocol):
         outcomes: Sequence[Outcome],
         exchanges: Sequence[Exchange] = (),
         pauses: Mapping[str, float] | None = None,
+        robots: Sequence[Verdict] = (),
     ) -> None:
         """One transaction: the outcomes (and results of final ones) of jobs this daemon
-        still holds, the requests to the per-host counters, host pauses (host → unix time)."""
+        still holds, with the validators of done ones; the requests to the per-host counters;
+        host pauses (host → unix time); robots.txt verdicts (origin → the latest)."""
+        ...
+
+    async def cached_robots(self, origins: Sequence[str]) -> list[Verdict]:
+        """The stored robots.txt verdicts of `origins` (those it has)."""
         ...
 
     async def paused_hosts(self) -> dict[str, float]:
@@ -125,6 +134,10 @@ class QueueReader(Protocol):
 
     def minute_rows(self, since_minute: int) -> list[dict[str, Any]]:
         """Per host and minute (`at`: unix seconds), by host then minute."""
+        ...
+
+    def robots(self, origins: Sequence[str]) -> list[Verdict]:
+        """The cached robots.txt verdicts of `origins` (those there are)."""
         ...
 
 

@@ -9,6 +9,7 @@ seconds, so no window of one second holds more than r + b of them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 
@@ -94,22 +95,38 @@ class Limits:
         self._overrides = dict(overrides)
         self._clock = clock
         self._hosts: dict[str, HostLimiter] = {}
+        self._site_delays: dict[str, float] = {}  # host → seconds its robots.txt asks for
 
     def host(self, key: str) -> HostLimiter:
         limiter = self._hosts.get(key)
         if limiter is None:
-            limiter = HostLimiter(self._overrides.get(key, self._defaults))
+            limiter = HostLimiter(self.limits_for(key))
             self._hosts[key] = limiter
         return limiter
 
     def limits_for(self, key: str) -> HostLimits:
-        return self._overrides.get(key, self._defaults)
+        """The operator's limits for `key`, slowed to the interval its site asks for: the larger
+        of the two intervals, one request at a time after idle."""
+        limits = self._overrides.get(key, self._defaults)
+        delay = self._site_delays.get(key)
+        if delay is None or (limits.rate > 0 and 1.0 / limits.rate >= delay):
+            return limits
+        return dataclasses.replace(limits, rate=1.0 / delay, burst=1)
+
+    def site_delay(self, key: str, seconds: float | None) -> None:
+        """The interval `key`'s robots.txt asks for (None: none); applies to the next request."""
+        if seconds:
+            self._site_delays[key] = seconds
+        else:
+            self._site_delays.pop(key, None)
+        if key in self._hosts:
+            self._hosts[key].limits = self.limits_for(key)
 
     def reload(self, overrides: Mapping[str, HostLimits]) -> None:
         """New per-host overrides; requests in flight keep going, new ones follow the new limits."""
         self._overrides = dict(overrides)
         for key, limiter in self._hosts.items():
-            limiter.limits = self._overrides.get(key, self._defaults)
+            limiter.limits = self.limits_for(key)
 
     def forget_idle(self) -> None:
         """Drop the meters of hosts that are idle and unpaused (bounded memory over many hosts)."""

@@ -43,6 +43,10 @@ class Metrics:
         self._bytes = PromCounter(
             "fetcher_response_bytes", "Decoded body bytes, by host key", ["host"], registry=r
         )
+        self._disallowed = PromCounter(
+            "fetcher_robots_disallowed", "Jobs refused by robots.txt, by host key", ["host"],
+            registry=r,
+        )  # fmt: skip
         self._latency = Histogram(
             "fetcher_request_duration_seconds", "Time to a whole response, by host key",
             ["host"], buckets=_LATENCY_BUCKETS_S, registry=r,
@@ -63,6 +67,9 @@ class Metrics:
         classes: Counter[tuple[str, str]] = Counter()
         size: Counter[str] = Counter()
         for e in exchanges:
+            if e.disallowed:
+                self._disallowed.labels(e.host).inc()
+                continue
             requests[e.host] += 1
             size[e.host] += e.bytes
             if e.status is None:

@@ -8,7 +8,12 @@ from enum import StrEnum
 from fetcher.errors import Refused
 from fetcher.urls import Target
 
-__all__ = ["REDIRECT_STATUSES", "Exchange", "Hop", "Job", "JobState", "Outcome"]
+__all__ = [
+    "DISALLOWED", "REDIRECT_STATUSES", "Exchange", "Hop", "Job", "JobState", "Outcome",
+    "Validators",
+]  # fmt: skip
+
+DISALLOWED = "disallowed by robots.txt"  # the reason of a job its site's robots.txt forbids
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})  # followed when Location is usable
 
@@ -31,6 +36,20 @@ class Job:
     attempts: int  # attempts made before the current one
     target: Target
     hops: int = 0
+    # what the last fetch of this URL left for a conditional GET (None: no validator kept)
+    validators: Validators | None = None
+    # set on the one job that is not in the queue: the fetch of this origin's robots.txt
+    robots_for: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Validators:
+    """A URL's `ETag` / `Last-Modified` from its last fetch, and where its body is kept."""
+
+    etag: str | None
+    last_modified: str | None
+    body_sha256: str | None = None
+    body_path: str | None = None
 
 
 @dataclass(slots=True)
@@ -51,19 +70,24 @@ class Hop:
     local_error: str | None = None
     body_sha256: str | None = None
     body_path: str | None = None
+    etag: str | None = None
+    last_modified: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Exchange:
     """One request on the wire and what came back: what a host's counters count.
 
-    `status` is None when no response came (connect error, timeout, reset, truncated body)."""
+    `status` is None when no response came (connect error, timeout, reset, truncated body).
+    `disallowed` marks a job its site's robots.txt forbids: no request went out, and the host's
+    counters count it apart."""
 
     host: str
     status: int | None
     bytes: int
     latency_ms: float
     at: float  # unix time the request ended
+    disallowed: bool = False
 
 
 @dataclass(slots=True)
@@ -81,3 +105,5 @@ class Outcome:
     next_attempt_at: float | None = None  # for `retrying`
     body_sha256: str | None = None
     body_path: str | None = None
+    etag: str | None = None  # the response's validators, kept for a conditional GET next time
+    last_modified: str | None = None

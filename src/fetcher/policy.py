@@ -102,6 +102,8 @@ def _final(job: Job, hop: Hop, state: JobState, error: str | None) -> Outcome:
         final_url=hop.target.url,
         body_sha256=hop.body_sha256,
         body_path=hop.body_path,
+        etag=hop.etag,
+        last_modified=hop.last_modified,
     )
 
 

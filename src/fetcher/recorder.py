@@ -1,4 +1,4 @@
-"""Recording: group commit of outcomes, requests and host pauses.
+"""Recording: group commit of outcomes, requests, host pauses and robots.txt verdicts.
 
 Whatever settled since the last commit goes in the next one, so batches grow with the load and
 an outcome waits at most one commit and a short gap. Until its batch commits, everything stays
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from fetcher.errors import StoreUnavailable
 from fetcher.jobqueue import JobQueue
 from fetcher.model import Exchange, Outcome
+from fetcher.robots import Verdict
 from fetcher.supervisor import StoreHealth, wait_set
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ class Recorder:
         # the next batch, so the counters never miss a request the host saw
         self._exchanges: list[Exchange] = []
         self._pauses: dict[str, float] = {}  # host → unix time its pause ends
+        self._robots: dict[str, Verdict] = {}  # origin → its latest robots.txt verdict
         self._due = asyncio.Event()
 
     def requests(self, exchanges: list[Exchange]) -> None:
@@ -52,6 +54,11 @@ class Recorder:
         """A host's pause (to unix time `until`) goes to the database with the next batch, so a
         restart keeps it. Of two pauses for a host, the longer wins."""
         self._pauses[host] = max(until, self._pauses.get(host, 0.0))
+
+    def robots(self, verdict: Verdict) -> None:
+        """An origin's robots.txt verdict goes to the database with the next batch."""
+        self._robots[verdict.origin] = verdict
+        self._due.set()
 
     def soon(self) -> None:
         """Commit what there is without waiting for an outcome (a redirect hop ended)."""
@@ -69,20 +76,24 @@ class Recorder:
     async def flush(self, *, give_up: asyncio.Event | None = None) -> None:
         """Commit everything held now, waiting while the store is away. If `give_up` is set
         first, the batch goes back where it was and `StoreUnavailable` is raised."""
-        if not self._outcomes and not self._exchanges and not self._pauses:
+        if not (self._outcomes or self._exchanges or self._pauses or self._robots):
             return
         outcomes, self._outcomes = self._outcomes, []
         exchanges, self._exchanges = self._exchanges, []
         pauses, self._pauses = self._pauses, {}
+        robots, self._robots = self._robots, {}
         try:
             await self._health.call(
-                "record", lambda: self._queue.record(outcomes, exchanges, pauses), give_up=give_up
+                "record",
+                lambda: self._queue.record(outcomes, exchanges, pauses, list(robots.values())),
+                give_up=give_up,
             )
         except BaseException:
             self._outcomes[:0] = outcomes
             self._exchanges[:0] = exchanges
             for host, until in pauses.items():
                 self.pause(host, until)
+            self._robots = {**robots, **self._robots}
             raise
         if self._metrics is not None:
             self._metrics.count(exchanges)

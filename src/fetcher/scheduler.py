@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from fetcher.limits import Limits
 from fetcher.model import Job
+from fetcher.robots import Gate, RobotsGate, origin_of, robots_target
 
 __all__ = ["Permit", "Scheduler"]
 
@@ -40,9 +41,20 @@ class Permit:
 class Scheduler:
     """The claimed jobs, one queue per host, and the heap of hosts by ready time."""
 
-    def __init__(self, limits: Limits, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        clock: Callable[[], float],
+        *,
+        robots: RobotsGate | None = None,
+        refuse: Callable[[Job], None] | None = None,
+    ) -> None:
         self._limits = limits
         self._clock = clock
+        # the site's rules: a host's next job goes only once its origin's robots.txt is known;
+        # a job it disallows goes to `refuse` without a request (and without a token)
+        self._robots = robots
+        self._refuse = refuse or (lambda job: None)
         self._pending: dict[str, deque[Job]] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._in_heap: set[str] = set()
@@ -140,6 +152,24 @@ class Scheduler:
             if ready_at > now:
                 self._push(key, ready_at)
                 continue
+            if self._robots is not None:
+                gate, until = self._robots.check(queue[0].target)
+                if gate is Gate.WAIT:  # its robots.txt is on its way, or asked again later
+                    self._push(key, until)  # `inf`: the robots job's release brings it back
+                    continue
+                if gate is Gate.FETCH:
+                    limiter.start(now)  # the host's limits and counters hold for it too
+                    origin = origin_of(queue[0].target)
+                    target = robots_target(origin)
+                    return Job(0, target.url, key, 0, target, robots_for=origin)
+                if gate is Gate.REFUSE:
+                    self._refuse(queue.popleft())
+                    self.pending -= 1
+                    if queue:
+                        self._push(key, now)
+                    else:
+                        del self._pending[key]
+                    continue
             job = queue.popleft()
             self.pending -= 1
             limiter.start(now)

@@ -29,9 +29,10 @@ from fetcher.housekeeping import Housekeeping
 from fetcher.jobqueue import JobQueue
 from fetcher.limits import Limits
 from fetcher.log import get_logger
-from fetcher.model import Hop, Job, JobState, Outcome
+from fetcher.model import DISALLOWED, Exchange, Hop, Job, JobState, Outcome
 from fetcher.policy import decide, exchanges_of
 from fetcher.recorder import Recorder
+from fetcher.robots import RobotsGate, fetch_robots, product_token
 from fetcher.scheduler import Permit, Scheduler
 from fetcher.supervisor import StoreHealth, Supervisor
 from fetcher.systemd import Notifier
@@ -87,7 +88,19 @@ class Service:
         self._limits = Limits(
             settings.max_concurrency, settings.default_limits, overrides or {}, clock
         )
-        self._scheduler = Scheduler(self._limits, clock)
+        self._robots = RobotsGate(
+            token=product_token(settings.user_agent),
+            ttl_s=settings.robots_ttl,
+            backoff_base=settings.backoff_base,
+            backoff_max=settings.backoff_max,
+            obeyed=lambda key: self._limits.limits_for(key).robots,
+            clock=clock,
+            wall=wall,
+        )
+        self._delay_capped: set[str] = set()  # origins whose Crawl-delay was logged as capped
+        self._scheduler = Scheduler(
+            self._limits, clock, robots=self._robots, refuse=self._disallowed
+        )
         self._stopping = asyncio.Event()
         self._store_deadline = asyncio.Event()  # set _STORE_GRACE_S after stopping began
         self._health = StoreHealth(self._notifier)
@@ -97,6 +110,7 @@ class Service:
             self._scheduler,
             self._limits,
             self._health,
+            robots=self._robots,
             lease_s=settings.lease_s,
             # what many slow, polite hosts need to keep every slot busy (64 slots over hosts
             # at 2/s: 640 of them at once), and little memory (BENCHMARKS.md, "polite")
@@ -151,6 +165,9 @@ class Service:
         """Fetch one hop of `job`, then follow, retry or finish it. A bug met on the way
         fails this job with the reason, never the daemon. Cancelled (the grace ran out), the
         job stays held and goes back to the queue at shutdown."""
+        if job.robots_for is not None:
+            await self._robots_step(job.robots_for)
+            return
         try:
             await self._step(job)
         except Exception as exc:
@@ -161,7 +178,12 @@ class Service:
             self._settle(job, outcome)
 
     async def _step(self, job: Job) -> None:
-        hop = await self._fetcher.fetch(job.target, reuse=self._connection_wanted(job))
+        conditional = self._settings.conditional and job.hops == 0
+        hop = await self._fetcher.fetch(
+            job.target,
+            reuse=self._connection_wanted(job),
+            validators=job.validators if conditional else None,
+        )
         now = self._wall()
         exchanges = exchanges_of(hop, now)
         self._recorder.requests(exchanges)
@@ -178,6 +200,43 @@ class Service:
             return
         assert decision.outcome is not None
         self._settle(job, decision.outcome)
+
+    async def _robots_step(self, origin: str) -> None:
+        """Fetch `origin`'s robots.txt (its host's place and token are this job's), count its
+        requests, and let the origin's jobs go (or wait, or be refused) by what it says."""
+        try:
+            verdict, hops = await fetch_robots(self._fetcher, origin, self._wall())
+        except BaseException:
+            self._robots.forget(origin)  # cancelled or a bug: the next job asks again
+            raise
+        for hop in hops:
+            exchanges = exchanges_of(hop, self._wall())
+            self._recorder.requests(exchanges)
+            self.summary.requests += len(exchanges)
+        self._robots.settle(verdict)
+        self._recorder.robots(verdict)
+        key = hops[0].target.host_key
+        asked = verdict.delay_s(self._robots.token)
+        delay = None if asked is None else min(asked, self._settings.crawl_delay_max)
+        self._limits.site_delay(key, delay)
+        capped = asked is not None and asked > self._settings.crawl_delay_max
+        if capped and origin not in self._delay_capped:  # logged once per origin
+            self._delay_capped.add(origin)
+            _log.warning("robots.crawl_delay_capped", origin=origin, asked_s=asked, applied_s=delay)
+        _log.info(
+            "robots.fetched", origin=origin, status=verdict.status, size=verdict.size,
+            delay_s=delay, usable=verdict.usable,
+        )  # fmt: skip
+
+    def _disallowed(self, job: Job) -> None:
+        """The scheduler found `job`'s URL disallowed by its site's robots.txt: it ends
+        failed without a request, counted as refused at the host it was bound for."""
+        key = job.target.host_key
+        self._recorder.requests([Exchange(key, None, 0, 0.0, self._wall(), disallowed=True)])
+        outcome = Outcome(
+            job.id, JobState.FAILED, job.attempts, error=DISALLOWED, final_url=job.target.url
+        )
+        self._settle(job, outcome)
 
     def _connection_wanted(self, job: Job) -> bool:
         """Whether the request `job` starts now should leave its connection open: yes while a

@@ -31,6 +31,7 @@ __all__ = [
 STAT_FIELDS = (
     "host", "requests", "status_2xx", "status_3xx", "status_4xx", "status_5xx", "errors",
     "bytes", "latency_avg_ms", "latency_max_ms", "last_status", "last_request_at",
+    "robots_disallowed",
 )  # fmt: skip
 STATES = ("queued", "retrying", "running", "done", "failed")
 _SPARKS = "▁▂▃▄▅▆▇█"
@@ -139,7 +140,7 @@ def host_table(rows: Sequence[dict[str, Any]]) -> Table:
         ("host", "left"), ("requests", "right"), ("ok %", "right"), ("2xx", "right"),
         ("3xx", "right"), ("4xx", "right"), ("5xx", "right"), ("errors", "right"),
         ("bytes", "right"), ("avg", "right"), ("max", "right"), ("last", "right"),
-        ("last request, UTC", "left"),
+        ("last request, UTC", "left"), ("robots ✗", "right"),
     ):  # fmt: skip
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for row in rows:
@@ -157,6 +158,7 @@ def host_table(rows: Sequence[dict[str, Any]]) -> Table:
             human_ms(row["latency_max_ms"]),
             "-" if row["last_status"] is None else str(row["last_status"]),
             (row["last_request_at"] or "-").replace("T", " ").removesuffix("Z")[:19],
+            f"{row['robots_disallowed']:,}",
         )
     return table
 

@@ -112,7 +112,7 @@ async def test_a_redirect_from_a_public_host_to_an_internal_one_is_refused(
     guard = Guard(allow_private=False, treat_as_public=frozenset({PUBLIC}))
     queue = MemoryQueue()
     await queue.submit([parse_url(f"http://{PUBLIC}:{public.port}/go")])
-    settings = Settings(db=tmp_path / "unused.db", allow_private=False, timeout=5)
+    settings = Settings(db=tmp_path / "unused.db", allow_private=False, timeout=5, robots="ignore")
     fetcher = Fetcher(settings, build_transport(guard), None)
     service = Service(settings, queue, fetcher, drain=True, install_signal_handlers=False)
     try:

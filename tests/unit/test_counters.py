@@ -18,6 +18,7 @@ exchanges = st.lists(
         bytes=st.integers(0, 10**9),
         latency_ms=st.floats(0, 60_000),
         at=st.floats(1.7e9, 1.7e9 + 600),
+        disallowed=st.booleans(),
     ),
     max_size=60,
 )
@@ -27,7 +28,8 @@ def _recount(batch: list[Exchange]) -> dict[str, dict[str, object]]:
     """The same counters, counted plainly from the list."""
     out: dict[str, dict[str, object]] = {}
     for host in {e.host for e in batch}:
-        mine = [e for e in batch if e.host == host]
+        refused = [e for e in batch if e.host == host and e.disallowed]
+        mine = [e for e in batch if e.host == host and not e.disallowed]
         answered = [e for e in mine if e.status is not None]
         codes = [e.status for e in answered if e.status is not None]
         out[host] = {
@@ -40,8 +42,9 @@ def _recount(batch: list[Exchange]) -> dict[str, dict[str, object]]:
             "bytes": sum(e.bytes for e in mine),
             "latency_sum_ms": sum(e.latency_ms for e in answered),
             "latency_max_ms": max((e.latency_ms for e in answered), default=0.0),
-            "last_status": mine[-1].status,
-            "last_request_at": mine[-1].at,
+            "last_status": mine[-1].status if mine else None,
+            "last_request_at": mine[-1].at if mine else None,
+            "robots_disallowed": len(refused),
         }
     return out
 
@@ -92,7 +95,9 @@ def test_an_error_counts_a_request_and_its_bytes_but_no_latency() -> None:
     t = Tally()
     t.add(Exchange("h", 200, 10, 5.0, 100.0))
     t.add(Exchange("h", None, 3, 900.0, 160.0))
-    assert t.values() == (2, 1, 0, 0, 0, 1, 13, 5.0, 5.0, None, 160.0)
+    assert t.values() == (2, 1, 0, 0, 0, 1, 13, 5.0, 5.0, None, 160.0, 0)
+    t.add(Exchange("h", None, 0, 0.0, 170.0, disallowed=True))  # refused: sent nothing
+    assert t.values() == (2, 1, 0, 0, 0, 1, 13, 5.0, 5.0, None, 160.0, 1)
 
 
 def test_minutes_split_at_the_minute_boundary() -> None:

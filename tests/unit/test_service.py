@@ -70,7 +70,9 @@ def make_service(
     hosts: dict[str, HostLimits] | None = None,
     **overrides: object,
 ) -> Service:
-    values: dict[str, object] = {"host_rate": 0, "host_concurrency": 8, "max_concurrency": 4}
+    values: dict[str, object] = {
+        "host_rate": 0, "host_concurrency": 8, "max_concurrency": 4, "robots": "ignore",
+    }  # fmt: skip
     values.update(overrides)
     settings = Settings(db=tmp_path / "unused.db", allow_private=True, **values)  # type: ignore[arg-type]
     fetcher = Fetcher(settings, origin, None)
@@ -146,7 +148,7 @@ async def test_a_backlog_is_held_a_few_seconds_at_a_time_and_never_crowds_out_an
     service = make_service(
         tmp_path, queue, origin, drain=False, max_concurrency=concurrency + 2,
         host_rate=rate, host_burst=1, host_concurrency=concurrency, shutdown_grace=0.1,
-        hosts={b_key: HostLimits(0, 1, 8)},
+        hosts={b_key: HostLimits(0, 1, 8, robots=False)},
     )  # fmt: skip
     run = asyncio.create_task(service.run())
     await wait_for(lambda: sum(origin.requests[url] for url in b_urls) == 50)
@@ -258,7 +260,7 @@ async def test_the_watchdog_stops_pinging_while_the_event_loop_is_blocked(
     there is no ping (systemd would kill a wedged daemon), before and after there are."""
     queue, origin = MemoryQueue(), FakeOrigin()
     notifier = RecordingNotifier()
-    settings = Settings(db=tmp_path / "unused.db", allow_private=True)
+    settings = Settings(db=tmp_path / "unused.db", allow_private=True, robots="ignore")
     service = Service(
         settings, queue, Fetcher(settings, origin, None), drain=False, notifier=notifier,
         install_signal_handlers=False,

@@ -21,7 +21,7 @@ async def test_unlocked_read_modify_write_loses_updates(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "f.db")
     db = store._db
     await db.execute(
-        "INSERT INTO host_counters VALUES ('h', 0, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL)"
+        "INSERT INTO host_counters VALUES ('h', 0, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, 0)"
     )
 
     async def unlocked_increment() -> None:

@@ -4,11 +4,12 @@ the daemon and never creates or changes anything."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from fetcher.errors import StoreUnavailable
+from fetcher.robots import Verdict
 from fetcher.sqlite.schema import BUSY_TIMEOUT_MS
 
 __all__ = ["SqliteReader"]
@@ -87,3 +88,12 @@ class SqliteReader:
             (since_minute,),
         )
         return [dict(row) for row in rows]
+
+    def robots(self, origins: Sequence[str]) -> list[Verdict]:
+        marks = ", ".join("?" * len(origins))
+        rows = self._rows(
+            f"SELECT origin, fetched_at, status, body FROM robots_txt WHERE origin IN ({marks})"
+            " ORDER BY origin",
+            tuple(origins),
+        )
+        return [Verdict(*row) for row in rows]

@@ -1,7 +1,7 @@
 """The database schema, its migrations, and how every connection is opened.
 
 Public (documented in the README, kept stable): the views `host_stats`, `host_stats_minutely`,
-`queue`, and the tables `jobs`, `results`, `host_minutes`. The rest is internal.
+`queue`, `robots`, and the tables `jobs`, `results`, `host_minutes`. The rest is internal.
 `PRAGMA user_version` is the schema version.
 """
 
@@ -138,6 +138,41 @@ _MIGRATIONS: list[str] = [
     # 3: a host's Retry-After or 429 pause outlives a restart (unix time it ends)
     """
     CREATE TABLE host_pauses (host TEXT PRIMARY KEY, until REAL NOT NULL) WITHOUT ROWID;
+    """,
+    # 4: the site's own rules: robots.txt verdicts per origin, jobs they refused per host, and
+    # each URL's validators for a conditional GET
+    """
+    CREATE TABLE robots_txt (
+        origin TEXT PRIMARY KEY,
+        fetched_at REAL NOT NULL,
+        status INTEGER,
+        crawl_delay REAL,
+        size INTEGER NOT NULL,
+        body TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE VIEW robots AS
+    SELECT origin, strftime('%Y-%m-%dT%H:%M:%fZ', fetched_at, 'unixepoch') AS fetched_at,
+           status, crawl_delay, size
+    FROM robots_txt;
+
+    ALTER TABLE host_counters ADD COLUMN robots_disallowed INTEGER NOT NULL DEFAULT 0;
+    DROP VIEW host_stats;
+    CREATE VIEW host_stats AS
+    SELECT host, requests, status_2xx, status_3xx, status_4xx, status_5xx, errors, bytes,
+           round(latency_sum_ms / NULLIF(requests - errors, 0), 1) AS latency_avg_ms,
+           round(latency_max_ms, 1) AS latency_max_ms,
+           last_status,
+           strftime('%Y-%m-%dT%H:%M:%fZ', last_request_at, 'unixepoch') AS last_request_at,
+           robots_disallowed
+    FROM host_counters;
+
+    CREATE TABLE validators (
+        url TEXT PRIMARY KEY,
+        etag TEXT,
+        last_modified TEXT,
+        body_sha256 TEXT,
+        body_path TEXT
+    ) WITHOUT ROWID;
     """,
 ]
 

@@ -29,7 +29,8 @@ import orjson
 
 from fetcher.counters import COUNTER_FIELDS, MINUTE_FIELDS, Tally, tally
 from fetcher.errors import ConfigError, StoreUnavailable
-from fetcher.model import Exchange, Job, JobState, Outcome
+from fetcher.model import Exchange, Job, JobState, Outcome, Validators
+from fetcher.robots import Verdict
 from fetcher.sqlite.schema import connect_pragmas, migrate, prepare_path
 from fetcher.urls import Target, stored_target
 
@@ -41,10 +42,14 @@ _MIN_SQLITE = (3, 35, 0)
 class SqliteQueue:
     """The queue and the counters, as the daemon (and `fetcher submit`) write them."""
 
-    def __init__(self, connection: aiosqlite.Connection, path: Path) -> None:
+    def __init__(
+        self, connection: aiosqlite.Connection, path: Path, *, validators_kept: bool = False
+    ) -> None:
         self._db = connection
         self.path = path
         self.owner = uuid.uuid4().hex
+        # whether any URL has validators: a claim looks them up only then
+        self._validators_kept = validators_kept
         # Guards every transaction on the shared connection; above all the read-modify-write
         # of a host's counters in `record`, which awaits between the read and the write.
         self._lock = asyncio.Lock()
@@ -64,12 +69,13 @@ class SqliteQueue:
             with sqlite3.connect(path, isolation_level=None) as plain:
                 plain.executescript(pragmas)
                 migrate(plain)
+                kept = plain.execute("SELECT EXISTS (SELECT 1 FROM validators)").fetchone()[0]
             plain.close()
             connection = await aiosqlite.connect(path, isolation_level=None)
             await connection.executescript(pragmas)
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable("open", f"{path}: {exc}") from exc
-        return cls(connection, path)
+        return cls(connection, path, validators_kept=bool(kept))
 
     def about(self) -> dict[str, str]:
         about = {"backend": "sqlite", "sqlite": sqlite3.sqlite_version, "db": str(self.path)}
@@ -165,7 +171,19 @@ class SqliteQueue:
                 jobs.extend(
                     Job(i, url, h, attempts, stored_target(url, h)) for i, url, h, attempts in rows
                 )
+            if jobs and self._validators_kept:
+                await self._attach_validators(db, jobs)
         return jobs
+
+    async def _attach_validators(self, db: aiosqlite.Connection, jobs: list[Job]) -> None:
+        cursor = await db.execute(
+            "SELECT url, etag, last_modified, body_sha256, body_path FROM validators"
+            " WHERE url IN (SELECT value FROM json_each(?))",
+            (_json_array(job.url for job in jobs),),
+        )
+        kept = {row[0]: Validators(*row[1:]) for row in await cursor.fetchall()}
+        for job in jobs:
+            job.validators = kept.get(job.url)
 
     async def promote_due(self) -> int:
         """Jobs whose retry time has come go back to `queued`."""
@@ -262,6 +280,7 @@ class SqliteQueue:
         outcomes: Sequence[Outcome],
         exchanges: Sequence[Exchange] = (),
         pauses: Mapping[str, float] | None = None,
+        robots: Sequence[Verdict] = (),
     ) -> None:
         """Commit a batch: outcomes, the results of final ones, requests (`exchanges`) to the
         per-host counters and per-minute rows, host pauses (host → unix time the pause ends):
@@ -311,6 +330,25 @@ class SqliteQueue:
                     " DO UPDATE SET until = max(until, excluded.until)",
                     list(pauses.items()),
                 )
+            validated = [
+                (o.job_id, o.etag, o.last_modified, o.body_sha256, o.body_path)
+                for o in finals
+                if (o.etag or o.last_modified) and o.state is JobState.DONE
+            ]
+            if validated:  # the job's own URL, answered without a redirect
+                await db.execute(
+                    "INSERT OR REPLACE INTO validators SELECT jobs.url,"
+                    f" {', '.join(map(_field, range(1, 5)))} FROM json_each(?) AS v"
+                    f" JOIN jobs ON jobs.id = {_field(0)} JOIN results ON results.job_id = jobs.id"
+                    " WHERE results.final_url = jobs.url",
+                    (_json_array(validated),),
+                )
+                self._validators_kept = True
+            if robots:
+                await db.executemany(
+                    "INSERT OR REPLACE INTO robots_txt VALUES (?, ?, ?, ?, ?, ?)",
+                    [(v.origin, v.fetched_at, v.status, None, v.size, v.body) for v in robots],
+                )
 
     async def _count(self, db: aiosqlite.Connection, exchanges: Sequence[Exchange]) -> None:
         hosts = sorted({e.host for e in exchanges})
@@ -323,7 +361,7 @@ class SqliteQueue:
         minutes = tally(counters, exchanges)
         await db.executemany(
             f"INSERT OR REPLACE INTO host_counters (host, {', '.join(COUNTER_FIELDS)})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f" VALUES (?, {', '.join('?' * len(COUNTER_FIELDS))})",
             [(host, *c.values()) for host, c in counters.items()],
         )
         await db.executemany(
@@ -341,6 +379,15 @@ class SqliteQueue:
                 for (host, minute), c in minutes.items()
             ],
         )
+
+    async def cached_robots(self, origins: Sequence[str]) -> list[Verdict]:
+        async with self._reading("cached_robots") as db:
+            cursor = await db.execute(
+                "SELECT origin, fetched_at, status, body FROM robots_txt"
+                " WHERE origin IN (SELECT value FROM json_each(?))",
+                (_json_array(origins),),
+            )
+            return [Verdict(*row) for row in await cursor.fetchall()]
 
     # -- retention --------------------------------------------------------------------------
 

@@ -1,0 +1,214 @@
+"""The site's own rules: robots.txt (RFC 9309) per origin, and the gate no job passes before
+its origin's verdict is known.
+
+An origin is scheme://host-key. Its verdict comes from its robots.txt:
+    2xx                    its rules (parsed by Protego: wildcards, `$`, the longest match wins,
+                           Allow on a tie, the group of fetcher's product token, else `*`)
+    4xx other than 429     no rules: everything allowed
+    5xx, 429, no response  everything disallowed for now; asked again on the jobs' backoff
+                           schedule (FETCHER_BACKOFF_BASE … _MAX), the origin's jobs wait
+Crawl-delay and Request-rate slow the host: its interval is the larger of the operator's and
+the site's, the site's capped at FETCHER_CRAWL_DELAY_MAX.
+
+The gate answers, for the job at the front of a host's queue, one of: go, refuse (its URL is
+disallowed), fetch robots.txt first (a job of its own, under the host's limits), or wait.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from protego import Protego
+
+from fetcher.errors import InvalidURL
+from fetcher.model import REDIRECT_STATUSES, Hop
+from fetcher.policy import backoff_delay
+from fetcher.urls import Target, join_redirect, parse_url
+
+if TYPE_CHECKING:
+    from fetcher.fetch import Fetcher
+
+__all__ = [
+    "MAX_ROBOTS_BYTES", "Gate", "RobotsGate", "Verdict", "fetch_robots", "origin_of",
+    "product_token", "robots_target",
+]  # fmt: skip
+_MAX_REDIRECTS = 5
+
+MAX_ROBOTS_BYTES = 500 * 1024  # RFC 9309: parse at least 500 KiB; the rest is ignored
+
+
+def origin_of(target: Target) -> str:
+    return f"{target.scheme}://{target.host_key}"
+
+
+def product_token(user_agent: str) -> str:
+    """The name robots.txt groups are matched against: `fetcher` of `fetcher/1.2 (+url)`."""
+    return user_agent.split("/", 1)[0].split()[0] if user_agent.strip() else "*"
+
+
+@dataclass(frozen=True)  # not slots: the parsed rules are cached on the instance
+class Verdict:
+    """What one fetch of an origin's robots.txt said, as the database keeps it."""
+
+    origin: str
+    fetched_at: float  # unix time
+    status: int | None  # None: no response
+    body: str = ""
+
+    @property
+    def size(self) -> int:
+        return len(self.body.encode())
+
+    @property
+    def usable(self) -> bool:
+        """Whether the answer settles the origin's rules (or must be asked again later)."""
+        return self.status is not None and self.status < 500 and self.status != 429
+
+    @cached_property
+    def _rules(self) -> Protego | None:
+        return Protego.parse(self.body) if self.status is not None and self.status < 300 else None
+
+    def allows(self, url: str, token: str) -> bool:
+        if not self.usable:
+            return False
+        rules = self._rules
+        return True if rules is None else bool(rules.can_fetch(url, token))
+
+    def delay_s(self, token: str) -> float | None:
+        """The interval the site asks for between requests (Crawl-delay, Request-rate)."""
+        rules = self._rules
+        if rules is None:
+            return None
+        asked = [d for d in (rules.crawl_delay(token),) if d is not None and d > 0]
+        rate = rules.request_rate(token)
+        if rate is not None and rate.requests > 0:
+            asked.append(rate.seconds / rate.requests)
+        return max(asked) if asked else None
+
+
+class Gate(enum.Enum):
+    GO = "go"
+    REFUSE = "refuse"
+    FETCH = "fetch"
+    WAIT = "wait"
+
+
+@dataclass(slots=True)
+class _Origin:
+    verdict: Verdict | None = None
+    fetching: bool = False
+    retry_at: float = 0.0  # monotonic: when an unusable verdict is asked again
+    failures: int = 0
+
+
+class RobotsGate:
+    """Verdicts per origin, in memory; the daemon loads them from the database as it claims
+    jobs (`known`, `load`) and stores each new one with its next batch."""
+
+    def __init__(
+        self,
+        *,
+        token: str,
+        ttl_s: float,
+        backoff_base: float,
+        backoff_max: float,
+        obeyed: Callable[[str], bool],
+        clock: Callable[[], float],
+        wall: Callable[[], float],
+    ) -> None:
+        self.token = token
+        self._ttl_s = ttl_s
+        self._backoff = (backoff_base, backoff_max)
+        self._obeyed = obeyed  # host key → whether its robots.txt is obeyed (hosts file)
+        self._clock = clock
+        self._wall = wall
+        self._origins: dict[str, _Origin] = {}
+
+    def known(self, origins: Iterable[str]) -> list[str]:
+        """Of `origins`, those the gate has not met yet (the feeder loads them first)."""
+        return [o for o in origins if o not in self._origins]
+
+    def load(self, origins: Iterable[str], cached: Iterable[Verdict]) -> None:
+        """What the database holds for `origins` (an origin without a row gets fetched)."""
+        for origin in origins:
+            self._origins.setdefault(origin, _Origin())
+        for verdict in cached:
+            self._origins[verdict.origin].verdict = verdict
+
+    def check(self, target: Target) -> tuple[Gate, float]:
+        """What the job at `target` may do now; with WAIT, until when (monotonic, `inf`: until
+        `settle` wakes the host)."""
+        if not self._obeyed(target.host_key):
+            return Gate.GO, 0.0
+        origin = self._origins.setdefault(origin_of(target), _Origin())
+        if origin.fetching:
+            return Gate.WAIT, math.inf
+        verdict = origin.verdict
+        fresh = verdict is not None and self._wall() - verdict.fetched_at < self._ttl_s
+        if verdict is None or not fresh or not verdict.usable:
+            if verdict is not None and not verdict.usable and origin.retry_at > self._clock():
+                return Gate.WAIT, origin.retry_at
+            origin.fetching = True
+            return Gate.FETCH, 0.0
+        if verdict.allows(target.url, self.token):
+            return Gate.GO, 0.0
+        return Gate.REFUSE, 0.0
+
+    def settle(self, verdict: Verdict) -> None:
+        """A fetch of the origin's robots.txt ended with `verdict`."""
+        origin = self._origins.setdefault(verdict.origin, _Origin())
+        origin.fetching = False
+        origin.verdict = verdict
+        if verdict.usable:
+            origin.failures = 0
+        else:
+            origin.failures += 1
+            base, most = self._backoff
+            wait = backoff_delay(origin.failures, base_s=base, max_s=most, rand=lambda: 1.0)
+            origin.retry_at = self._clock() + max(wait, 0.1)
+
+    def forget(self, origin: str) -> None:
+        """A fetch that never ended (cancelled at shutdown): the next job asks again."""
+        state = self._origins.get(origin)
+        if state is not None:
+            state.fetching = False
+
+    def verdict(self, origin: str) -> Verdict | None:
+        state = self._origins.get(origin)
+        return None if state is None else state.verdict
+
+
+def robots_target(origin: str) -> Target:
+    return parse_url(f"{origin}/robots.txt")
+
+
+async def fetch_robots(fetcher: Fetcher, origin: str, now: float) -> tuple[Verdict, list[Hop]]:
+    """GET the origin's robots.txt, following up to 5 redirects (each through the SSRF guard
+    like any request), reading at most `MAX_ROBOTS_BYTES` of it decoded; the rest of a bigger
+    file is ignored, as RFC 9309 allows. A redirect that cannot be followed (too many, to a
+    refused address, to no URL) leaves the file unavailable, as a 4xx does. Returns the
+    verdict and every request made, for the counters."""
+    target = robots_target(origin)
+    hops: list[Hop] = []
+    body = bytearray()
+    for _ in range(_MAX_REDIRECTS + 1):
+        body.clear()
+        hop = await fetcher.fetch(target, collect=body, max_bytes=MAX_ROBOTS_BYTES)
+        hops.append(hop)
+        if hop.status not in REDIRECT_STATUSES or not hop.location:
+            break
+        try:
+            target = join_redirect(target.url, hop.location)
+        except InvalidURL:
+            break
+    status = hop.status
+    if hop.refused is not None and status is None:  # refused before any answer: unavailable
+        status = 404
+    text = bytes(body[:MAX_ROBOTS_BYTES]).decode("utf-8", errors="replace")
+    ok = status is not None and 200 <= status < 300
+    return Verdict(origin, now, status, text if ok else ""), hops
