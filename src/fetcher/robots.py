@@ -198,7 +198,9 @@ async def fetch_robots(fetcher: Fetcher, origin: str, now: float) -> tuple[Verdi
     body = bytearray()
     for _ in range(_MAX_REDIRECTS + 1):
         body.clear()
-        hop = await fetcher.fetch(target, collect=body, max_bytes=MAX_ROBOTS_BYTES)
+        # read past the limit by a margin (the decoder stops before the piece that crosses
+        # its cap), keep the first MAX_ROBOTS_BYTES
+        hop = await fetcher.fetch(target, collect=body, max_bytes=2 * MAX_ROBOTS_BYTES)
         hops.append(hop)
         if hop.status not in REDIRECT_STATUSES or not hop.location:
             break

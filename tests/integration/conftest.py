@@ -50,7 +50,8 @@ class Fetcher:
             "FETCHER_BACKOFF_BASE": "0.05",
             "FETCHER_BACKOFF_MAX": "0.2",
             "FETCHER_HOST_RATE": "0",
-            "FETCHER_ROBOTS": "ignore",  # obeyed in test_robots.py; elsewhere it would add a request per host
+            # obeyed in test_robots.py; elsewhere it would add a request per host
+            "FETCHER_ROBOTS": "ignore",
         }
         self._procs: list[subprocess.Popen[bytes]] = []
         self._logs: list[Any] = []
