@@ -178,6 +178,15 @@ class RobotsGate:
         if state is not None:
             state.fetching = False
 
+    def forget_idle(self, busy: Callable[[str], bool]) -> None:
+        """Drop what is kept of origins whose host (`busy(host key)`) holds no job: bounded
+        memory over many hosts; the database still has their verdicts."""
+        for origin in [
+            o for o, state in self._origins.items()
+            if not state.fetching and not busy(o.partition("://")[2])
+        ]:  # fmt: skip
+            del self._origins[origin]
+
     def verdict(self, origin: str) -> Verdict | None:
         state = self._origins.get(origin)
         return None if state is None else state.verdict

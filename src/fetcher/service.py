@@ -127,7 +127,7 @@ class Service:
             metrics=metrics,
             in_flight=lambda: len(self._in_flight),
             on_due=self._feeder.wake,
-            forget_idle=self._limits.forget_idle,
+            forget_idle=self._forget_idle,
             wall=wall,
         )
         self._in_flight: dict[asyncio.Task[None], Permit] = {}
@@ -237,6 +237,14 @@ class Service:
             job.id, JobState.FAILED, job.attempts, error=DISALLOWED, final_url=job.target.url
         )
         self._settle(job, outcome)
+
+    def _forget_idle(self) -> None:
+        """Limiters and robots verdicts of hosts that hold nothing now (memory over many
+        hosts); both come back as needed."""
+        self._limits.forget_idle()
+        self._robots.forget_idle(
+            lambda key: key in self._feeder.held or self._scheduler.has_pending(key)
+        )
 
     def _connection_wanted(self, job: Job) -> bool:
         """Whether the request `job` starts now should leave its connection open: yes while a

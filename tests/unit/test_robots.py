@@ -103,3 +103,12 @@ def test_cached_verdicts_load_and_a_cancelled_fetch_is_asked_again() -> None:
 def test_a_host_whose_rules_are_not_obeyed_always_goes() -> None:
     gate = _gate(Clocks(), obeyed=False)
     assert gate.check(parse_url("http://a.example/x")) == (Gate.GO, 0.0)
+
+
+def test_idle_origins_are_forgotten_busy_and_fetching_ones_kept() -> None:
+    clocks = Clocks()
+    gate = _gate(clocks)
+    gate.load(["http://idle", "http://busy"], [])
+    assert gate.check(parse_url("http://fetching/x"))[0] is Gate.FETCH
+    gate.forget_idle(lambda key: key == "busy")
+    assert gate.known(["http://idle", "http://busy", "http://fetching"]) == ["http://idle"]
