@@ -281,7 +281,7 @@ def cmd_robots(args: argparse.Namespace, path: Path) -> int:
             "fetched_at": _iso(v.fetched_at),
             "status": v.status,
             "size": v.size,
-            "crawl_delay": v.delay_s(token),
+            "crawl_delay": v.crawl_delay,
             "usable": v.usable,
             "rules": v.body,
         }

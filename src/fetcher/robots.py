@@ -16,6 +16,7 @@ disallowed), fetch robots.txt first (a job of its own, under the host's limits),
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from collections.abc import Callable, Iterable
@@ -59,6 +60,7 @@ class Verdict:
     fetched_at: float  # unix time
     status: int | None  # None: no response
     body: str = ""
+    crawl_delay: float | None = None  # the interval the site asks of fetcher's token, uncapped
 
     @property
     def size(self) -> int:
@@ -196,7 +198,9 @@ def robots_target(origin: str) -> Target:
     return parse_url(f"{origin}/robots.txt")
 
 
-async def fetch_robots(fetcher: Fetcher, origin: str, now: float) -> tuple[Verdict, list[Hop]]:
+async def fetch_robots(
+    fetcher: Fetcher, origin: str, token: str, now: float
+) -> tuple[Verdict, list[Hop]]:
     """GET the origin's robots.txt, following up to 5 redirects (each through the SSRF guard
     like any request), reading at most `MAX_ROBOTS_BYTES` of it decoded; the rest of a bigger
     file is ignored, as RFC 9309 allows. A redirect that cannot be followed (too many, to a
@@ -222,4 +226,5 @@ async def fetch_robots(fetcher: Fetcher, origin: str, now: float) -> tuple[Verdi
         status = 404
     text = bytes(body[:MAX_ROBOTS_BYTES]).decode("utf-8", errors="replace")
     ok = status is not None and 200 <= status < 300
-    return Verdict(origin, now, status, text if ok else ""), hops
+    verdict = Verdict(origin, now, status, text if ok else "")
+    return dataclasses.replace(verdict, crawl_delay=verdict.delay_s(token)), hops

@@ -205,7 +205,9 @@ class Service:
         """Fetch `origin`'s robots.txt (its host's place and token are this job's), count its
         requests, and let the origin's jobs go (or wait, or be refused) by what it says."""
         try:
-            verdict, hops = await fetch_robots(self._fetcher, origin, self._wall())
+            verdict, hops = await fetch_robots(
+                self._fetcher, origin, self._robots.token, self._wall()
+            )
         except BaseException:
             self._robots.forget(origin)  # cancelled or a bug: the next job asks again
             raise
@@ -216,7 +218,7 @@ class Service:
         self._robots.settle(verdict)
         self._recorder.robots(verdict)
         key = hops[0].target.host_key
-        asked = verdict.delay_s(self._robots.token)
+        asked = verdict.crawl_delay
         delay = None if asked is None else min(asked, self._settings.crawl_delay_max)
         self._limits.site_delay(key, delay)
         capped = asked is not None and asked > self._settings.crawl_delay_max

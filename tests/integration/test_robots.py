@@ -143,6 +143,10 @@ def test_crawl_delay_slows_a_host_below_the_operator_s_rate(
     arrivals = [t for t, h, p in origin.stats.sequence if h == origin.host() and p != "/robots.txt"]
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert len(arrivals) == 4 and min(gaps) >= 1.95, gaps
+    shown = fetcher.cli("robots", origin.host(), "--json")
+    assert [(r["origin"], r["crawl_delay"]) for r in json.loads(shown.stdout)] == [
+        (f"http://{origin.host()}", 2.0)
+    ]
 
 
 def test_a_crawl_delay_past_the_cap_is_applied_at_the_cap_and_logged_once(

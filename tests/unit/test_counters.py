@@ -115,3 +115,18 @@ def test_minutes_split_at_the_minute_boundary() -> None:
     assert {key: t.bytes for key, t in minutes.items()} == {("a", 0): 1, ("a", 1): 10, ("b", 1): 4}
     assert minutes[("a", 1)].latency_max_ms == 3.0
     assert minutes[("a", 1)].status_4xx == 1
+
+
+def test_the_metrics_count_a_refused_job_apart_from_requests() -> None:
+    """A job robots.txt refused is `fetcher_robots_disallowed_total`, not a request."""
+    from fetcher.metrics import Metrics
+
+    metrics = Metrics("127.0.0.1:0")
+    try:
+        metrics.count([Exchange("h", 200, 5, 1.0, 0.0), Exchange("h", None, 0, 0.0, 0.0, True)])
+        value = metrics.registry.get_sample_value
+        assert value("fetcher_requests_total", {"host": "h"}) == 1
+        assert value("fetcher_robots_disallowed_total", {"host": "h"}) == 1
+        assert value("fetcher_errors_total", {"host": "h"}) is None
+    finally:
+        metrics.close()

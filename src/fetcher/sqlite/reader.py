@@ -92,7 +92,8 @@ class SqliteReader:
     def robots(self, origins: Sequence[str]) -> list[Verdict]:
         marks = ", ".join("?" * len(origins))
         rows = self._rows(
-            f"SELECT origin, fetched_at, status, body FROM robots_txt WHERE origin IN ({marks})"
+            "SELECT origin, fetched_at, status, body, crawl_delay FROM robots_txt"
+            f" WHERE origin IN ({marks})"
             " ORDER BY origin",
             tuple(origins),
         )

@@ -347,7 +347,10 @@ class SqliteQueue:
             if robots:
                 await db.executemany(
                     "INSERT OR REPLACE INTO robots_txt VALUES (?, ?, ?, ?, ?, ?)",
-                    [(v.origin, v.fetched_at, v.status, None, v.size, v.body) for v in robots],
+                    [
+                        (v.origin, v.fetched_at, v.status, v.crawl_delay, v.size, v.body)
+                        for v in robots
+                    ],
                 )
 
     async def _count(self, db: aiosqlite.Connection, exchanges: Sequence[Exchange]) -> None:
@@ -383,7 +386,7 @@ class SqliteQueue:
     async def cached_robots(self, origins: Sequence[str]) -> list[Verdict]:
         async with self._reading("cached_robots") as db:
             cursor = await db.execute(
-                "SELECT origin, fetched_at, status, body FROM robots_txt"
+                "SELECT origin, fetched_at, status, body, crawl_delay FROM robots_txt"
                 " WHERE origin IN (SELECT value FROM json_each(?))",
                 (_json_array(origins),),
             )
