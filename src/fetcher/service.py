@@ -32,7 +32,7 @@ from fetcher.log import get_logger
 from fetcher.model import DISALLOWED, Exchange, Hop, Job, JobState, Outcome
 from fetcher.policy import decide, exchanges_of
 from fetcher.recorder import Recorder
-from fetcher.robots import RobotsGate, fetch_robots, product_token
+from fetcher.robots import RobotsGate, Verdict, fetch_robots, product_token, robots_target
 from fetcher.scheduler import Permit, Scheduler
 from fetcher.supervisor import StoreHealth, Supervisor
 from fetcher.systemd import Notifier
@@ -208,8 +208,11 @@ class Service:
             verdict, hops = await fetch_robots(
                 self._fetcher, origin, self._robots.token, self._wall()
             )
+        except Exception:  # a bug: as if it did not answer, asked again on the backoff schedule
+            _log.exception("robots.crashed", origin=origin)
+            verdict, hops = Verdict(origin, self._wall(), None), []
         except BaseException:
-            self._robots.forget(origin)  # cancelled or a bug: the next job asks again
+            self._robots.forget(origin)  # cancelled (shutdown): the next job asks again
             raise
         for hop in hops:
             exchanges = exchanges_of(hop, self._wall())
@@ -217,7 +220,7 @@ class Service:
             self.summary.requests += len(exchanges)
         self._robots.settle(verdict)
         self._recorder.robots(verdict)
-        key = hops[0].target.host_key
+        key = robots_target(origin).host_key
         asked = verdict.crawl_delay
         delay = None if asked is None else min(asked, self._settings.crawl_delay_max)
         self._limits.site_delay(key, delay)

@@ -42,14 +42,10 @@ _MIN_SQLITE = (3, 35, 0)
 class SqliteQueue:
     """The queue and the counters, as the daemon (and `fetcher submit`) write them."""
 
-    def __init__(
-        self, connection: aiosqlite.Connection, path: Path, *, validators_kept: bool = False
-    ) -> None:
+    def __init__(self, connection: aiosqlite.Connection, path: Path) -> None:
         self._db = connection
         self.path = path
         self.owner = uuid.uuid4().hex
-        # whether any URL has validators: a claim looks them up only then
-        self._validators_kept = validators_kept
         # Guards every transaction on the shared connection; above all the read-modify-write
         # of a host's counters in `record`, which awaits between the read and the write.
         self._lock = asyncio.Lock()
@@ -69,13 +65,12 @@ class SqliteQueue:
             with sqlite3.connect(path, isolation_level=None) as plain:
                 plain.executescript(pragmas)
                 migrate(plain)
-                kept = plain.execute("SELECT EXISTS (SELECT 1 FROM validators)").fetchone()[0]
             plain.close()
             connection = await aiosqlite.connect(path, isolation_level=None)
             await connection.executescript(pragmas)
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable("open", f"{path}: {exc}") from exc
-        return cls(connection, path, validators_kept=bool(kept))
+        return cls(connection, path)
 
     def about(self) -> dict[str, str]:
         about = {"backend": "sqlite", "sqlite": sqlite3.sqlite_version, "db": str(self.path)}
@@ -171,7 +166,7 @@ class SqliteQueue:
                 jobs.extend(
                     Job(i, url, h, attempts, stored_target(url, h)) for i, url, h, attempts in rows
                 )
-            if jobs and self._validators_kept:
+            if jobs:
                 await self._attach_validators(db, jobs)
         return jobs
 
@@ -343,7 +338,6 @@ class SqliteQueue:
                     " WHERE results.final_url = jobs.url",
                     (_json_array(validated),),
                 )
-                self._validators_kept = True
             if robots:
                 await db.executemany(
                     "INSERT OR REPLACE INTO robots_txt VALUES (?, ?, ?, ?, ?, ?)",
