@@ -339,7 +339,7 @@ def _free_port(addresses: list[str]) -> int:
 def _demo_urls(origin: Origin, hosts: int, per_host: int) -> list[str]:
     kinds = [
         "ok", "ok", "ok", "ok", "slow/300", "ok", "limited", "ok", "flaky/1", "status/404",
-        "large/2000000", "redirect/2", "ok", "status/500", "to", "ok",
+        "large/2000000", "redirect/2", "ok", "status/500", "to", "private",
     ]  # fmt: skip
     urls = []
     for h in range(hosts):
@@ -352,8 +352,9 @@ def _demo_urls(origin: Origin, hosts: int, per_host: int) -> list[str]:
 
 
 def run_demo(*, hosts: int, urls_per_host: int) -> int:
-    """Start the origin on 127.0.0.2…, submit a mix of URLs, run `fetcher run --drain` on
-    them, and show the stats table next to what the origin received."""
+    """Start the origin on 127.0.0.2…, submit a mix of URLs (some of them under /private/,
+    which every host's robots.txt disallows), run `fetcher run --drain` on them, and show the
+    stats table next to what the origin received."""
     console = Console()
     addresses = [f"127.0.0.{i + 2}" for i in range(hosts)]
     workdir = Path(tempfile.mkdtemp(prefix="fetcher-demo-"))
@@ -369,6 +370,10 @@ def run_demo(*, hosts: int, urls_per_host: int) -> int:
     }
     fetcher = [sys.executable, "-m", "fetcher"]
     with Origin(addresses) as origin:
+        for index in range(hosts):  # each host's robots.txt keeps fetcher out of /private/
+            origin.robots[origin.host(index)] = RobotsFile(
+                body="User-agent: *\nDisallow: /private/\n"
+            )
         console.rule(f"origin on {', '.join(addresses)} port {origin.port}; database {workdir}")
         urls = "\n".join(_demo_urls(origin, hosts, urls_per_host)) + "\n"
         subprocess.run([*fetcher, "submit", "-f", "-"], input=urls, text=True, env=env, check=True)
