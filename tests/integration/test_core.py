@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import stat
 import subprocess
 import sys
@@ -221,3 +222,20 @@ def test_save_bodies_off_keeps_no_body(fetcher: Fetcher, origin: Origin) -> None
     assert [(r["body_sha256"], r["body_path"]) for r in rows] == [(None, None)] * 2
     assert sorted(r["bytes"] for r in rows) == [1024, 400_000]
     assert not (fetcher.workdir / "bodies").exists()
+
+
+def test_the_demo_runs_and_its_table_equals_what_its_origin_received() -> None:
+    """`make demo` at a small size: exit 0; for each host the table's requests equal the
+    origin's own count, and its /private/ pages were refused by robots.txt."""
+    result = subprocess.run(
+        [sys.executable, "-m", "fetcher", "demo", "--hosts", "2", "--urls", "16"],
+        capture_output=True, text=True, timeout=300, env={"COLUMNS": "200", "PATH": "/usr/bin"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    received = {host: int(n) for host, n in re.findall(r"'(127\.0\.0\.\d+:\d+)': (\d+)", out)}
+    rows = [line.split() for line in out.splitlines() if line.startswith("127.0.0.")]
+    assert len(received) == 2 and len(rows) == 2
+    for row in rows:
+        assert int(row[1]) == received[row[0]], row
+        assert row[-1] == "1"  # robots ✗: the one /private/ URL of 16
