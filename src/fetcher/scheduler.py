@@ -2,7 +2,9 @@
 
 Hosts wait in a heap ordered by the time their limiter lets the next request start, so the
 scheduler always hands out the job of the host that is ready first; a slow, paused or
-rate-limited host never stands in front of a ready one.
+rate-limited host never stands in front of a ready one. A host whose origin's robots.txt is not
+known yet hands out the fetch of robots.txt instead, and waits out of the heap until it is
+answered; a job its robots.txt disallows is handed to `refuse`, not out.
 """
 
 from __future__ import annotations

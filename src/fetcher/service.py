@@ -2,6 +2,8 @@
 
 run:   lifecycle (signals, register, background tasks, READY … STOPPING, final commit) around
        loop: a slot and the job of the host ready first (one Permit) → spawn its fetch → repeat
+       (a host's first job is its origin's robots.txt, fetched the same way; a job it
+       disallows ends at once, without a request)
 beside it, under the supervisor: the feeder (claims), the recorder (group commit) and the
        housekeeping chores (retries due, leases, STATUS=, metrics, retention)
 stop:  no more claims; in-flight requests get FETCHER_SHUTDOWN_GRACE, then are cancelled;
