@@ -84,10 +84,14 @@ class CappedDecoder:
         self.decoded = 0
 
     def feed(self, raw: bytes) -> Iterator[bytes]:
-        """The decoded pieces of `raw`; `BodyTooLarge` once the total passes the cap."""
+        """The decoded pieces of `raw`; `BodyTooLarge` once the total passes the cap, after
+        the bytes up to the cap (a caller that keeps a prefix, robots.txt, gets all of it)."""
         for piece in self._run(raw, 0):
             self.decoded += len(piece)
             if self.decoded > self._max_bytes:
+                room = len(piece) - (self.decoded - self._max_bytes)
+                if room > 0:
+                    yield piece[:room]
                 raise BodyTooLarge(f"body exceeds {self._max_bytes} bytes")
             yield piece
 

@@ -202,18 +202,16 @@ async def fetch_robots(
     fetcher: Fetcher, origin: str, token: str, now: float
 ) -> tuple[Verdict, list[Hop]]:
     """GET the origin's robots.txt, following up to 5 redirects (each through the SSRF guard
-    like any request), reading at most `MAX_ROBOTS_BYTES` of it decoded; the rest of a bigger
-    file is ignored, as RFC 9309 allows. A redirect that cannot be followed (too many, to a
-    refused address, to no URL) leaves the file unavailable, as a 4xx does. Returns the
-    verdict and every request made, for the counters."""
+    like any request), reading `MAX_ROBOTS_BYTES` of it decoded at most; the rest of a bigger
+    file is neither read nor used, as RFC 9309 allows. A redirect that cannot be followed (too
+    many, to a refused address, to no URL) leaves the file unavailable, as a 4xx does. Returns
+    the verdict and every request made, for the counters."""
     target = robots_target(origin)
     hops: list[Hop] = []
     body = bytearray()
     for _ in range(_MAX_REDIRECTS + 1):
         body.clear()
-        # read past the limit by a margin (the decoder stops before the piece that crosses
-        # its cap), keep the first MAX_ROBOTS_BYTES
-        hop = await fetcher.fetch(target, collect=body, max_bytes=2 * MAX_ROBOTS_BYTES)
+        hop = await fetcher.fetch(target, collect=body, max_bytes=MAX_ROBOTS_BYTES)
         hops.append(hop)
         if hop.status not in REDIRECT_STATUSES or not hop.location:
             break
@@ -224,7 +222,7 @@ async def fetch_robots(
     status = hop.status
     if hop.refused is not None and status is None:  # refused before any answer: unavailable
         status = 404
-    text = bytes(body[:MAX_ROBOTS_BYTES]).decode("utf-8", errors="replace")
+    text = bytes(body).decode("utf-8", errors="replace")
     ok = status is not None and 200 <= status < 300
     verdict = Verdict(origin, now, status, text if ok else "")
     return dataclasses.replace(verdict, crawl_delay=verdict.delay_s(token)), hops

@@ -97,6 +97,20 @@ def test_a_body_exactly_at_the_cap_is_kept() -> None:
         list(decoder.feed(b"x"))
 
 
+def test_a_body_past_the_cap_gives_its_bytes_up_to_the_cap_then_fails() -> None:
+    """What a caller that keeps a prefix (robots.txt) needs: every byte up to the cap."""
+    decoder, kept = CappedDecoder("", 10), bytearray()
+
+    def keep(raw: bytes) -> None:
+        for piece in decoder.feed(raw):
+            kept.extend(piece)
+
+    keep(b"01234")
+    with pytest.raises(BodyTooLarge):
+        keep(b"56789abc")
+    assert kept == b"0123456789"
+
+
 def test_an_unknown_coding_passes_the_body_through_untouched() -> None:
     """A coding fetcher did not ask for (and cannot decode) is kept as sent, whole."""
     body = gzip.compress(b"hello")
