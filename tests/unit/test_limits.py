@@ -274,3 +274,28 @@ async def test_a_reload_reschedules_hosts_already_waiting() -> None:
     scheduler.reschedule()
     job = scheduler._pop_ready()
     assert job is not None and job.id == 1
+
+
+def test_a_site_s_delay_slows_a_host_only_past_the_operator_s_interval() -> None:
+    """Crawl-delay 2 s: a host the operator allows 4/s (or no limit) gets 0.5/s, burst 1;
+    one the operator keeps at 0.1/s keeps that; the delay applies to a limiter already made,
+    survives a reload, and goes away with None."""
+    clock = Clock()
+    limits = Limits(
+        4, HostLimits(rate=4.0, burst=3, concurrency=2), {"slow": HostLimits(0.1, 2, 2)}, clock
+    )
+    fast = limits.host("fast")
+    limits.site_delay("fast", 2.0)
+    limits.site_delay("slow", 2.0)
+    limits.site_delay("free", 2.0)
+    assert fast.limits == limits.limits_for("fast") == HostLimits(0.5, 1, 2)
+    assert limits.limits_for("slow") == HostLimits(0.1, 2, 2)
+    limits.reload({"free": HostLimits(0, 5, 9, robots=False)})
+    assert limits.limits_for("free") == HostLimits(0.5, 1, 9, robots=False)
+    assert fast.limits == HostLimits(0.5, 1, 2)
+    limits.site_delay("fast", None)
+    assert fast.limits == HostLimits(4.0, 3, 2)
+    limits.site_delay("never-met", None)  # nothing to forget: no error
+    assert limits.limits_for("never-met") == HostLimits(4.0, 3, 2)
+    limits.site_delay("edge", 0.25)  # exactly the operator's interval: the operator's limits
+    assert limits.limits_for("edge") == HostLimits(4.0, 3, 2)

@@ -117,11 +117,15 @@ URL = "http://a.example/x"
 
 
 def test_a_final_outcome_carries_everything_the_hop_knew(settings: Settings) -> None:
-    done = hop(200, bytes=10, body_sha256="ab" * 32, body_path="ab/" + "ab" * 32)
+    done = hop(
+        200, bytes=10, body_sha256="ab" * 32, body_path="ab/" + "ab" * 32, etag='"v1"',
+        last_modified="Wed, 21 Oct 2015 07:28:00 GMT",
+    )  # fmt: skip
     assert decide(job(attempts=1), done, settings, now=NOW) == Decision(
         outcome=Outcome(
             1, JobState.DONE, 2, status=200, bytes=10, latency_ms=5.0, final_url=URL,
-            body_sha256="ab" * 32, body_path="ab/" + "ab" * 32,
+            body_sha256="ab" * 32, body_path="ab/" + "ab" * 32, etag='"v1"',
+            last_modified="Wed, 21 Oct 2015 07:28:00 GMT",
         )
     )  # fmt: skip
 

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import httpx
 import pytest
+import respx
 
-from fetcher.robots import Gate, RobotsGate, Verdict, origin_of, product_token
+from fetcher.config import HostLimits, Settings
+from fetcher.fetch import Fetcher
+from fetcher.limits import Limits
+from fetcher.model import Job
+from fetcher.robots import Gate, RobotsGate, Verdict, fetch_robots, origin_of, product_token
+from fetcher.scheduler import Scheduler
 from fetcher.urls import parse_url
+from tests.unit.test_fetch import RespxTransport
 
 NOW = 1_700_000_000.0
 
@@ -112,3 +121,126 @@ def test_idle_origins_are_forgotten_busy_and_fetching_ones_kept() -> None:
     assert gate.check(parse_url("http://fetching/x"))[0] is Gate.FETCH
     gate.forget_idle(lambda key: key == "busy")
     assert gate.known(["http://idle", "http://busy", "http://fetching"]) == ["http://idle"]
+
+
+# -- the scheduler's gate -----------------------------------------------------------------
+
+
+def _scheduled(clocks: Clocks, obeyed: bool = True) -> tuple[Scheduler, RobotsGate, list[Job]]:
+    refused: list[Job] = []
+    gate = _gate(clocks, obeyed)
+    limits = Limits(4, HostLimits(rate=0, burst=1, concurrency=4), {}, lambda: clocks.mono)
+    scheduler = Scheduler(limits, lambda: clocks.mono, robots=gate, refuse=refused.append)
+    return scheduler, gate, refused
+
+
+def _job(n: int, url: str) -> Job:
+    target = parse_url(url)
+    return Job(n, target.url, target.host_key, 0, target)
+
+
+async def test_a_host_hands_out_its_robots_txt_first_then_its_pages_by_the_rules() -> None:
+    """The first job of a host brings out the fetch of its robots.txt (a host place taken);
+    its pages wait, holding no slot, until the verdict; then a disallowed page goes to
+    `refuse` without a place, and the allowed ones go."""
+    clocks = Clocks()
+    scheduler, gate, refused = _scheduled(clocks)
+    for n, path in enumerate(["a", "secret/1", "b"]):
+        scheduler.add(_job(n + 1, f"http://h.example/{path}"))
+    first = await scheduler.next_ready(0)
+    assert first is not None
+    robots, permit = first
+    assert (robots.id, robots.url, robots.robots_for) == (
+        0, "http://h.example/robots.txt", "http://h.example",
+    )  # fmt: skip
+    assert scheduler.pending == 3 and scheduler._limits.host("h.example").in_flight == 1
+    assert await scheduler.next_ready(0) is None  # waiting for the verdict
+    assert scheduler._limits.slots._value == 3  # the waiting pages hold no slot
+    gate.settle(Verdict("http://h.example", clocks.wall, 200, "User-agent: *\nDisallow: /secret\n"))
+    permit.release()
+    got = []
+    while (ready := await scheduler.next_ready(0)) is not None:
+        got.append(ready[0].id)
+        ready[1].release()
+    assert got == [1, 3] and [job.id for job in refused] == [2]
+    assert scheduler.pending == 0 and not scheduler.has_pending("h.example")
+    assert scheduler._limits.host("h.example").in_flight == 0
+
+
+async def test_a_host_whose_robots_txt_failed_waits_until_it_is_asked_again() -> None:
+    clocks = Clocks()
+    scheduler, gate, _ = _scheduled(clocks)
+    scheduler.add(_job(1, "http://h.example/a"))
+    first = await scheduler.next_ready(0)
+    assert first is not None
+    gate.settle(Verdict("http://h.example", clocks.wall, 503))
+    first[1].release()
+    assert await scheduler.next_ready(0) is None  # retry at +1 s
+    clocks.mono += 1
+    again = await scheduler.next_ready(0)
+    assert again is not None and again[0].robots_for == "http://h.example"
+
+
+async def test_a_refused_last_job_leaves_its_host_and_an_ignored_host_goes_at_once() -> None:
+    clocks = Clocks()
+    scheduler, gate, refused = _scheduled(clocks)
+    gate.load(["http://h.example"], [Verdict("http://h.example", clocks.wall, 200,
+                                             "User-agent: *\nDisallow: /\n")])  # fmt: skip
+    scheduler.add(_job(1, "http://h.example/a"))
+    assert await scheduler.next_ready(0) is None
+    assert [job.id for job in refused] == [1] and not scheduler.has_pending("h.example")
+    free, _, _ = _scheduled(clocks, obeyed=False)
+    free.add(_job(2, "http://h.example/a"))
+    ready = await free.next_ready(0)
+    assert ready is not None and ready[0].id == 2
+
+
+# -- the fetch of robots.txt, over respx --------------------------------------------------
+
+
+def _fetcher(router: respx.Router, tmp_path: Path) -> Fetcher:
+    settings = Settings(db=tmp_path / "f.db", allow_private=True)
+    return Fetcher(settings, RespxTransport(router), None)
+
+
+async def test_fetch_robots_follows_redirects_and_keeps_500_kib(tmp_path: Path) -> None:
+    router = respx.Router(assert_all_called=False)
+    router.get("http://a.example/robots.txt").mock(
+        return_value=httpx.Response(301, headers={"Location": "http://b.example/r.txt"})
+    )
+    router.get("http://b.example/r.txt").mock(
+        return_value=httpx.Response(200, text="User-agent: *\nCrawl-delay: 3\n#" + "x" * 600_000)
+    )
+    verdict, hops = await fetch_robots(_fetcher(router, tmp_path), "http://a.example", "bot", NOW)
+    assert [h.status for h in hops] == [301, 200]
+    assert (verdict.origin, verdict.status, verdict.size) == ("http://a.example", 200, 500 * 1024)
+    assert verdict.crawl_delay == 3 and verdict.fetched_at == NOW
+    assert verdict.body.startswith("User-agent: *\nCrawl-delay: 3\n#xxx")
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "usable"),
+    [(httpx.Response(404), 404, True), (httpx.Response(503), 503, False),
+     (httpx.ConnectError("refused"), None, False),
+     (httpx.Response(302, headers={"Location": "ftp://x/"}), 302, True)],
+)  # fmt: skip
+async def test_fetch_robots_statuses(
+    tmp_path: Path, answer: httpx.Response | Exception, status: int | None, usable: bool
+) -> None:
+    router = respx.Router(assert_all_called=False)
+    route = router.get("http://a.example/robots.txt")
+    if isinstance(answer, Exception):
+        route.mock(side_effect=answer)
+    else:
+        route.mock(return_value=answer)
+    verdict, hops = await fetch_robots(_fetcher(router, tmp_path), "http://a.example", "bot", NOW)
+    assert (verdict.status, verdict.usable, verdict.body, len(hops)) == (status, usable, "", 1)
+
+
+async def test_fetch_robots_stops_after_five_redirects(tmp_path: Path) -> None:
+    router = respx.Router(assert_all_called=False)
+    router.get(url__regex=r"http://a\.example/.*").mock(
+        return_value=httpx.Response(302, headers={"Location": "/again"})
+    )
+    verdict, hops = await fetch_robots(_fetcher(router, tmp_path), "http://a.example", "bot", NOW)
+    assert len(hops) == 6 and verdict.status == 302 and verdict.allows("http://a.example/x", "b")
