@@ -10,6 +10,7 @@ import pytest
 import respx
 
 from fetcher.config import HostLimits, Settings
+from fetcher.errors import BlockedDestination
 from fetcher.fetch import Fetcher
 from fetcher.limits import Limits
 from fetcher.model import Job
@@ -41,6 +42,40 @@ def test_what_each_status_means(status: int | None, usable: bool, allows: bool) 
     verdict = Verdict("http://a", NOW, status, "User-agent: *\nDisallow: /\n" if status else "")
     assert verdict.usable is usable
     assert verdict.allows("http://a/x", "fetcher") is allows
+
+
+def test_a_delay_under_a_second_and_a_rate_of_several_requests_count_too() -> None:
+    assert Verdict("http://a", NOW, 200, "User-agent: *\nCrawl-delay: 0.5\n").delay_s("x") == 0.5
+    rate = Verdict("http://a", NOW, 200, "User-agent: *\nRequest-rate: 2/10\n")
+    assert rate.delay_s("x") == 5
+
+
+def test_only_the_hosts_that_obey_are_gated() -> None:
+    clocks = Clocks()
+    gate = RobotsGate(
+        token="fetcher", ttl_s=60, backoff_base=1, backoff_max=4,
+        obeyed=lambda key: key != "mine.example", clock=lambda: clocks.mono,
+        wall=lambda: clocks.wall,
+    )  # fmt: skip
+    assert gate.check(parse_url("http://mine.example/x")) == (Gate.GO, 0.0)
+    assert gate.check(parse_url("http://theirs.example/x"))[0] is Gate.FETCH
+
+
+def test_a_usable_answer_starts_the_backoff_over() -> None:
+    clocks = Clocks()
+    gate = _gate(clocks)
+    page = parse_url("http://a.example/x")
+    origin = origin_of(page)
+    for _ in range(2):
+        gate.check(page)
+        gate.settle(Verdict(origin, clocks.wall, 500))
+        clocks.mono += 10
+    gate.check(page)
+    gate.settle(Verdict(origin, clocks.wall, 404))
+    clocks.wall += 3600  # expired: asked again, and it fails again
+    assert gate.check(page)[0] is Gate.FETCH
+    gate.settle(Verdict(origin, clocks.wall, 500))
+    assert gate.check(page) == (Gate.WAIT, clocks.mono + 1)  # the first step, not the third
 
 
 def test_delay_is_the_larger_of_crawl_delay_and_request_rate() -> None:
@@ -129,7 +164,7 @@ def test_idle_origins_are_forgotten_busy_and_fetching_ones_kept() -> None:
 def _scheduled(clocks: Clocks, obeyed: bool = True) -> tuple[Scheduler, RobotsGate, list[Job]]:
     refused: list[Job] = []
     gate = _gate(clocks, obeyed)
-    limits = Limits(4, HostLimits(rate=0, burst=1, concurrency=4), {}, lambda: clocks.mono)
+    limits = Limits(4, HostLimits(rate=1, burst=3, concurrency=4), {}, lambda: clocks.mono)
     scheduler = Scheduler(limits, lambda: clocks.mono, robots=gate, refuse=refused.append)
     return scheduler, gate, refused
 
@@ -150,8 +185,8 @@ async def test_a_host_hands_out_its_robots_txt_first_then_its_pages_by_the_rules
     first = await scheduler.next_ready(0)
     assert first is not None
     robots, permit = first
-    assert (robots.id, robots.url, robots.robots_for) == (
-        0, "http://h.example/robots.txt", "http://h.example",
+    assert (robots.id, robots.url, robots.host, robots.attempts, robots.robots_for) == (
+        0, "http://h.example/robots.txt", "h.example", 0, "http://h.example",
     )  # fmt: skip
     assert scheduler.pending == 3 and scheduler._limits.host("h.example").in_flight == 1
     assert await scheduler.next_ready(0) is None  # waiting for the verdict
@@ -220,9 +255,12 @@ async def test_fetch_robots_follows_redirects_and_keeps_500_kib(tmp_path: Path) 
 
 @pytest.mark.parametrize(
     ("answer", "status", "usable"),
-    [(httpx.Response(404), 404, True), (httpx.Response(503), 503, False),
-     (httpx.ConnectError("refused"), None, False),
-     (httpx.Response(302, headers={"Location": "ftp://x/"}), 302, True)],
+    [(httpx.Response(404, text="User-agent: *\nDisallow: /\n"), 404, True),
+     (httpx.Response(300, text="User-agent: *\nDisallow: /\n"), 300, True),
+     (httpx.Response(503), 503, False), (httpx.ConnectError("refused"), None, False),
+     (BlockedDestination("blocked destination: a.example → 10.0.0.1 is private"), 404, True),
+     (httpx.Response(302, headers={"Location": "ftp://x/"}), 302, True),
+     (httpx.Response(302), 302, True)],
 )  # fmt: skip
 async def test_fetch_robots_statuses(
     tmp_path: Path, answer: httpx.Response | Exception, status: int | None, usable: bool
@@ -235,6 +273,16 @@ async def test_fetch_robots_statuses(
         route.mock(return_value=answer)
     verdict, hops = await fetch_robots(_fetcher(router, tmp_path), "http://a.example", "bot", NOW)
     assert (verdict.status, verdict.usable, verdict.body, len(hops)) == (status, usable, "", 1)
+    assert verdict.allows("http://a.example/x", "bot") is usable  # no rules kept: all or none
+
+
+async def test_a_robots_txt_that_is_not_utf8_is_read_with_replacements(tmp_path: Path) -> None:
+    router = respx.Router(assert_all_called=False)
+    router.get("http://a.example/robots.txt").mock(
+        return_value=httpx.Response(200, content=b"User-agent: *\nDisallow: /\xff\n")
+    )
+    verdict, _ = await fetch_robots(_fetcher(router, tmp_path), "http://a.example", "bot", NOW)
+    assert verdict.body == "User-agent: *\nDisallow: /\ufffd\n"
 
 
 async def test_fetch_robots_stops_after_five_redirects(tmp_path: Path) -> None:
