@@ -299,3 +299,5 @@ def test_a_site_s_delay_slows_a_host_only_past_the_operator_s_interval() -> None
     assert limits.limits_for("never-met") == HostLimits(4.0, 3, 2)
     limits.site_delay("edge", 0.25)  # exactly the operator's interval: the operator's limits
     assert limits.limits_for("edge") == HostLimits(4.0, 3, 2)
+    limits.site_delay("edge", 0.4)  # a little slower than the operator's: the site's
+    assert limits.limits_for("edge") == HostLimits(2.5, 1, 2)
