@@ -170,6 +170,12 @@ def events(log: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
 
 
+def peak_rss_kb(result: subprocess.CompletedProcess[str]) -> int:
+    """The peak resident memory (VmHWM) a drained daemon reported on its way out."""
+    [stopped] = [e for e in events(result.stderr) if e["event"] == "service.stopped"]
+    return int(stopped["peak_rss_kb"])
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
     """Poll `predicate` until it holds or `timeout` seconds pass (bounded, never forever)."""
     deadline = time.monotonic() + timeout

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import socket
-import subprocess
 import time
 
 import pytest
 
 from fetcher.demo import Origin
 
-from .conftest import Fetcher, RawListener, assert_counters_match, events
+from .conftest import Fetcher, RawListener, assert_counters_match, events, peak_rss_kb
 
 _ALONE = "127.0.0.15"  # an address of this test's own (not the shared origin's)
 
@@ -43,10 +42,10 @@ def test_huge_body_and_bombs_fail_with_small_memory(fetcher: Fetcher, origin: Or
     page (measured first, in the same run): none of them was held whole."""
     fetcher.set(max_body_bytes=1_000_000, max_attempts=2)
     fetcher.submit([origin.url("ok/baseline")])
-    baseline = _peak_rss_kb(fetcher.drain())
+    baseline = peak_rss_kb(fetcher.drain())
     urls = ["large/50000000/a", "bomb/200/b", "brbomb/200/d", "ok/c"]
     fetcher.submit([origin.url(u) for u in urls])
-    peak = _peak_rss_kb(fetcher.drain())
+    peak = peak_rss_kb(fetcher.drain())
     assert 0 < baseline <= peak < baseline + 25 * 1024, (baseline, peak)
     results = {r["url"].rsplit("/", 1)[1]: r for r in fetcher.results()}
     for key in "abd":
@@ -134,21 +133,3 @@ def test_a_refused_a_silent_and_a_hanging_up_host_fail_with_their_reasons(
         == 1
     )
     assert stats[f"{_ALONE}:{hang_up.port}"]["errors"] == hang_up.accepted >= 1
-
-
-def _peak_rss_kb(result: subprocess.CompletedProcess[str]) -> int:
-    """The peak resident memory (VmHWM) a drained daemon reported on its way out."""
-    [stopped] = [e for e in events(result.stderr) if e["event"] == "service.stopped"]
-    return int(stopped["peak_rss_kb"])
-
-
-def test_compressed_bodies_under_the_cap_are_decoded_whole(
-    fetcher: Fetcher, origin: Origin
-) -> None:
-    """1 MB of zeros in gzip and in brotli (each one chunk of a few hundred bytes on the wire):
-    every decoded byte is counted and kept, the last piece included."""
-    fetcher.submit([origin.url("bomb/1/g"), origin.url("brbomb/1/b")])
-    fetcher.drain()
-    for row in fetcher.results():
-        assert (row["state"], row["bytes"]) == ("done", 1024 * 1024), row
-        assert (fetcher.db.parent / "bodies" / row["body_path"]).stat().st_size == 1024 * 1024
