@@ -133,3 +133,15 @@ def test_a_refused_a_silent_and_a_hanging_up_host_fail_with_their_reasons(
         == 1
     )
     assert stats[f"{_ALONE}:{hang_up.port}"]["errors"] == hang_up.accepted >= 1
+
+
+def test_compressed_bodies_under_the_cap_are_decoded_whole(
+    fetcher: Fetcher, origin: Origin
+) -> None:
+    """1 MB of zeros in gzip and in brotli (each one chunk of a few hundred bytes on the wire):
+    every decoded byte is counted and kept, the last piece included."""
+    fetcher.submit([origin.url("bomb/1/g"), origin.url("brbomb/1/b")])
+    fetcher.drain()
+    for row in fetcher.results():
+        assert (row["state"], row["bytes"]) == ("done", 1024 * 1024), row
+        assert (fetcher.db.parent / "bodies" / row["body_path"]).stat().st_size == 1024 * 1024
