@@ -421,7 +421,7 @@ def rss_kb(pid: int, field: str = "VmRSS") -> int:
     return 0
 
 
-def scale(workdir: Path, smoke: bool) -> list[str]:
+def scale(workdir: Path, smoke: bool, robots: str = "obey") -> list[str]:
     n, hosts = (20_000, 1_000) if smoke else (1_000_000, 10_000)
     urls = workdir / "scale.txt"
     with urls.open("w") as f:
@@ -429,11 +429,11 @@ def scale(workdir: Path, smoke: bool) -> list[str]:
             h = i % hosts
             f.write(f"http://127.0.{h // 250}.{2 + h % 250}:{SCALE_PORT}/item/{i}\n")
     db = workdir / "scale.db"
-    env = fetcher_env(db, max_concurrency=64, host_concurrency=4, host_rate=0)
+    env = fetcher_env(db, max_concurrency=64, host_concurrency=4, host_rate=0, robots=robots)
     fetcher = [sys.executable, "-m", "fetcher"]
     submit_s = timed([*fetcher, "submit", "-f", str(urls)], env)
     lines = [
-        "### Scale",
+        f"### Scale (FETCHER_ROBOTS={robots})",
         "",
         f"- `fetcher submit -f` of {n:,} URLs over {hosts:,} hosts: {submit_s:.1f} s.",
     ]
@@ -516,6 +516,10 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--scale", action="store_true", help="also the million-job figures")
     parser.add_argument("--only", choices=["throughput", "large", "polite", "politeness", "scale"])
+    parser.add_argument(
+        "--robots", choices=["obey", "ignore"], default="obey",
+        help="FETCHER_ROBOTS for the scale run (obey, the default, asks each host's robots.txt)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.smoke:
         args.urls, args.reps = 500, 1
@@ -536,7 +540,7 @@ def main() -> int:
         if with_scale:
             if not use_nginx:
                 raise SystemExit("the scale run needs nginx (the wildcard address)")
-            report += ["", *scale(workdir, args.smoke)]
+            report += ["", *scale(workdir, args.smoke, args.robots)]
     if args.only in (None, "polite"):
         report += ["", *many_polite_hosts(workdir, args.smoke)]
     if args.only in (None, "politeness"):
