@@ -292,7 +292,7 @@ def cmd_robots(args: argparse.Namespace, path: Path) -> int:
         print(json.dumps(rows))
     elif not rows:
         print(f"no robots.txt cached for {' or '.join(origins)}")
-    for row in rows if not args.json else []:
+    for row in [] if args.json else rows:
         print(
             f"{row['origin']}: status {row['status']}, {row['size']} bytes, fetched"
             f" {row['fetched_at']}, crawl delay {row['crawl_delay'] or '-'}"

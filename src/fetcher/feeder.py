@@ -120,7 +120,7 @@ class Feeder:
         """The stored robots.txt verdicts of origins met for the first time, before their jobs
         reach the scheduler (a verdict fetched before a restart is not fetched again)."""
         assert self._robots is not None
-        new = self._robots.known(dict.fromkeys(origin_of(job.target) for job in jobs))
+        new = self._robots.unknown(dict.fromkeys(origin_of(job.target) for job in jobs))
         if new:
             cached = await self._health.call(
                 "cached_robots", lambda: self._queue.cached_robots(new), give_up=stopping

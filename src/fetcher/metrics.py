@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 from prometheus_client import Counter as PromCounter
 
+from fetcher.counters import Tally
 from fetcher.model import Exchange
 
 __all__ = ["Metrics"]
@@ -61,29 +61,28 @@ class Metrics:
         self._server, self._thread = start_http_server(int(port), host.strip("[]"), registry=r)
 
     def count(self, exchanges: Iterable[Exchange]) -> None:
-        """Requests whose batch has just committed."""
-        requests: Counter[str] = Counter()
-        errors: Counter[str] = Counter()
-        classes: Counter[tuple[str, str]] = Counter()
-        size: Counter[str] = Counter()
+        """Requests whose batch has just committed, added up as the stored counters are
+        (`counters.Tally`), so the two agree class by class."""
+        hosts: dict[str, Tally] = {}
         for e in exchanges:
-            if e.disallowed:
-                self._disallowed.labels(e.host).inc()
-                continue
-            requests[e.host] += 1
-            size[e.host] += e.bytes
-            if e.status is None:
-                errors[e.host] += 1
-            else:
-                classes[(e.host, f"{min(max(e.status // 100, 2), 5)}xx")] += 1
+            counters = hosts.get(e.host)
+            if counters is None:
+                counters = hosts[e.host] = Tally()
+            counters.add(e)
+            if e.status is not None and not e.disallowed:
                 self._latency.labels(e.host).observe(e.latency_ms / 1000)
-        for host, n in requests.items():
-            self._requests.labels(host).inc(n)
-            self._bytes.labels(host).inc(size[host])
-        for host, n in errors.items():
-            self._errors.labels(host).inc(n)
-        for (host, cls), n in classes.items():
-            self._responses.labels(host, cls).inc(n)
+        for host, t in hosts.items():
+            if t.requests:  # a host's series appear with its first request, bytes or not
+                self._requests.labels(host).inc(t.requests)
+                self._bytes.labels(host).inc(t.bytes)
+            if t.errors:
+                self._errors.labels(host).inc(t.errors)
+            if t.robots_disallowed:
+                self._disallowed.labels(host).inc(t.robots_disallowed)
+            for cls, n in (("2xx", t.status_2xx), ("3xx", t.status_3xx),
+                           ("4xx", t.status_4xx), ("5xx", t.status_5xx)):  # fmt: skip
+                if n:
+                    self._responses.labels(host, cls).inc(n)
 
     def queue(self, counts: Mapping[str, int]) -> None:
         for state, n in counts.items():

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from fetcher.fetch import Fetcher
 
 __all__ = [
-    "MAX_ROBOTS_BYTES", "Gate", "RobotsGate", "Verdict", "fetch_robots", "origin_of",
+    "MAX_ROBOTS_BYTES", "Gate", "RobotsGate", "Verdict", "fetch_robots", "host_of", "origin_of",
     "product_token", "robots_target",
 ]  # fmt: skip
 _MAX_REDIRECTS = 5
@@ -131,7 +131,7 @@ class RobotsGate:
         self._wall = wall
         self._origins: dict[str, _Origin] = {}
 
-    def known(self, origins: Iterable[str]) -> list[str]:
+    def unknown(self, origins: Iterable[str]) -> list[str]:
         """Of `origins`, those the gate has not met yet (the feeder loads them first)."""
         return [o for o in origins if o not in self._origins]
 
@@ -185,13 +185,18 @@ class RobotsGate:
         memory over many hosts; the database still has their verdicts."""
         for origin in [
             o for o, state in self._origins.items()
-            if not state.fetching and not busy(o.partition("://")[2])
+            if not state.fetching and not busy(host_of(o))
         ]:  # fmt: skip
             del self._origins[origin]
 
     def verdict(self, origin: str) -> Verdict | None:
         state = self._origins.get(origin)
         return None if state is None else state.verdict
+
+
+def host_of(origin: str) -> str:
+    """The host key of an origin (`https://a.example:8443` → `a.example:8443`)."""
+    return origin.partition("://")[2]
 
 
 def robots_target(origin: str) -> Target:

@@ -34,7 +34,7 @@ from fetcher.log import get_logger
 from fetcher.model import DISALLOWED, Exchange, Hop, Job, JobState, Outcome
 from fetcher.policy import decide, exchanges_of
 from fetcher.recorder import Recorder
-from fetcher.robots import RobotsGate, Verdict, fetch_robots, product_token, robots_target
+from fetcher.robots import RobotsGate, Verdict, fetch_robots, host_of, product_token
 from fetcher.scheduler import Permit, Scheduler
 from fetcher.supervisor import StoreHealth, Supervisor
 from fetcher.systemd import Notifier
@@ -222,7 +222,7 @@ class Service:
             self.summary.requests += len(exchanges)
         self._robots.settle(verdict)
         self._recorder.robots(verdict)
-        key = robots_target(origin).host_key
+        key = host_of(origin)
         asked = verdict.crawl_delay
         delay = None if asked is None else min(asked, self._settings.crawl_delay_max)
         self._limits.site_delay(key, delay)

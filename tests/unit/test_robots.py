@@ -106,12 +106,12 @@ def test_the_gate_fetches_once_then_waits_then_goes_by_the_rules() -> None:
     gate = _gate(clocks)
     page, secret = parse_url("http://a.example/page"), parse_url("http://a.example/secret")
     origin = origin_of(page)
-    assert origin == "http://a.example" and gate.known([origin]) == [origin]
+    assert origin == "http://a.example" and gate.unknown([origin]) == [origin]
     assert gate.check(page) == (Gate.FETCH, 0.0)
     assert gate.check(secret) == (Gate.WAIT, math.inf)  # one fetch at a time
     gate.settle(Verdict(origin, clocks.wall, 200, "User-agent: *\nDisallow: /secret\n"))
     assert gate.check(page) == (Gate.GO, 0.0) and gate.check(secret) == (Gate.REFUSE, 0.0)
-    assert gate.known([origin]) == []
+    assert gate.unknown([origin]) == []
     assert gate.check(parse_url("https://a.example/page"))[0] is Gate.FETCH  # its own origin
     clocks.wall += 60  # the TTL has passed: asked again
     assert gate.check(page) == (Gate.FETCH, 0.0)
@@ -155,7 +155,7 @@ def test_idle_origins_are_forgotten_busy_and_fetching_ones_kept() -> None:
     gate.load(["http://idle", "http://busy"], [])
     assert gate.check(parse_url("http://fetching/x"))[0] is Gate.FETCH
     gate.forget_idle(lambda key: key == "busy")
-    assert gate.known(["http://idle", "http://busy", "http://fetching"]) == ["http://idle"]
+    assert gate.unknown(["http://idle", "http://busy", "http://fetching"]) == ["http://idle"]
 
 
 # -- the scheduler's gate -----------------------------------------------------------------
