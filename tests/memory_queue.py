@@ -5,12 +5,14 @@ raises `StoreUnavailable`, as SQLite's locked or full database does, and changes
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from fetcher.errors import StoreUnavailable
+from fetcher.jobqueue import HostLease, HostRate
 from fetcher.model import Exchange, Job, JobState, Outcome
 from fetcher.robots import Verdict
 from fetcher.urls import Target, stored_target
@@ -111,7 +113,7 @@ class MemoryQueue:
         await self._enter("heartbeat")
         return 0
 
-    async def release_all(self) -> int:
+    async def release_all(self, rates: Mapping[str, HostRate] | None = None) -> int:
         await self._enter("release_all")
         held = [
             r for r in self.rows.values() if r.state is JobState.RUNNING and r.owner == self.owner
@@ -119,6 +121,16 @@ class MemoryQueue:
         for row in held:
             row.state, row.owner = JobState.QUEUED, None
         return len(held)
+
+    def lease_end(self, host: str) -> float:
+        return math.inf  # one daemon, as on SQLite
+
+    def held_hosts(self) -> Collection[str]:
+        return ()
+
+    async def turn_hosts(self, release: Mapping[str, HostRate], want: int) -> list[HostLease]:
+        await self._enter("turn_hosts")
+        return []
 
     async def unregister(self) -> None:
         await self._enter("unregister")

@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from fetcher import __version__, stats
 from fetcher.errors import ConfigError, StoreUnavailable
-from fetcher.locations import database_path
+from fetcher.locations import Location, database_location, location_of
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -35,12 +35,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(_sort_values_joined(sys.argv[1:] if argv is None else list(argv)))
     try:
         if args.read_only:  # stats, status, results: only the database is needed
-            return int(args.command(args, args.db or database_path(args.env_file)))
+            return int(args.command(args, args.db or database_location(args.env_file)))
         from fetcher.config import load_settings
 
         settings = load_settings(args.env_file)
         if args.db is not None:
-            settings = settings.model_copy(update={"db": args.db})
+            settings = settings.model_copy(update={"db": str(args.db)})
         return int(args.command(args, settings))
     except ConfigError as exc:
         _report_config_error(args, exc)
@@ -93,7 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fetcher {__version__}")
     parser.add_argument("--env-file", type=Path, help="read FETCHER_* variables from this file")
-    parser.add_argument("--db", type=Path, help="the database (overrides FETCHER_DB)")
+    parser.add_argument(
+        "--db", type=location_of, help="the database: a path or a URL (overrides FETCHER_DB)"
+    )
     parser.set_defaults(read_only=False)
     sub = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
@@ -186,7 +188,7 @@ async def _submit(settings: Settings, lines: Iterable[str | bytes]) -> int:
 
     # a 32 MiB page cache: the url index of a big queue
     queue = await open_queue(
-        settings.db_path, cache_mib=32, busy_timeout_s=settings.db_busy_timeout
+        settings.db_location, cache_mib=32, busy_timeout_s=settings.db_busy_timeout
     )
     try:
         report = await submit_lines(queue, lines, reject)
@@ -208,13 +210,13 @@ def _console() -> Console:
     return Console() if sys.stdout.isatty() else Console(width=160)
 
 
-def _reader(path: Path) -> QueueReader:
+def _reader(path: Location) -> QueueReader:
     from fetcher.jobqueue import open_reader
 
     return open_reader(path)
 
 
-def cmd_stats(args: argparse.Namespace, path: Path) -> int:
+def cmd_stats(args: argparse.Namespace, path: Location) -> int:
     db = _reader(path)
     if args.by == "minute" or args.since:
         since = time.time() - _duration(args.since or "1h")
@@ -255,7 +257,7 @@ def _watch(db: QueueReader, args: argparse.Namespace, console: Console) -> None:
             live.update(frame(), refresh=True)
 
 
-def cmd_robots(args: argparse.Namespace, path: Path) -> int:
+def cmd_robots(args: argparse.Namespace, path: Location) -> int:
     """The cached verdict of the origin(s) of a host key or URL; for a URL, whether the
     daemon may fetch it (by FETCHER_USER_AGENT's product token)."""
     from fetcher.errors import InvalidURL
@@ -309,7 +311,7 @@ def _iso(unix: float) -> str:
     return datetime.datetime.fromtimestamp(unix, datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
-def cmd_status(args: argparse.Namespace, path: Path) -> int:
+def cmd_status(args: argparse.Namespace, path: Location) -> int:
     db = _reader(path)
     summary = stats.status(db)
     if args.json:
@@ -320,7 +322,7 @@ def cmd_status(args: argparse.Namespace, path: Path) -> int:
     return EXIT_OK
 
 
-def cmd_results(args: argparse.Namespace, path: Path) -> int:
+def cmd_results(args: argparse.Namespace, path: Location) -> int:
     db = _reader(path)
     since = time.time() - _duration(args.since) if args.since else None
     out = sys.stdout
@@ -331,19 +333,21 @@ def cmd_results(args: argparse.Namespace, path: Path) -> int:
 
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     from fetcher.config import describe, load_hosts_file
-    from fetcher.sqlite.schema import SCHEMA_VERSION
+    from fetcher.jobqueue import schema_version
+
+    version = schema_version(settings.db_location)
 
     rows = describe(settings, args.env_file)
     if settings.hosts_file is not None:
         load_hosts_file(settings.hosts_file, settings.default_limits)  # validate it too
     if args.json:
         data: dict[str, Any] = {name: {"value": _jsonable(v), "source": s} for name, v, s in rows}
-        data["schema_version"] = SCHEMA_VERSION
+        data["schema_version"] = version
         print(json.dumps(data, indent=2))
     else:
         for name, value, source in rows:
             print(f"{name}={'' if value is None else value}  # {source}")
-        print(f"# schema version {SCHEMA_VERSION}")
+        print(f"# schema version {version}")
     return EXIT_OK
 
 

@@ -19,11 +19,23 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fetcher import __version__
 from fetcher.errors import ConfigError
-from fetcher.locations import ENV_FILE_VARIABLE, default_database, env_file_from_environment
+from fetcher.locations import (
+    ENV_FILE_VARIABLE,
+    check_postgres_url,
+    default_database,
+    env_file_from_environment,
+    is_postgres_url,
+    masked,
+)
 
 __all__ = ["HostLimits", "Settings", "describe", "load_hosts_file", "load_settings"]
 
 ENV_PREFIX = "FETCHER_"
+# With several daemons (PostgreSQL), a request starts only if it will end this long before its
+# host's lease does (the lease must outlast 2 * FETCHER_TIMEOUT + this): room for a renewal's
+# round trip and for clocks that drift a little, and at least one second between the old owner's
+# last request and the new owner's first (no window of one second holds both)
+LEASE_MARGIN_S = 2.0
 
 
 class Settings(BaseSettings):
@@ -33,7 +45,7 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, extra="ignore", frozen=True, validate_default=True
     )
 
-    db: Path | None = None
+    db: str | None = None  # a SQLite file's path, or a PostgreSQL URL (postgresql://…)
     db_busy_timeout: float = Field(10.0, gt=0, le=3600)
     max_concurrency: int = Field(32, ge=1, le=10_000)
     host_concurrency: int = Field(4, ge=1, le=10_000)
@@ -56,7 +68,7 @@ class Settings(BaseSettings):
     retention_days: float = Field(30.0, ge=0)
     log_format: Literal["json", "console", "auto"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    lease_s: float = Field(60.0, ge=5)
+    lease_s: float = Field(90.0, ge=5)
     save_bodies: bool = True
     robots: Literal["obey", "ignore"] = "obey"
     robots_ttl: float = Field(86_400.0, gt=0)
@@ -72,11 +84,11 @@ class Settings(BaseSettings):
 
     @field_validator("db", mode="before")
     @classmethod
-    def _sqlite_path(cls, value: object) -> object:
-        if isinstance(value, str) and value.split(":", 1)[0].lower() in ("postgresql", "postgres"):
-            raise ValueError(
-                "PostgreSQL is not supported by this version of fetcher yet; give a SQLite path"
-            )
+    def _location(cls, value: object) -> object:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, str) and is_postgres_url(value):
+            check_postgres_url(value)
         return value
 
     @field_validator("log_format", "log_level", mode="before")
@@ -104,19 +116,40 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _defaults_from_db(self) -> Settings:
-        db = self.db
-        if db is None:
-            db = default_database()
-            object.__setattr__(self, "db", db)
+        if not self.db:
+            object.__setattr__(self, "db", str(default_database()))
         if self.body_dir is None:
-            object.__setattr__(self, "body_dir", db.parent / "bodies")
+            home = default_database() if self.postgres else self.db_path
+            object.__setattr__(self, "body_dir", home.parent / "bodies")
         if self.backoff_max < self.backoff_base:
             raise ValueError("FETCHER_BACKOFF_MAX must be at least FETCHER_BACKOFF_BASE")
+        shortest = 2 * self.timeout + LEASE_MARGIN_S
+        if self.postgres and self.lease_s <= shortest:
+            raise ValueError(
+                f"FETCHER_LEASE_S: must be more than 2 * FETCHER_TIMEOUT + {LEASE_MARGIN_S:g} s"
+                f" = {shortest:g} s with several daemons on PostgreSQL (got {self.lease_s:g}):"
+                " a request must be able to end inside the lease that allowed it to start"
+            )
         return self
 
     @property
+    def postgres(self) -> bool:
+        """Whether FETCHER_DB is a PostgreSQL URL (else it is a SQLite file's path)."""
+        return self.db is not None and is_postgres_url(self.db)
+
+    @property
+    def db_location(self) -> Path | str:
+        """The SQLite file, or the PostgreSQL URL."""
+        return self.db_url if self.postgres else self.db_path
+
+    @property
     def db_path(self) -> Path:
-        assert self.db is not None  # set by _defaults_from_db
+        assert self.db is not None and not self.postgres  # set by _defaults_from_db
+        return Path(self.db)
+
+    @property
+    def db_url(self) -> str:
+        assert self.db is not None and self.postgres
         return self.db
 
     @property
@@ -176,7 +209,8 @@ def describe(settings: Settings, env_file: Path | None = None) -> list[tuple[str
             source = f"env file {env_file}"
         else:
             source = "default"
-        rows.append((name, getattr(settings, field), source))
+        value = getattr(settings, field)
+        rows.append((name, masked(value) if field == "db" else value, source))
     return rows
 
 

@@ -20,6 +20,7 @@ from fetcher.errors import StoreUnavailable
 from fetcher.fetch import Fetcher, build_transport
 from fetcher.guard import Guard
 from fetcher.jobqueue import JobQueue, open_queue
+from fetcher.locations import masked
 from fetcher.log import configure_logging, get_logger
 from fetcher.service import Service
 from fetcher.systemd import Notifier
@@ -75,11 +76,13 @@ async def _run(
         "service.starting",
         version=__version__,
         python=platform.python_version(),
-        db=str(settings.db_path),
+        db=str(masked(settings.db_location)),
         allow_private=settings.allow_private,
     )
     async with contextlib.AsyncExitStack() as stack:
-        queue = await open_queue(settings.db_path, busy_timeout_s=settings.db_busy_timeout)
+        queue = await open_queue(
+            settings.db_location, busy_timeout_s=settings.db_busy_timeout, lease_s=settings.lease_s
+        )
         stack.push_async_callback(queue.close)
         _log.info("store.opened", **queue.about())
         guard = Guard(allow_private=settings.allow_private)

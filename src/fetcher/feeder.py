@@ -4,6 +4,10 @@ A host holds only a few seconds' worth of jobs in memory, so a slow host's backl
 crowds out the others, and the room of one walk over the hosts is shared among them, so the
 slots go to many hosts at once rather than to the first few (which would then open a
 connection for every slot).
+
+With several daemons, the hosts themselves come and go: at the start of each walk the feeder
+hands back the hosts it holds with nothing left to do and acquires hosts with queued jobs that
+no daemon holds, as many as it has room for (`turn_hosts`); the walk then claims from its own.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ import asyncio
 import contextlib
 import functools
 import math
+import time
 from collections import Counter
 
 from fetcher.errors import StoreUnavailable
 from fetcher.jobqueue import JobQueue
 from fetcher.limits import Limits
+from fetcher.log import get_logger
 from fetcher.model import Job
 from fetcher.robots import RobotsGate, origin_of
 from fetcher.scheduler import Scheduler
@@ -24,7 +30,10 @@ from fetcher.supervisor import StoreHealth, wait_set
 
 __all__ = ["Feeder", "allot"]
 
+_log = get_logger("fetcher.feeder")
 WALK_HOSTS = 64
+ACQUIRE_HOSTS = 256  # hosts acquired at most at a time (several daemons)
+_TURN_EVERY_S = 0.25  # hosts are handed back and acquired at most this often
 _IDLE_POLL_S = 0.5
 
 
@@ -55,6 +64,7 @@ class Feeder:
         # come back for them while they hold jobs
         self._refilled: set[str] = set()
         self._room_freed = asyncio.Event()
+        self._turned_at = -math.inf
 
     def settled(self, job: Job) -> None:
         """`job` left memory (its outcome is with the recorder): its host may hold another."""
@@ -80,6 +90,8 @@ class Feeder:
         claimed_this_walk = 0
         while not stopping.is_set():
             room = self._max_held - self._held_total
+            if not cursor:
+                await self._turn_hosts(room, stopping)
             hosts: list[str] = []
             if room > 0:
                 walk = functools.partial(self._queue.hosts_with_queued, cursor, WALK_HOSTS)
@@ -92,10 +104,44 @@ class Feeder:
             wrapped = len(hosts) <= WALK_HOSTS
             cursor = "" if wrapped else hosts[WALK_HOSTS - 1]
             if room <= 0 or (wrapped and claimed_this_walk == 0):
-                self._room_freed.clear()
-                await wait_set(self._room_freed, _IDLE_POLL_S)
+                self._room_freed.clear()  # a wake while stopping would be lost here: checked
+                if not stopping.is_set():
+                    await wait_set(self._room_freed, _IDLE_POLL_S)
             if wrapped:
                 claimed_this_walk = 0
+
+    async def _turn_hosts(self, room: int, stopping: asyncio.Event) -> None:
+        """Hand back the hosts held with nothing to do (with their schedules); acquire hosts
+        with queued jobs for the room there is, each with the schedule its last holder left."""
+        now = time.monotonic()
+        if now - self._turned_at < _TURN_EVERY_S:
+            return
+        self._turned_at = now
+        idle = {
+            key: self._limits.rate_of(key)
+            for key in self._queue.held_hosts()
+            if not self.held[key]
+            and not self._scheduler.has_pending(key)
+            and not self._limits.in_flight(key)
+        }
+        want = min(ACQUIRE_HOSTS, room)
+        if not idle and want <= 0:
+            return
+        leases = await self._health.call(
+            "turn_hosts", lambda: self._queue.turn_hosts(idle, want), give_up=stopping
+        )
+        now_wall = time.time()
+        paused = {}
+        for lease in leases:
+            self._limits.resume(lease.host, lease.rate)
+            if lease.rate.paused_until > now_wall:
+                paused[lease.host] = lease.rate.paused_until - now_wall
+        if paused:  # a Retry-After or 429 pause the host's last holder committed
+            _log.info(
+                "hosts.pauses_restored",
+                hosts=len(paused),
+                longest_s=round(max(paused.values()), 3),
+            )
 
     async def _claim(self, wants: list[tuple[str, int]], stopping: asyncio.Event) -> int:
         jobs = await self._health.call(

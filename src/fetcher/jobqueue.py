@@ -4,8 +4,14 @@ The seam is here, at the level of the domain, not at the database driver: anothe
 differs in its SQL, its locking and its counter arithmetic, so each backend implements these
 whole. `JobQueue` is the daemon's and `fetcher submit`'s side (async); `QueueReader` is the
 read side behind `stats`, `status` and `results` (plain calls: a command that reads answers in
-tens of milliseconds, with no event loop to start). SQLite (`fetcher.sqlite`) is the one
-backend today; the tests add one in memory.
+tens of milliseconds, with no event loop to start). SQLite (`fetcher.sqlite`) is the embedded
+default; PostgreSQL (`fetcher.postgres`) lets several daemons share one queue, each host leased
+to one daemon at a time; the tests add one in memory.
+
+Host leases: with one daemon (SQLite) the daemon holds every host, for ever (`lease_end` is
+`inf`, `turn_hosts` acquires nothing). With several, a daemon starts a request to a host only
+if the request will end before its lease on the host does, and the host's rate schedule goes
+with the host from daemon to daemon (`HostRate`).
 
 A backend raises `StoreUnavailable` for trouble that passes (locked, full, away) and lets
 anything else through as the bug it is.
@@ -13,18 +19,39 @@ anything else through as the bug it is.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fetcher.model import Exchange, Job, Outcome
 from fetcher.urls import Target
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
+    from fetcher.locations import Location
     from fetcher.robots import Verdict
 
-__all__ = ["JobQueue", "QueueReader", "open_queue", "open_reader"]
+__all__ = [
+    "HostLease", "HostRate", "JobQueue", "QueueReader", "open_queue", "open_reader",
+    "schema_version",
+]  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class HostRate:
+    """A host's rate schedule as it passes from daemon to daemon: GCRA's theoretical arrival
+    time and the end of its pause, in unix time (0: none)."""
+
+    tat: float = 0.0
+    paused_until: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class HostLease:
+    """A host this daemon has just acquired, with the schedule its last holder left."""
+
+    host: str
+    rate: HostRate
 
 
 class JobQueue(Protocol):
@@ -66,8 +93,25 @@ class JobQueue(Protocol):
         """Extend this daemon's leases; take back expired leases of others. How many."""
         ...
 
-    async def release_all(self) -> int:
-        """Every job this daemon still holds goes back to `queued`; how many."""
+    async def release_all(self, rates: Mapping[str, HostRate] | None = None) -> int:
+        """Every job this daemon still holds goes back to `queued`, and every host it holds is
+        handed back with its schedule in `rates`; how many jobs."""
+        ...
+
+    # -- host leases
+    def lease_end(self, host: str) -> float:
+        """When, on this process's monotonic clock, this daemon's lease on `host` ends: a
+        request to it must have ended by then. `inf`: no lease is needed (one daemon);
+        `-inf`: this daemon does not hold the host (or lost it)."""
+        ...
+
+    def held_hosts(self) -> Collection[str]:
+        """The hosts this daemon holds under a lease (none where no lease is needed)."""
+        ...
+
+    async def turn_hosts(self, release: Mapping[str, HostRate], want: int) -> list[HostLease]:
+        """Hand back the hosts in `release` that have nothing queued (keeping their schedule),
+        then acquire up to `want` hosts with queued jobs that no live daemon holds."""
         ...
 
     async def unregister(self) -> None: ...
@@ -141,15 +185,37 @@ class QueueReader(Protocol):
         ...
 
 
-async def open_queue(db: Path, *, cache_mib: int = 8, busy_timeout_s: float = 10.0) -> JobQueue:
-    """The queue in database `db`, created or migrated as needed."""
+async def open_queue(
+    db: Location, *, cache_mib: int = 8, busy_timeout_s: float = 10.0, lease_s: float = 90.0
+) -> JobQueue:
+    """The queue in database `db` (a SQLite file or a PostgreSQL URL), created or migrated as
+    needed. `lease_s`: how long a host stays leased without a renewal (PostgreSQL)."""
+    if not isinstance(db, Path):
+        from fetcher.postgres.store import PostgresQueue
+
+        return await PostgresQueue.open(db, busy_timeout_s=busy_timeout_s, lease_s=lease_s)
     from fetcher.sqlite.store import SqliteQueue
 
     return await SqliteQueue.open(db, cache_mib=cache_mib, busy_timeout_s=busy_timeout_s)
 
 
-def open_reader(db: Path) -> QueueReader:
+def open_reader(db: Location) -> QueueReader:
     """The read side of database `db`; never creates or changes anything."""
+    if not isinstance(db, Path):
+        from fetcher.postgres.reader import PostgresReader
+
+        return PostgresReader(db)
     from fetcher.sqlite.reader import SqliteReader
 
     return SqliteReader(db)
+
+
+def schema_version(db: Location) -> int:
+    """The schema version this fetcher brings for the backend of `db`."""
+    if not isinstance(db, Path):
+        from fetcher.postgres.schema import SCHEMA_VERSION as POSTGRES_VERSION
+
+        return POSTGRES_VERSION
+    from fetcher.sqlite.schema import SCHEMA_VERSION
+
+    return SCHEMA_VERSION

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import time
 from collections.abc import Callable, Mapping
 
 from fetcher.config import HostLimits
+from fetcher.jobqueue import HostRate
 
 __all__ = ["HostLimiter", "Limits"]
 
@@ -72,6 +74,16 @@ class HostLimiter:
         if self.strikes:
             self.strikes -= 1
 
+    def schedule(self) -> tuple[float, float]:
+        """(theoretical arrival time, end of pause) on the clock of `start`'s `now`."""
+        return self._tat, self.paused_until
+
+    def resume(self, tat: float, paused_until: float) -> None:
+        """Go on with the schedule another daemon left (a host handed over): the next request
+        comes no sooner than it would have come there."""
+        self._tat = max(self._tat, tat)
+        self.paused_until = max(self.paused_until, paused_until)
+
     def idle(self, now: float) -> bool:
         """Nothing in flight, no pause, and a full bucket: forgetting it changes nothing."""
         return self.in_flight == 0 and self.paused_until <= now and self._tat <= now
@@ -86,6 +98,7 @@ class Limits:
         defaults: HostLimits,
         overrides: Mapping[str, HostLimits],
         clock: Callable[[], float],
+        wall: Callable[[], float] = time.time,
     ) -> None:
         # The global cap on requests in flight. A slot is taken before a host is chosen and
         # held until that request's outcome is known; waiting for a host never holds one
@@ -94,6 +107,7 @@ class Limits:
         self._defaults = defaults
         self._overrides = dict(overrides)
         self._clock = clock
+        self._wall = wall
         self._hosts: dict[str, HostLimiter] = {}
         self._site_delays: dict[str, float] = {}  # host → seconds its robots.txt asks for
 
@@ -127,6 +141,26 @@ class Limits:
         self._overrides = dict(overrides)
         for key, limiter in self._hosts.items():
             limiter.limits = self.limits_for(key)
+
+    def in_flight(self, key: str) -> int:
+        """Requests to `key` in flight now."""
+        limiter = self._hosts.get(key)
+        return 0 if limiter is None else limiter.in_flight
+
+    def rate_of(self, key: str) -> HostRate:
+        """`key`'s schedule in unix time, to hand the host to another daemon."""
+        limiter = self._hosts.get(key)
+        if limiter is None:
+            return HostRate()  # forgotten while idle: a full bucket, no pause
+        offset = self._wall() - self._clock()
+        tat, paused_until = limiter.schedule()
+        return HostRate(max(tat + offset, 0.0), max(paused_until + offset, 0.0))
+
+    def resume(self, key: str, rate: HostRate) -> None:
+        """`key` was handed over with schedule `rate` (unix time): go on with it."""
+        offset = self._clock() - self._wall()
+        tat = rate.tat + offset if rate.tat else -math.inf
+        self.host(key).resume(tat, rate.paused_until + offset if rate.paused_until else 0.0)
 
     def forget_idle(self) -> None:
         """Drop the meters of hosts that are idle and unpaused (bounded memory over many hosts)."""

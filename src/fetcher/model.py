@@ -107,3 +107,7 @@ class Outcome:
     body_path: str | None = None
     etag: str | None = None  # the response's validators, kept for a conditional GET next time
     last_modified: str | None = None
+    # state `queued`: the job goes on at this hop (`hops` made), queued under the hop's host
+    # (a redirect to a host another daemon holds: that daemon sends the next request)
+    moved_to: Target | None = None
+    hops: int = 0

@@ -227,7 +227,8 @@ async def fetch_robots(
     status = hop.status
     if hop.refused is not None and status is None:  # refused before any answer: unavailable
         status = 404
-    text = bytes(body).decode("utf-8", errors="replace")
+    # NUL means nothing in robots.txt, and PostgreSQL's text cannot hold it: a space (one byte)
+    text = bytes(body).decode("utf-8", errors="replace").replace("\x00", " ")
     ok = status is not None and 200 <= status < 300
     verdict = Verdict(origin, now, status, text if ok else "")
     return dataclasses.replace(verdict, crawl_delay=verdict.delay_s(token)), hops

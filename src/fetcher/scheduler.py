@@ -22,6 +22,8 @@ from fetcher.robots import Gate, RobotsGate, origin_of, robots_target
 
 __all__ = ["Permit", "Scheduler"]
 
+FENCE_RECHECK_S = 0.25  # a host whose lease is too short for a request: looked at again after
+
 
 class Permit:
     """A request's two places, taken together by `Scheduler.next_ready` and given back together
@@ -50,6 +52,9 @@ class Scheduler:
         *,
         robots: RobotsGate | None = None,
         refuse: Callable[[Job], None] | None = None,
+        lease_end: Callable[[str], float] = lambda key: math.inf,
+        reach_s: float = 0.0,
+        lost: Callable[[Job], None] | None = None,
     ) -> None:
         self._limits = limits
         self._clock = clock
@@ -57,6 +62,11 @@ class Scheduler:
         # a job it disallows goes to `refuse` without a request (and without a token)
         self._robots = robots
         self._refuse = refuse or (lambda job: None)
+        # the self-fence: a request to a host starts only if it ends (`reach_s` at most, the
+        # whole-request deadline and a margin) before this daemon's lease on the host does
+        self._lease_end = lease_end
+        self._reach_s = reach_s
+        self._lost = lost or (lambda job: None)
         self._pending: dict[str, deque[Job]] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._in_heap: set[str] = set()
@@ -154,6 +164,13 @@ class Scheduler:
             if ready_at > now:
                 self._push(key, ready_at)
                 continue
+            lease_end = self._lease_end(key)
+            if lease_end - now <= self._reach_s:
+                if lease_end == -math.inf:  # not this daemon's host (any more)
+                    self._give_up(key, queue)
+                else:  # held, but a request might outlast the lease: the renewal may come
+                    self._push(key, now + FENCE_RECHECK_S)
+                continue
             if self._robots is not None:
                 gate, until = self._robots.check(queue[0].target)
                 if gate is Gate.WAIT:  # its robots.txt is on its way, or asked again later
@@ -181,6 +198,13 @@ class Scheduler:
                 del self._pending[key]
             return job
         return None
+
+    def _give_up(self, key: str, queue: deque[Job]) -> None:
+        """Every job waiting for `key` goes to `lost`: another daemon holds the host now."""
+        del self._pending[key]
+        self.pending -= len(queue)
+        for job in queue:
+            self._lost(job)
 
     def _schedule(self, key: str) -> None:
         if key not in self._in_heap:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fetcher.bodies import BodyStore
-from fetcher.config import HostLimits, Settings, load_hosts_file
+from fetcher.config import LEASE_MARGIN_S, HostLimits, Settings, load_hosts_file
 from fetcher.errors import ConfigError, StoreUnavailable
 from fetcher.feeder import Feeder
 from fetcher.fetch import Fetcher
@@ -58,6 +58,7 @@ class Summary:
     retried: int = 0
     requests: int = 0
     requeued: int = 0
+    moved: int = 0  # redirected to a host another daemon holds: queued there
 
 
 class Service:
@@ -88,7 +89,7 @@ class Service:
         self._clock = clock
         self._wall = wall
         self._limits = Limits(
-            settings.max_concurrency, settings.default_limits, overrides or {}, clock
+            settings.max_concurrency, settings.default_limits, overrides or {}, clock, wall
         )
         self._robots = RobotsGate(
             token=product_token(settings.user_agent),
@@ -101,7 +102,13 @@ class Service:
         )
         self._delay_capped: set[str] = set()  # origins whose Crawl-delay was logged as capped
         self._scheduler = Scheduler(
-            self._limits, clock, robots=self._robots, refuse=self._disallowed
+            self._limits,
+            clock,
+            robots=self._robots,
+            refuse=self._disallowed,
+            lease_end=queue.lease_end,
+            reach_s=settings.timeout + LEASE_MARGIN_S,
+            lost=self._not_held,
         )
         self._stopping = asyncio.Event()
         self._store_deadline = asyncio.Event()  # set _STORE_GRACE_S after stopping began
@@ -207,9 +214,12 @@ class Service:
         """Fetch `origin`'s robots.txt (its host's place and token are this job's), count its
         requests, and let the origin's jobs go (or wait, or be refused) by what it says."""
         try:
-            verdict, hops = await fetch_robots(
-                self._fetcher, origin, self._robots.token, self._wall()
-            )
+            async with asyncio.timeout(self._settings.timeout):  # its redirects too: one deadline
+                verdict, hops = await fetch_robots(
+                    self._fetcher, origin, self._robots.token, self._wall()
+                )
+        except TimeoutError:  # FETCHER_TIMEOUT for the whole of it: as if it did not answer
+            verdict, hops = Verdict(origin, self._wall(), None), []
         except Exception:  # a bug: as if it did not answer, asked again on the backoff schedule
             _log.exception("robots.crashed", origin=origin)
             verdict, hops = Verdict(origin, self._wall(), None), []
@@ -245,6 +255,17 @@ class Service:
         )
         self._settle(job, outcome)
 
+    def _not_held(self, job: Job) -> None:
+        """`job`'s next request is to a host this daemon does not hold. At its own host (a lease
+        lost): it is forgotten here, and the host's new holder takes it back. Past a redirect:
+        it moves to the queue of the host it was sent to, whose holder goes on with it."""
+        if job.hops == 0:
+            self._feeder.settled(job)
+            _log.debug("job.left", job=job.id, host=job.host, why="host lease lost")
+            return
+        outcome = Outcome(job.id, JobState.QUEUED, job.attempts, moved_to=job.target, hops=job.hops)
+        self._settle(job, outcome)
+
     def _forget_idle(self) -> None:
         """Limiters and robots verdicts of hosts that hold nothing now (memory over many
         hosts); both come back as needed."""
@@ -272,6 +293,8 @@ class Service:
             self.summary.done += 1
         elif state is JobState.FAILED:
             self.summary.failed += 1
+        elif outcome.moved_to is not None:
+            self.summary.moved += 1
         else:
             self.summary.retried += 1
         _log.info(
@@ -427,8 +450,11 @@ class Service:
         await self._recorder.flush(give_up=self._store_deadline)
 
     async def _release_all(self) -> None:
+        """What this daemon holds goes back: its jobs to the queue, its hosts (with their
+        schedules) to whichever daemon acquires them next."""
+        rates = {key: self._limits.rate_of(key) for key in self._queue.held_hosts()}
         self.summary.requeued = await self._health.call(
-            "release_all", self._queue.release_all, give_up=self._store_deadline
+            "release_all", lambda: self._queue.release_all(rates), give_up=self._store_deadline
         )
 
     async def _unregister(self) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -15,9 +17,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from fetcher.demo import Origin
+from tests import postgres
 
 ADDRESSES = [f"127.0.0.{i}" for i in range(2, 14)]
 
@@ -37,14 +41,18 @@ def origin(origin_server: Origin) -> Origin:
 
 
 class Fetcher:
-    """Runs `python -m fetcher` against this test's database, as production runs it."""
+    """Runs `python -m fetcher` against this test's database, as production runs it: a SQLite
+    file in the test's directory, or a PostgreSQL database of the test's own (`url`)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, url: str | None = None) -> None:
         self.workdir = workdir
-        self.db = workdir / "fetcher.db"
+        self.backend = "postgres" if url else "sqlite"
+        self.db = workdir / "fetcher.db"  # the SQLite file (sqlite_only tests use it)
+        self.bodies = workdir / "bodies"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("FETCHER_")},
-            "FETCHER_DB": str(self.db),
+            "FETCHER_DB": url or str(self.db),
+            "FETCHER_BODY_DIR": str(self.bodies),
             "FETCHER_ALLOW_PRIVATE": "true",  # the origin is on loopback
             "FETCHER_LOG_FORMAT": "json",
             "FETCHER_BACKOFF_BASE": "0.05",
@@ -111,6 +119,30 @@ class Fetcher:
         assert result.returncode == 0, result.stderr
         return [json.loads(line) for line in result.stdout.splitlines()]
 
+    def sql(self, *statements: str) -> list[tuple[Any, ...]]:
+        """Run `statements` on the test's database in one transaction, whichever backend;
+        the rows of the last."""
+        url = self.env["FETCHER_DB"]
+        if self.backend == "sqlite":
+            db = sqlite3.connect(url)
+            try:
+                with db:
+                    rows = [db.execute(s).fetchall() for s in statements]
+            finally:
+                db.close()
+            return [tuple(row) for row in rows[-1]]
+
+        async def run() -> list[tuple[Any, ...]]:
+            conn = await asyncpg.connect(url)
+            try:
+                async with conn.transaction():
+                    rows = [await conn.fetch(s) for s in statements]
+            finally:
+                await conn.close()
+            return [tuple(row) for row in rows[-1]]
+
+        return asyncio.run(run())
+
     def stop_all(self) -> None:
         for proc in self._procs:
             if proc.poll() is None:
@@ -120,15 +152,26 @@ class Fetcher:
             log.close()
 
 
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each behaviour test runs on both backends (`sqlite_only` ones on SQLite alone)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def fetcher(tmp_path: Path) -> Iterator[Fetcher]:
+def fetcher(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Iterator[Fetcher]:
     """A fresh database and the means to run fetcher on it; every daemon it starts is
     killed by pid afterwards, also when the test fails."""
-    f = Fetcher(tmp_path)
-    try:
+    with contextlib.ExitStack() as stack:
+        url = None
+        if backend == "postgres":
+            url = stack.enter_context(postgres.database(request.getfixturevalue("postgres_server")))
+        f = Fetcher(tmp_path, url)
+        stack.callback(f.stop_all)  # before the database is dropped
         yield f
-    finally:
-        f.stop_all()
 
 
 class RawListener:

@@ -104,7 +104,7 @@ def test_a_refused_a_silent_and_a_hanging_up_host_fail_with_their_reasons(
     response: each job ends `failed` with its own reason, the silent one after
     FETCHER_CONNECT_TIMEOUT (the drain ends long before the 60 s request deadline), and every
     send is counted."""
-    fetcher.set(max_attempts=1, connect_timeout=0.5, timeout=60)
+    fetcher.set(max_attempts=1, connect_timeout=0.5, timeout=60, lease_s=125)
     with socket.socket() as free:
         free.bind((_ALONE, 0))
         refused_port = free.getsockname()[1]
@@ -144,4 +144,4 @@ def test_compressed_bodies_under_the_cap_are_decoded_whole(
     fetcher.drain()
     for row in fetcher.results():
         assert (row["state"], row["bytes"]) == ("done", 1024 * 1024), row
-        assert (fetcher.db.parent / "bodies" / row["body_path"]).stat().st_size == 1024 * 1024
+        assert (fetcher.bodies / row["body_path"]).stat().st_size == 1024 * 1024

@@ -134,6 +134,7 @@ def test_sigkill_then_restart_refetches_only_what_was_not_committed(
     assert len(refetched) <= seen_before - len(committed)
 
 
+@pytest.mark.sqlite_only  # on PostgreSQL a lease must outlast 2 x FETCHER_TIMEOUT (test_config)
 def test_a_request_longer_than_the_lease_keeps_its_job(fetcher: Fetcher, origin: Origin) -> None:
     """A request that takes longer than FETCHER_LEASE_S: its daemon renews the lease, so a
     second daemon on the same database never takes the job back and fetches it again."""

@@ -12,7 +12,6 @@ import pty
 import select
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -86,11 +85,15 @@ def test_results_filters_stats_reverse_sort_and_the_db_option(
     assert [r["requests"] for r in json.loads(ascending)] == sorted(by_requests)
     assert by_requests == sorted(by_requests, reverse=True)
 
-    moved = fetcher.workdir / "elsewhere.db"
-    fetcher.db.rename(moved)
-    fetcher.set(db=fetcher.workdir / "missing.db")
+    if fetcher.backend == "sqlite":
+        moved = str(fetcher.workdir / "elsewhere.db")
+        fetcher.db.rename(moved)
+        fetcher.set(db=fetcher.workdir / "missing.db")
+    else:
+        moved = fetcher.env["FETCHER_DB"]
+        fetcher.set(db=moved.rsplit("/", 1)[0] + "/fetcher_no_such_database")
     assert fetcher.cli("status", "--json").returncode == 1  # FETCHER_DB names no database
-    via_option = fetcher.cli("--db", str(moved), "status", "--json")
+    via_option = fetcher.cli("--db", moved, "status", "--json")
     assert via_option.returncode == 0 and json.loads(via_option.stdout)["done"] > 0
 
 
@@ -114,21 +117,19 @@ def test_retention_prunes_old_rows_while_fetching(fetcher: Fetcher, origin: Orig
     fetcher.submit([origin.url(f"ok/old-{n}") for n in range(5)])
     fetcher.drain()
     before = fetcher.stats()[origin.host()]["requests"]
-    db = sqlite3.connect(fetcher.db)
-    with db:
-        db.execute("UPDATE results SET finished_at = finished_at - 40 * 86400")
-        db.execute("UPDATE host_minutes SET minute = minute - 40 * 1440")
-    db.close()
+    fetcher.sql(
+        "UPDATE results SET finished_at = finished_at - 40 * 86400",
+        "UPDATE host_minutes SET minute = minute - 40 * 1440",
+    )
     fetcher.set(retention_days=30)
     fetcher.submit([origin.url(f"slow/100/new-{n}") for n in range(10)])
     fetcher.drain()
     results = fetcher.results()
     assert sorted(r["url"].rsplit("/", 1)[1] for r in results) == [f"new-{n}" for n in range(10)]
     assert fetcher.stats()[origin.host()]["requests"] == before + 10
-    db = sqlite3.connect(fetcher.db)
-    assert db.execute("SELECT count(*) FROM jobs").fetchone() == (10,)
-    assert db.execute("SELECT min(minute) FROM host_minutes").fetchone()[0] > time.time() // 60 - 60
-    db.close()
+    assert fetcher.sql("SELECT count(*) FROM jobs") == [(10,)]
+    [(oldest,)] = fetcher.sql("SELECT min(minute) FROM host_minutes")
+    assert oldest > time.time() // 60 - 60
 
 
 def _free_port() -> int:

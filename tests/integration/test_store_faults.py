@@ -51,6 +51,7 @@ def _assert_every_job_done_once(
     assert_counters_match(fetcher, origin)
 
 
+@pytest.mark.sqlite_only  # SQLite's write lock; PostgreSQL's faults: test_postgres_faults.py
 def test_a_write_lock_held_past_the_busy_timeout_pauses_the_work_then_it_resumes(
     fetcher: Fetcher, origin: Origin
 ) -> None:
@@ -119,6 +120,7 @@ def _fill(path: Path) -> int:
     return written
 
 
+@pytest.mark.sqlite_only  # the file's own filesystem
 def test_a_full_filesystem_pauses_the_work_then_it_resumes_once_space_is_freed(
     small_tmpfs: Path, fetcher: Fetcher, origin: Origin
 ) -> None:

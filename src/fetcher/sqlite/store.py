@@ -15,12 +15,13 @@ short is rolled back, and the connection is usable again as soon as SQLite is.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import orjson
 
 from fetcher.counters import COUNTER_FIELDS, MINUTE_FIELDS, Tally, tally
 from fetcher.errors import ConfigError, StoreUnavailable
+from fetcher.jobqueue import HostLease, HostRate
 from fetcher.model import Exchange, Job, JobState, Outcome, Validators
 from fetcher.robots import Verdict
 from fetcher.sqlite.schema import connect_pragmas, migrate, prepare_path
@@ -235,8 +237,9 @@ class SqliteQueue:
             )
             return cursor.rowcount
 
-    async def release_all(self) -> int:
-        """Put every job this daemon still holds back in the queue (end of shutdown)."""
+    async def release_all(self, rates: Mapping[str, HostRate] | None = None) -> int:
+        """Put every job this daemon still holds back in the queue (end of shutdown). One
+        daemon holds every host without a lease: there is no schedule to hand on."""
         async with self._transaction("release_all") as db:
             cursor = await db.execute(
                 "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL,"
@@ -244,6 +247,15 @@ class SqliteQueue:
                 (time.time(), self.owner),
             )
             return cursor.rowcount
+
+    def lease_end(self, host: str) -> float:
+        return math.inf  # one daemon: every host is its own, without a lease
+
+    def held_hosts(self) -> Collection[str]:
+        return ()
+
+    async def turn_hosts(self, release: Mapping[str, HostRate], want: int) -> list[HostLease]:
+        return []
 
     async def unregister(self) -> None:
         async with self._transaction("unregister") as db:

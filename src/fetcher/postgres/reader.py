@@ -1,0 +1,134 @@
+"""The read side of the PostgreSQL queue (`QueueReader`): plain calls, each a read-only query
+run on a private event loop, so the commands keep their shape whatever the backend."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Iterator, Sequence
+from typing import Any, TypeVar
+
+import asyncpg
+
+from fetcher.errors import StoreUnavailable
+from fetcher.locations import masked
+from fetcher.postgres.store import unavailable
+from fetcher.robots import Verdict
+
+__all__ = ["PostgresReader"]
+
+_T = TypeVar("_T")
+_PAGE = 5000  # results rows per query: `fetcher results` streams, whatever the table's size
+
+
+class PostgresReader:
+    def __init__(self, url: str, *, timeout_s: float = 10.0) -> None:
+        self._url = url
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._db: asyncpg.Connection = self._run(
+                "open",
+                asyncpg.connect(
+                    url,
+                    timeout=timeout_s,
+                    server_settings={
+                        "default_transaction_read_only": "on",
+                        "application_name": "fetcher (read)",
+                    },
+                ),
+            )
+            found = self._run("open", self._db.fetchval("SELECT to_regclass('fetcher_schema')"))
+        except BaseException:
+            self._loop.close()
+            raise
+        if found is None:
+            self.close()
+            raise FileNotFoundError(
+                f"no fetcher queue in {masked(url)} (set FETCHER_DB, or submit URLs first)"
+            )
+
+    def _run(self, operation: str, coro: Coroutine[Any, Any, _T]) -> _T:
+        try:
+            return self._loop.run_until_complete(coro)
+        except Exception as exc:
+            if unavailable(exc) or isinstance(exc, asyncpg.InvalidCatalogNameError):
+                raise StoreUnavailable(operation, f"{masked(self._url)}: {exc}") from exc
+            raise
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            if hasattr(self, "_db"):
+                self._run("close", self._db.close())
+            self._loop.close()
+
+    def _rows(self, sql: str, *args: object) -> list[dict[str, Any]]:
+        return [dict(row) for row in self._run("read", self._db.fetch(sql, *args))]
+
+    def host_stats(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT * FROM host_stats")
+
+    def queue_counts(self) -> dict[str, int]:
+        return {row["state"]: int(row["jobs"]) for row in self._rows("SELECT * FROM queue")}
+
+    def requests_by_minute(self, since_minute: int) -> dict[int, int]:
+        rows = self._rows(
+            "SELECT minute, sum(requests) AS n FROM host_minutes WHERE minute >= $1"
+            " GROUP BY minute",
+            since_minute,
+        )
+        return {row["minute"]: int(row["n"]) for row in rows}
+
+    def oldest_queued_at(self) -> float | None:
+        rows = self._rows("SELECT created_at FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1")
+        return float(rows[0]["created_at"]) if rows else None
+
+    def results(self, state: str | None, since: float | None) -> Iterator[dict[str, Any]]:
+        """Finished jobs, oldest first, a page at a time (keyset: no offset to skip)."""
+        after: tuple[float, int] = (-1.0, -1)
+        if since is not None:
+            after = (since - 1e-9, -1)
+        while True:
+            page = self._rows(
+                "SELECT job_id, url, final_url, host, state, status, bytes, error, attempts,"
+                " latency_ms, body_sha256, body_path, finished_at AS at"
+                " FROM results WHERE (finished_at, job_id) > ($1, $2)"
+                " AND ($3::text IS NULL OR state = $3) ORDER BY finished_at, job_id LIMIT $4",
+                after[0],
+                after[1],
+                state,
+                _PAGE,
+            )
+            for row in page:
+                at = row.pop("at")
+                row["finished_at"] = _iso(at)
+                yield row
+            if len(page) < _PAGE:
+                return
+            after = (at, page[-1]["job_id"])
+
+    def minute_rows(self, since_minute: int) -> list[dict[str, Any]]:
+        return self._rows(
+            "SELECT host, minute * 60 AS at, requests, status_2xx, status_3xx, status_4xx,"
+            " status_5xx, errors, bytes,"
+            " round((latency_sum_ms / NULLIF(requests - errors, 0))::numeric, 1)::float8"
+            " AS latency_avg_ms, round(latency_max_ms::numeric, 1)::float8 AS latency_max_ms"
+            " FROM host_minutes WHERE minute >= $1 ORDER BY host, minute",
+            since_minute,
+        )
+
+    def robots(self, origins: Sequence[str]) -> list[Verdict]:
+        rows = self._run(
+            "read",
+            self._db.fetch(
+                "SELECT origin, fetched_at, status, body, crawl_delay FROM robots_txt"
+                " WHERE origin = ANY($1::text[]) ORDER BY origin",
+                list(origins),
+            ),
+        )
+        return [Verdict(*row) for row in rows]
+
+
+def _iso(unix: float) -> str:
+    import datetime
+
+    moment = datetime.datetime.fromtimestamp(unix, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
