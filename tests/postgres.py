@@ -74,28 +74,37 @@ class Throwaway:
         self.bin = Path(found[-1]).parent
         self.dir = Path(tempfile.mkdtemp(prefix="fetcher-pg-"))
         self.port = _free_port()
-        self.user: str | None = None
-        if os.geteuid() == 0:  # initdb refuses root: the package's own user runs it
-            self.user = "postgres"
-            pw = pwd.getpwnam(self.user)
+        # initdb refuses root: the package's own user runs the server (its pid is the server's)
+        self.as_user: dict[str, int] = {}
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
             os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+            self.as_user = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
         self.proc: subprocess.Popen[bytes] | None = None
-
-    def _cmd(self, *args: str) -> list[str]:
-        return ["runuser", "-u", self.user, "--", *args] if self.user else list(args)
 
     def start(self) -> str:
         data = self.dir / "data"
         subprocess.run(
-            self._cmd(str(self.bin / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"),
-            check=True, capture_output=True, timeout=120,
+            [str(self.bin / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+            check=True, capture_output=True, timeout=120, cwd=self.dir, **self.as_user,
         )  # fmt: skip
+        return self._run_server()
+
+    def restart(self, down_s: float) -> None:
+        """Stop the server (fast shutdown: every connection is cut), stay down `down_s`, start
+        it again on the same data and port."""
+        self._stop_server()
+        time.sleep(down_s)
+        self._run_server()
+
+    def _run_server(self) -> str:
+        data = self.dir / "data"
         self.proc = subprocess.Popen(
-            self._cmd(
+            [
                 str(self.bin / "postgres"), "-D", str(data), "-p", str(self.port),
                 "-k", str(self.dir), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-            ),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.dir, **self.as_user,
         )  # fmt: skip
         url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         deadline = time.monotonic() + 30
@@ -106,6 +115,10 @@ class Throwaway:
         return url
 
     def stop(self) -> None:
+        self._stop_server()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _stop_server(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)  # fast shutdown
             try:
@@ -113,13 +126,28 @@ class Throwaway:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def throwaway() -> Iterator[tuple[Throwaway, str]]:
+    """A server of the caller's own (to restart, say), and its URL; CI fails without one."""
+    try:
+        own = Throwaway()
+    except (RuntimeError, KeyError) as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"no PostgreSQL to start ({exc}): .ci/run installs Debian's postgresql")
+        pytest.skip(f"no PostgreSQL to start ({exc})")
+    try:
+        url = own.start()
+        yield own, url
+    finally:
+        own.stop()
 
 
 @contextlib.contextmanager

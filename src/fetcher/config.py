@@ -192,7 +192,7 @@ def _first_error(exc: ValidationError) -> str:
         return message
     name = ENV_PREFIX + str(error["loc"][0]).upper()
     value = error.get("input")
-    shown = "" if isinstance(value, dict) or value is None else f" (got {str(value)!r})"
+    shown = "" if isinstance(value, dict) or value is None else f" (got {str(masked(value))!r})"
     return f"{name}: {message.lower() if message[:1].isupper() else message}{shown}"
 
 

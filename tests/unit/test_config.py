@@ -96,3 +96,52 @@ def test_read_commands_need_only_the_database(
         assert main(["--env-file", str(env), *command]) == 0, command
     assert main(["--env-file", str(env), "submit", "http://a.example/2"]) == 78  # it needs all
     assert "FETCHER_MAX_CONCURRENCY" in capsys.readouterr().err
+
+
+def test_a_postgres_url_selects_postgres_and_its_password_is_never_shown(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """FETCHER_DB=postgresql://… is PostgreSQL (a path stays SQLite); `fetcher config` shows
+    the URL with its password masked, in both formats; the bodies default beside the default
+    database, not inside the URL."""
+    url = "postgresql://fetch:s3cr%40t@db.example:5433/queue?sslmode=require"
+    monkeypatch.setenv("FETCHER_DB", url)
+    s = load_settings()
+    assert s.postgres and s.db_location == url
+    assert s.body_dir == Path("var/bodies")
+    assert main(["config"]) == 0
+    text = capsys.readouterr().out
+    assert "s3cr" not in text
+    assert "FETCHER_DB=postgresql://fetch:***@db.example:5433/queue?sslmode=require" in text
+    assert main(["config", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)["FETCHER_DB"]["value"]
+    assert shown == "postgresql://fetch:***@db.example:5433/queue?sslmode=require"
+    monkeypatch.setenv("FETCHER_DB", "var/queue.db")
+    assert not load_settings().postgres
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"FETCHER_TIMEOUT": "30", "FETCHER_LEASE_S": "60"}, "FETCHER_LEASE_S"),
+        ({"FETCHER_TIMEOUT": "5", "FETCHER_LEASE_S": "12"}, "FETCHER_LEASE_S"),
+        ({"FETCHER_DB": "postgresql://:notaport/x"}, "FETCHER_DB"),
+    ],
+)
+def test_a_lease_too_short_for_the_timeout_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    env: dict[str, str],
+    named: str,
+) -> None:
+    """With several daemons a request must end inside the lease that let it start: a lease of
+    2 x FETCHER_TIMEOUT + 2 s or less exits 78 naming FETCHER_LEASE_S; the defaults pass."""
+    monkeypatch.setenv("FETCHER_DB", "postgresql://127.0.0.1/fetcher")
+    assert load_settings().lease_s > 2 * load_settings().timeout + 2  # the defaults pass
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["config"]) == 78
+    assert named in capsys.readouterr().err
+    monkeypatch.setenv("FETCHER_DB", "var/fetcher.db")  # one daemon: no host lease to outlast
+    if named == "FETCHER_LEASE_S":
+        assert main(["config"]) == 0

@@ -625,7 +625,8 @@ class PostgresQueue:
         pauses: Mapping[str, float],
     ) -> dict[str, int]:
         """Lock the rows of every host the batch touches, in host order (no deadlock between
-        daemons), creating the missing ones; those this daemon holds, with their epochs."""
+        daemons), creating the missing ones; those this daemon holds, with their epochs. A host
+        it thought it held and does not is lost here, as at a renewal."""
         hosts = {e.host for e in exchanges} | set(pauses)
         hosts.update(self._claimed[o.job_id][0] for o in outcomes if o.job_id in self._claimed)
         if not hosts:
@@ -641,7 +642,14 @@ class PostgresQueue:
             " ORDER BY host FOR UPDATE",
             ordered,
         )
-        return {row["host"]: row["epoch"] for row in rows if row["owner"] == self.owner}
+        mine = {}
+        for host, owner, epoch in rows:
+            held = self._held.get(host)
+            if owner == self.owner and (held is None or held.epoch == epoch):
+                mine[host] = epoch
+            elif held is not None:  # taken while this daemon thought it held it
+                self._lose(host)
+        return mine
 
     async def _settle_jobs(self, db: asyncpg.Connection, kept: list[Outcome], now: float) -> None:
         await db.execute(

@@ -1,0 +1,262 @@
+"""Several daemons on one PostgreSQL queue: per-host limits and counters hold across all of them,
+measured at the origin, also when one is killed and when the server restarts under them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fetcher.demo import Origin
+from tests import postgres
+
+from .conftest import events, wait_until
+
+pytestmark = pytest.mark.integration
+
+HOSTS = [f"127.0.2.{i}" for i in range(1, 21)]  # twenty hosts of their own
+RATE, BURST, CAP = 5, 3, 2
+SLOW_MS = 500  # each request takes 0.5 s: at 5/s the cap of 2 in flight binds, not the rate
+LIMITS = {
+    "FETCHER_HOST_RATE": str(RATE),
+    "FETCHER_HOST_BURST": str(BURST),
+    "FETCHER_HOST_CONCURRENCY": str(CAP),
+    "FETCHER_TIMEOUT": "2",
+    "FETCHER_LEASE_S": "8",  # > 2 x 2 s + 2 s: a takeover after a kill comes within 8 s
+    "FETCHER_MAX_CONCURRENCY": "16",
+}
+
+
+@pytest.fixture(scope="module")
+def hosts_origin() -> Iterator[Origin]:
+    with Origin(HOSTS) as origin:
+        yield origin
+
+
+class Cluster:
+    """Daemons on one database, each a process of its own, stopped by pid at the end."""
+
+    def __init__(self, workdir: Path, url: str) -> None:
+        self.workdir = workdir
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("FETCHER_")},
+            "FETCHER_DB": url,
+            "FETCHER_ALLOW_PRIVATE": "true",
+            "FETCHER_LOG_FORMAT": "json",
+            "FETCHER_ROBOTS": "ignore",
+            "FETCHER_BODY_DIR": str(workdir / "bodies"),
+            "FETCHER_BACKOFF_BASE": "0.05",
+            "FETCHER_BACKOFF_MAX": "0.2",
+            **LIMITS,
+        }
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "fetcher", *args],
+            input=stdin, capture_output=True, text=True, env=self.env, timeout=60,
+        )  # fmt: skip
+
+    def start(self, n: int) -> list[subprocess.Popen[bytes]]:
+        for _ in range(n):
+            log = open(self.workdir / f"daemon-{len(self.procs)}.log", "wb")  # noqa: SIM115
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "fetcher", "run", "--drain"],
+                    env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+            )
+            log.close()  # the child has its own copy
+        return self.procs
+
+    def wait(self, timeout: float) -> list[int | None]:
+        deadline = time.monotonic() + timeout
+        for proc in self.procs:
+            try:
+                proc.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                break
+        return [proc.poll() for proc in self.procs]
+
+    def log(self, index: int) -> list[dict[str, Any]]:
+        return events((self.workdir / f"daemon-{index}.log").read_text())
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        import json
+
+        out = self.cli("stats", "--json")
+        assert out.returncode == 0, out.stderr
+        return {row["host"]: row for row in json.loads(out.stdout)}
+
+    def results(self) -> list[dict[str, Any]]:
+        import json
+
+        out = self.cli("results")
+        assert out.returncode == 0, out.stderr
+        return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, postgres_url: str) -> Iterator[Cluster]:
+    c = Cluster(tmp_path, postgres_url)
+    try:
+        yield c
+    finally:
+        c.stop_all()
+
+
+def _submit(cluster: Cluster, origin: Origin, per_host: int) -> int:
+    urls = [
+        origin.url(f"slow/{SLOW_MS}/{n}", i) for n in range(per_host) for i in range(len(HOSTS))
+    ]
+    out = cluster.cli("submit", "-f", "-", stdin="\n".join(urls) + "\n")
+    assert out.returncode == 0, out.stderr
+    return len(urls)
+
+
+def _worst_window(arrivals: list[float]) -> int:
+    """The most requests in any one-second window."""
+    times = sorted(arrivals)
+    worst, start = 0, 0
+    for end, t in enumerate(times):
+        while times[start] <= t - 1.0:
+            start += 1
+        worst = max(worst, end - start + 1)
+    return worst
+
+
+def _assert_polite(origin: Origin) -> None:
+    for host in (origin.host(i) for i in range(len(HOSTS))):
+        arrivals = origin.stats.arrivals[host]
+        assert _worst_window(arrivals) <= RATE + BURST, (host, _worst_window(arrivals))
+        assert origin.stats.max_in_flight[host] <= CAP, (host, origin.stats.max_in_flight[host])
+
+
+def _assert_counters_are_the_results(cluster: Cluster, total: int) -> list[dict[str, Any]]:
+    """Every job ended done, once; each host's requests counter is its results' count."""
+    results = cluster.results()
+    assert len(results) == total and {r["state"] for r in results} == {"done"}
+    assert len({r["job_id"] for r in results}) == total
+    per_host = Counter(r["host"] for r in results)
+    stats = cluster.stats()
+    for host, n in per_host.items():
+        assert stats[host]["requests"] == n == stats[host]["status_2xx"], (host, stats[host])
+    return results
+
+
+def test_three_daemons_share_the_hosts_and_hold_every_limit(
+    cluster: Cluster, hosts_origin: Origin
+) -> None:
+    """Three daemons drain one queue of 20 rate-limited hosts: no host gets more than rate +
+    burst in any second or more than its cap in flight, whichever daemons send; no URL is
+    fetched twice; the counters are the origin's count; all three did part of the work."""
+    origin = hosts_origin
+    origin.reset_stats()
+    total = _submit(cluster, origin, per_host=40)
+    cluster.start(3)
+    assert cluster.wait(timeout=90) == [0, 0, 0], [cluster.log(i)[-3:] for i in range(3)]
+    _assert_polite(origin)
+    assert set(origin.stats.paths.values()) == {1}  # no URL fetched twice
+    _assert_counters_are_the_results(cluster, total)
+    for host in (origin.host(i) for i in range(len(HOSTS))):
+        assert cluster.stats()[host]["requests"] == origin.stats.requests[host]
+    done = [
+        next(e for e in cluster.log(i) if e["event"] == "service.stopped")["done"]
+        for i in range(3)
+    ]
+    assert sum(done) == total and min(done) > 0, done  # the hosts were shared
+
+
+def _holder_of_most_hosts(cluster: Cluster) -> int:
+    """The pid of the daemon holding the most hosts now."""
+    import asyncio
+
+    import asyncpg
+
+    async def query() -> list[Any]:
+        conn = await asyncpg.connect(cluster.env["FETCHER_DB"])
+        try:
+            return list(
+                await conn.fetch(
+                    "SELECT d.pid, count(*) AS n FROM hosts h JOIN daemons d ON d.id = h.owner"
+                    " GROUP BY d.pid ORDER BY n DESC"
+                )
+            )
+        finally:
+            await conn.close()
+
+    rows = asyncio.run(query())
+    return int(rows[0]["pid"]) if rows else 0
+
+
+def test_a_killed_daemons_hosts_are_taken_over_without_a_burst(
+    cluster: Cluster, hosts_origin: Origin
+) -> None:
+    """SIGKILL the daemon holding the most hosts mid-run: the others take its hosts and jobs
+    over once its leases run out, never above a host's limits across the takeover; every
+    job ends done once; the counters count exactly the committed results (the dead daemon's
+    uncommitted requests were made, but nothing committed is fetched again)."""
+    origin = hosts_origin
+    origin.reset_stats()
+    total = _submit(cluster, origin, per_host=30)
+    procs = cluster.start(3)
+    assert wait_until(lambda: sum(origin.stats.requests.values()) >= 60, timeout=30)
+    victim_pid = _holder_of_most_hosts(cluster)
+    victim = next(p for p in procs if p.pid == victim_pid)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    others = [p for p in procs if p is not victim]
+    started = time.monotonic()
+    for proc in others:
+        proc.wait(120)
+    assert [p.returncode for p in others] == [0, 0]
+    assert time.monotonic() - started < 110
+    _assert_polite(origin)
+    results = _assert_counters_are_the_results(cluster, total)
+    fetched = Counter(origin.stats.paths)
+    refetched = sum(n - 1 for n in fetched.values())
+    counted = sum(row["requests"] for row in cluster.stats().values())
+    assert counted == len(results)
+    assert sum(fetched.values()) - counted == refetched  # only uncommitted work was done again
+    assert max(fetched.values()) <= 2
+
+
+def test_a_postgres_restart_under_running_daemons_loses_nothing(
+    tmp_path: Path, hosts_origin: Origin
+) -> None:
+    """The server restarts (every connection cut, down for 3 s) while three daemons work: they
+    log it, wait, resume by themselves; every job ends done once, fetched once, limits hold,
+    counters are the origin's count."""
+    origin = hosts_origin
+    origin.reset_stats()
+    with postgres.throwaway() as (server, server_url):
+        with postgres.database(server_url) as url:
+            cluster = Cluster(tmp_path, url)
+            try:
+                total = _submit(cluster, origin, per_host=30)
+                cluster.start(3)
+                assert wait_until(lambda: sum(origin.stats.requests.values()) >= 60, timeout=30)
+                server.restart(down_s=3)
+                assert cluster.wait(timeout=120) == [0, 0, 0]
+                _assert_polite(origin)
+                _assert_counters_are_the_results(cluster, total)
+                assert set(origin.stats.paths.values()) == {1}
+                for i in range(3):
+                    names = [e["event"] for e in cluster.log(i)]
+                    assert "store.unavailable" in names and "store.recovered" in names, i
+            finally:
+                cluster.stop_all()
