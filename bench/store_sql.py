@@ -1,9 +1,16 @@
 """The store's own cost per job, no network: submit N jobs over H hosts, then claim them in
 batches of up to 100 per host and record them done in batches of 60, as the daemon does.
-Prints the median over repetitions of µs per job spent in claim + record (SQL, aiosqlite's
+Prints the median over repetitions of µs per job spent in claim + record (SQL, the driver's
 hand-offs, the counters' read-modify-write). Pin it to one core for steadier figures:
 
     taskset -c 1 .venv/bin/python bench/store_sql.py
+    taskset -c 1 .venv/bin/python bench/store_sql.py --postgres postgresql://127.0.0.1/postgres
+
+With --postgres (a server's maintenance database: each repetition makes a database of its
+own, dropped after) the daemon's whole PostgreSQL round is timed, host leases included.
+`--backlog N` queues N jobs at the first host before the N timed ones: every timed claim there
+has a backlog of that size behind it (the claim's cost with millions queued at one host,
+against the same run without them).
 """
 
 from __future__ import annotations
@@ -13,18 +20,26 @@ import asyncio
 import statistics
 import tempfile
 import time
+import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
+
+from fetcher.jobqueue import JobQueue, open_queue
 from fetcher.model import Exchange, JobState, Outcome
-from fetcher.sqlite.store import SqliteQueue as Store
 from fetcher.urls import parse_url
 
 
-async def per_job_us(path: Path, n: int, hosts: int) -> float:
-    store = await Store.open(path)
+async def per_job_us(store: JobQueue, n: int, hosts: int, backlog: int) -> float:
+    for start in range(0, backlog, 100_000):  # at the first host, before the timed jobs
+        chunk = range(start, min(start + 100_000, backlog))
+        await store.submit([parse_url(f"http://h0.example/backlog/{i}") for i in chunk])
     await store.submit([parse_url(f"http://h{i % hosts}.example/{i}") for i in range(n)])
+    await store.register()
     started, done = time.perf_counter(), 0
     while done < n:
+        await store.turn_hosts({}, 256)  # with several daemons: hosts are leased first
         walk = await store.hosts_with_queued("", 64)
         jobs = await store.claim([(host, 100) for host in walk], lease_s=60)
         for i in range(0, len(jobs), 60):
@@ -41,18 +56,37 @@ async def per_job_us(path: Path, n: int, hosts: int) -> float:
     return elapsed / n * 1e6
 
 
+async def run_once(args: argparse.Namespace, tmp: Path) -> float:
+    if not args.postgres:
+        store = await open_queue(tmp / "s.db")
+        return await per_job_us(store, args.jobs, args.hosts, args.backlog)
+    name = f"fetcher_bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(args.postgres)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = urlunsplit(urlsplit(args.postgres)._replace(path=f"/{name}"))
+        store = await open_queue(url)
+        return await per_job_us(store, args.jobs, args.hosts, args.backlog)
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--hosts", type=int, default=16)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--postgres", metavar="URL", help="a server's maintenance database")
+    parser.add_argument("--backlog", type=int, default=0, help="jobs queued at one host first")
     args = parser.parse_args()
     runs = []
-    for rep in range(args.reps):
+    for _ in range(args.reps):
         with tempfile.TemporaryDirectory() as tmp:
-            runs.append(asyncio.run(per_job_us(Path(tmp) / f"s{rep}.db", args.jobs, args.hosts)))
-    print(f"claim + record: {statistics.median(runs):.1f} µs a job (median of {args.reps};"
-          f" runs {', '.join(f'{r:.1f}' for r in runs)})")  # fmt: skip
+            runs.append(asyncio.run(run_once(args, Path(tmp))))
+    backend = "postgresql" if args.postgres else "sqlite"
+    print(f"{backend}: claim + record: {statistics.median(runs):.1f} µs a job (median of"
+          f" {args.reps}; runs {', '.join(f'{r:.1f}' for r in runs)})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -75,18 +75,21 @@ class Throwaway:
         self.dir = Path(tempfile.mkdtemp(prefix="fetcher-pg-"))
         self.port = _free_port()
         # initdb refuses root: the package's own user runs the server (its pid is the server's)
-        self.as_user: dict[str, int] = {}
+        self.uid: int | None = None
+        self.gid: int | None = None
+        self.groups: list[int] | None = None
         if os.geteuid() == 0:
             pw = pwd.getpwnam("postgres")
             os.chown(self.dir, pw.pw_uid, pw.pw_gid)
-            self.as_user = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+            self.uid, self.gid, self.groups = pw.pw_uid, pw.pw_gid, []
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> str:
         data = self.dir / "data"
         subprocess.run(
             [str(self.bin / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-            check=True, capture_output=True, timeout=120, cwd=self.dir, **self.as_user,
+            check=True, capture_output=True, timeout=120, cwd=self.dir,
+            user=self.uid, group=self.gid, extra_groups=self.groups,
         )  # fmt: skip
         return self._run_server()
 
@@ -104,7 +107,8 @@ class Throwaway:
                 str(self.bin / "postgres"), "-D", str(data), "-p", str(self.port),
                 "-k", str(self.dir), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
             ],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.dir, **self.as_user,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.dir,
+            user=self.uid, group=self.gid, extra_groups=self.groups,
         )  # fmt: skip
         url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         deadline = time.monotonic() + 30

@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from fetcher import __version__, stats
 from fetcher.errors import ConfigError, StoreUnavailable
-from fetcher.locations import Location, database_location, location_of
+from fetcher.locations import Location, database_location, is_postgres_url, location_of
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -144,6 +144,12 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="a self-contained demonstration on loopback")
     demo.add_argument("--hosts", type=int, default=4, help="origin hosts (127.0.0.2 …)")
     demo.add_argument("--urls", type=int, default=40, help="URLs per host")
+    demo.add_argument(
+        "--postgres", metavar="URL", help="the queue in this PostgreSQL database (best empty)"
+    )
+    demo.add_argument(
+        "--daemons", type=int, help="daemons draining the queue together (3 with --postgres)"
+    )
     demo.set_defaults(command=cmd_demo)
     return parser
 
@@ -368,4 +374,13 @@ def _duration(text: str) -> float:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from fetcher.demo import run_demo
 
-    return run_demo(hosts=args.hosts, urls_per_host=args.urls)
+    daemons = args.daemons or (3 if args.postgres else 1)
+    if args.postgres and not is_postgres_url(args.postgres):
+        print(f"fetcher demo: --postgres wants a postgresql:// URL (got {args.postgres!r})")
+        return EXIT_USAGE
+    if daemons > 1 and not args.postgres:
+        print("fetcher demo: several daemons share a queue on PostgreSQL only (--postgres URL)")
+        return EXIT_USAGE
+    return run_demo(
+        hosts=args.hosts, urls_per_host=args.urls, postgres=args.postgres, daemons=daemons
+    )

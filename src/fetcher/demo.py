@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import os
 import socket
 import subprocess
@@ -41,6 +42,8 @@ from pathlib import Path
 import brotli
 from aiohttp import web
 from rich.console import Console
+
+from fetcher.locations import masked
 
 __all__ = ["Origin", "OriginStats", "RobotsFile", "run_demo"]
 
@@ -351,16 +354,20 @@ def _demo_urls(origin: Origin, hosts: int, per_host: int) -> list[str]:
     return urls
 
 
-def run_demo(*, hosts: int, urls_per_host: int) -> int:
+def run_demo(
+    *, hosts: int, urls_per_host: int, postgres: str | None = None, daemons: int = 1
+) -> int:
     """Start the origin on 127.0.0.2…, submit a mix of URLs (some of them under /private/,
     which every host's robots.txt disallows), run `fetcher run --drain` on them, and show the
-    stats table next to what the origin received."""
+    stats table next to what the origin received. With `postgres` (a URL), the queue is there
+    and `daemons` daemons drain it together, each a process of its own."""
     console = Console()
     addresses = [f"127.0.0.{i + 2}" for i in range(hosts)]
     workdir = Path(tempfile.mkdtemp(prefix="fetcher-demo-"))
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("FETCHER_")},
-        "FETCHER_DB": str(workdir / "fetcher.db"),
+        "FETCHER_DB": postgres or str(workdir / "fetcher.db"),
+        "FETCHER_BODY_DIR": str(workdir / "bodies"),
         "FETCHER_ALLOW_PRIVATE": "true",  # the origin lives on loopback
         "FETCHER_HOST_RATE": "10",
         "FETCHER_HOST_BURST": "4",
@@ -368,22 +375,53 @@ def run_demo(*, hosts: int, urls_per_host: int) -> int:
         "FETCHER_BACKOFF_BASE": "0.2",
         "FETCHER_LOG_LEVEL": "warning",
     }
+    where = masked(postgres) if postgres else workdir
     fetcher = [sys.executable, "-m", "fetcher"]
     with Origin(addresses) as origin:
         for index in range(hosts):  # each host's robots.txt keeps fetcher out of /private/
             origin.robots[origin.host(index)] = RobotsFile(
                 body="User-agent: *\nDisallow: /private/\n"
             )
-        console.rule(f"origin on {', '.join(addresses)} port {origin.port}; database {workdir}")
+        console.rule(f"origin on {', '.join(addresses)} port {origin.port}; database {where}")
         urls = "\n".join(_demo_urls(origin, hosts, urls_per_host)) + "\n"
         subprocess.run([*fetcher, "submit", "-f", "-"], input=urls, text=True, env=env, check=True)
         started = time.monotonic()
-        subprocess.run([*fetcher, "run", "--drain"], env=env, check=True, timeout=600)
+        done = _drain(fetcher, env, workdir, daemons)
         elapsed = time.monotonic() - started
-        console.rule(f"drained in {elapsed:.1f} s: fetcher stats")
+        shares = f" by {daemons} daemons (jobs each: {', '.join(map(str, done))})"
+        console.rule(f"drained in {elapsed:.1f} s{shares if daemons > 1 else ''}: fetcher stats")
         subprocess.run([*fetcher, "stats", "--sort", "host"], env=env, check=True)
         subprocess.run([*fetcher, "status"], env=env, check=True)
         received = dict(sorted(origin.stats.requests.items()))
     console.print("requests the origin received, per host:", received)
-    console.print(f"query it yourself: sqlite3 {workdir}/fetcher.db 'SELECT * FROM host_stats'")
+    if postgres:
+        console.print(f"query it yourself: psql '{where}' -c 'SELECT * FROM host_stats'")
+    else:
+        console.print(f"query it yourself: sqlite3 {workdir}/fetcher.db 'SELECT * FROM host_stats'")
     return 0
+
+
+def _drain(fetcher: list[str], env: dict[str, str], workdir: Path, daemons: int) -> list[int]:
+    """`fetcher run --drain` in `daemons` processes at once; the jobs each one finished."""
+    env = {**env, "FETCHER_LOG_LEVEL": "info", "FETCHER_LOG_FORMAT": "json"}
+    logs = [workdir / f"daemon-{i}.log" for i in range(daemons)]
+    procs = []
+    for log in logs:
+        with log.open("wb") as out:
+            procs.append(subprocess.Popen([*fetcher, "run", "--drain"], env=env, stderr=out))
+    try:
+        for proc in procs:
+            if proc.wait(600) != 0:
+                raise subprocess.CalledProcessError(proc.returncode, proc.args)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    done = []
+    for log in logs:
+        for line in log.read_text().splitlines():
+            if '"service.stopped"' in line:
+                event = json.loads(line)
+                done.append(int(event["done"]) + int(event["failed"]))
+    return done

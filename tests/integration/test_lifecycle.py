@@ -75,7 +75,12 @@ def test_sigterm_during_load_exits_0_within_grace_and_leaves_nothing_running(
     assert status["running"] == 0
     assert status["queued"] + status["done"] == 80
     stopped = [e for e in fetcher.log_of() if e["event"] == "service.stopped"]
-    assert stopped and stopped[0]["requeued"] == status["queued"]
+    # every job it held went back; on PostgreSQL, where hosts are acquired turn by turn, some
+    # jobs may never have been claimed
+    if fetcher.backend == "sqlite":
+        assert stopped and stopped[0]["requeued"] == status["queued"]
+    else:
+        assert stopped and 0 < stopped[0]["requeued"] <= status["queued"]
     fetcher.drain()  # what was put back is fetched by the next run
     assert fetcher.status()["done"] == 80
 

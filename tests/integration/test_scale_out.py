@@ -71,8 +71,10 @@ class Cluster:
             self.procs.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "fetcher", "run", "--drain"],
-                    env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                )  # fmt: skip
+                    env=self.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
             )
             log.close()  # the child has its own copy
         return self.procs
@@ -175,8 +177,7 @@ def test_three_daemons_share_the_hosts_and_hold_every_limit(
     for host in (origin.host(i) for i in range(len(HOSTS))):
         assert cluster.stats()[host]["requests"] == origin.stats.requests[host]
     done = [
-        next(e for e in cluster.log(i) if e["event"] == "service.stopped")["done"]
-        for i in range(3)
+        next(e for e in cluster.log(i) if e["event"] == "service.stopped")["done"] for i in range(3)
     ]
     assert sum(done) == total and min(done) > 0, done  # the hosts were shared
 
@@ -243,20 +244,19 @@ def test_a_postgres_restart_under_running_daemons_loses_nothing(
     counters are the origin's count."""
     origin = hosts_origin
     origin.reset_stats()
-    with postgres.throwaway() as (server, server_url):
-        with postgres.database(server_url) as url:
-            cluster = Cluster(tmp_path, url)
-            try:
-                total = _submit(cluster, origin, per_host=30)
-                cluster.start(3)
-                assert wait_until(lambda: sum(origin.stats.requests.values()) >= 60, timeout=30)
-                server.restart(down_s=3)
-                assert cluster.wait(timeout=120) == [0, 0, 0]
-                _assert_polite(origin)
-                _assert_counters_are_the_results(cluster, total)
-                assert set(origin.stats.paths.values()) == {1}
-                for i in range(3):
-                    names = [e["event"] for e in cluster.log(i)]
-                    assert "store.unavailable" in names and "store.recovered" in names, i
-            finally:
-                cluster.stop_all()
+    with postgres.throwaway() as (server, server_url), postgres.database(server_url) as url:
+        cluster = Cluster(tmp_path, url)
+        try:
+            total = _submit(cluster, origin, per_host=30)
+            cluster.start(3)
+            assert wait_until(lambda: sum(origin.stats.requests.values()) >= 60, timeout=30)
+            server.restart(down_s=3)
+            assert cluster.wait(timeout=120) == [0, 0, 0]
+            _assert_polite(origin)
+            _assert_counters_are_the_results(cluster, total)
+            assert set(origin.stats.paths.values()) == {1}
+            for i in range(3):
+                names = [e["event"] for e in cluster.log(i)]
+                assert "store.unavailable" in names and "store.recovered" in names, i
+        finally:
+            cluster.stop_all()

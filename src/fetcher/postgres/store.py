@@ -53,7 +53,9 @@ _FINAL = (JobState.DONE, JobState.FAILED)
 # (deadlock, serialization), insufficient resources (disk full, too many connections),
 # operator intervention (shutdown, restart, cancelled); and lock_not_available
 _PASSING = ("08", "40", "53", "57")
-_SHARE_EVERY_S = 2.0  # how often the fair share of hosts is counted again
+_SHARE_EVERY_S = 2.0  # how often the fair share of hosts is counted again, over many hosts
+_FIRST_HOSTS = 16  # hosts a daemon may acquire at once, whatever its share
+_COUNT_ALWAYS_BELOW = 10_000  # hosts with work: below this, the share is counted every turn
 
 
 def unavailable(exc: BaseException) -> bool:
@@ -108,6 +110,7 @@ class PostgresQueue:
         self._surrender: set[str] = set()  # held hosts over the fair share: handed back when idle
         self._share: float = math.inf  # hosts this daemon may hold
         self._share_at = -math.inf
+        self._busy = 0  # hosts with work or held, at the last count
 
     @classmethod
     async def open(
@@ -220,16 +223,21 @@ class PostgresQueue:
                     del self._held[row[0]]
                     self._surrender.discard(row[0])
             await self._count_share(db)
-            want = int(min(want, self._share - len(self._held)))
+            # a quarter of the share at most per turn (but 16 hosts at once, for a quick start):
+            # daemons that start together over many hosts, registering a moment apart, end up
+            # with even shares, not the first with them all
+            step = max(_FIRST_HOSTS, math.ceil(self._share / 4))
+            want = int(min(want, self._share - len(self._held), step))
             if want > 0:
                 leases = await self._acquire(db, want)
         return leases
 
     async def _count_share(self, db: asyncpg.Connection) -> None:
-        """The hosts a daemon may hold: hosts with work ÷ live daemons (counted every few
-        seconds); a daemon holding more marks the excess to hand back once idle."""
+        """The hosts a daemon may hold: hosts with work ÷ live daemons (counted at every turn,
+        or every few seconds over many hosts); a daemon holding more marks the excess to hand
+        back once idle."""
         now = time.monotonic()
-        if now - self._share_at < _SHARE_EVERY_S:
+        if now - self._share_at < _SHARE_EVERY_S and self._busy > _COUNT_ALWAYS_BELOW:
             return
         self._share_at = now
         row = await db.fetchrow(
@@ -240,6 +248,7 @@ class PostgresQueue:
         )
         assert row is not None
         live, busy = row
+        self._busy = busy
         share = max(1, math.ceil(busy / max(live, 1)))
         self._share = share
         excess = len(self._held) - share
