@@ -123,8 +123,9 @@ async def test_an_expired_lease_is_taken_over_no_sooner_than_its_end(
 async def test_the_hosts_are_shared_fairly_and_the_excess_is_handed_back(
     daemons: list[PostgresQueue],
 ) -> None:
-    """A alone takes every host with work; once B is live too, A's share is half: it stops claiming from the
-    excess and hands those hosts back when idle, backlog and all; B then acquires them."""
+    """A alone takes every host with work; once B is live too, A's share is half: it stops
+    claiming from the excess and hands those hosts back when idle, backlog and all; B then
+    acquires them."""
     a, b = daemons
     hosts = [f"h{i}.example" for i in range(4)]
     await a.submit([parse_url(u) for h in hosts for u in urls(h, 3)])
