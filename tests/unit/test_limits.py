@@ -4,6 +4,7 @@ in-flight cap, no head-of-line blocking."""
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
@@ -11,7 +12,7 @@ from fetcher.config import HostLimits
 from fetcher.feeder import allot
 from fetcher.limits import HostLimiter, Limits
 from fetcher.model import Job
-from fetcher.scheduler import Scheduler
+from fetcher.scheduler import FENCE_RECHECK_S, Scheduler
 from fetcher.urls import parse_url
 
 
@@ -301,3 +302,29 @@ def test_a_site_s_delay_slows_a_host_only_past_the_operator_s_interval() -> None
     assert limits.limits_for("edge") == HostLimits(4.0, 3, 2)
     limits.site_delay("edge", 0.4)  # a little slower than the operator's: the site's
     assert limits.limits_for("edge") == HostLimits(2.5, 1, 2)
+
+
+async def test_the_self_fence_starts_a_request_only_inside_the_lease() -> None:
+    """With several daemons a request to a host starts only if it ends (`reach_s` at most)
+    before this daemon's lease on the host does: a lease too short holds the host's jobs (the
+    renewal may come); a host no longer held gives its jobs up to `lost`; other hosts go on."""
+    clock = Clock()
+    limits = Limits(8, HostLimits(rate=0, burst=1, concurrency=8), {}, clock)
+    ends = {"short.example": clock.now + 10.0, "gone.example": -math.inf, "ok.example": math.inf}
+    lost: list[int] = []
+    scheduler = Scheduler(
+        limits, clock, lease_end=ends.__getitem__, reach_s=12.0, lost=lambda j: lost.append(j.id)
+    )
+    scheduler.add(_job(1, "http://short.example/1"))
+    scheduler.add(_job(2, "http://gone.example/2"))
+    scheduler.add(_job(3, "http://gone.example/3"))
+    scheduler.add(_job(4, "http://ok.example/4"))
+    ready = await scheduler.next_ready(0)
+    assert ready is not None and ready[0].id == 4
+    assert await scheduler.next_ready(0) is None
+    assert sorted(lost) == [2, 3] and not scheduler.has_pending("gone.example")
+    assert scheduler.has_pending("short.example") and scheduler.pending == 1
+    ends["short.example"] = clock.now + 12.5  # renewed
+    clock.now += FENCE_RECHECK_S
+    ready = await scheduler.next_ready(0)
+    assert ready is not None and ready[0].id == 1 and scheduler.pending == 0
