@@ -65,6 +65,7 @@ class Feeder:
         self._refilled: set[str] = set()
         self._room_freed = asyncio.Event()
         self._turned_at = -math.inf
+        self._more_hosts = False  # the last turn acquired all it asked for: more may wait
 
     def settled(self, job: Job) -> None:
         """`job` left memory (its outcome is with the recorder): its host may hold another."""
@@ -103,7 +104,7 @@ class Feeder:
                 claimed_this_walk += claimed
             wrapped = len(hosts) <= WALK_HOSTS
             cursor = "" if wrapped else hosts[WALK_HOSTS - 1]
-            if room <= 0 or (wrapped and claimed_this_walk == 0):
+            if room <= 0 or (wrapped and claimed_this_walk == 0 and not self._more_hosts):
                 self._room_freed.clear()  # a wake while stopping would be lost here: checked
                 if not stopping.is_set():
                     await wait_set(self._room_freed, _IDLE_POLL_S)
@@ -112,9 +113,10 @@ class Feeder:
 
     async def _turn_hosts(self, room: int, stopping: asyncio.Event) -> None:
         """Hand back the hosts held with nothing to do (with their schedules); acquire hosts
-        with queued jobs for the room there is, each with the schedule its last holder left."""
+        with queued jobs for the room there is, each with the schedule its last holder left.
+        At most every _TURN_EVERY_S, unless the last turn got all it asked for."""
         now = time.monotonic()
-        if now - self._turned_at < _TURN_EVERY_S:
+        if now - self._turned_at < _TURN_EVERY_S and not self._more_hosts:
             return
         self._turned_at = now
         idle = {
@@ -126,10 +128,14 @@ class Feeder:
         }
         want = min(ACQUIRE_HOSTS, room)
         if not idle and want <= 0:
+            self._more_hosts = False
             return
         leases = await self._health.call(
             "turn_hosts", lambda: self._queue.turn_hosts(idle, want), give_up=stopping
         )
+        # all it asked for came: turn again at the next walk, without waiting (many hosts with
+        # a job or two each); fewer came, and the next turn waits its interval
+        self._more_hosts = len(leases) >= want > 0
         now_wall = time.time()
         paused = {}
         for lease in leases:

@@ -54,7 +54,8 @@ _FINAL = (JobState.DONE, JobState.FAILED)
 # operator intervention (shutdown, restart, cancelled); and lock_not_available
 _PASSING = ("08", "40", "53", "57")
 _SHARE_EVERY_S = 2.0  # how often the fair share of hosts is counted again, over many hosts
-_FIRST_HOSTS = 16  # hosts a daemon may acquire at once, whatever its share
+_RAMP_S = 2.0  # after registering, a daemon acquires its share a quarter at a time for this long
+_RAMP_HOSTS = 4  # … but this many hosts at once at least
 _COUNT_ALWAYS_BELOW = 10_000  # hosts with work: below this, the share is counted every turn
 
 
@@ -111,6 +112,7 @@ class PostgresQueue:
         self._share: float = math.inf  # hosts this daemon may hold
         self._share_at = -math.inf
         self._busy = 0  # hosts with work or held, at the last count
+        self._registered_at = -math.inf
 
     @classmethod
     async def open(
@@ -223,14 +225,18 @@ class PostgresQueue:
                     del self._held[row[0]]
                     self._surrender.discard(row[0])
             await self._count_share(db)
-            # a quarter of the share at most per turn (but 16 hosts at once, for a quick start):
-            # daemons that start together over many hosts, registering a moment apart, end up
-            # with even shares, not the first with them all
-            step = max(_FIRST_HOSTS, math.ceil(self._share / 4))
-            want = int(min(want, self._share - len(self._held), step))
+            want = int(min(want, self._share - len(self._held), self._step()))
             if want > 0:
                 leases = await self._acquire(db, want)
         return leases
+
+    def _step(self) -> float:
+        """Hosts to acquire at most in one turn. In the daemon's first seconds, a quarter of its
+        share (4 at least): daemons started together register a moment apart, and the first
+        would otherwise take every host before the others are counted."""
+        if time.monotonic() - self._registered_at < _RAMP_S:
+            return max(_RAMP_HOSTS, math.ceil(self._share / 4))
+        return self._share
 
     async def _count_share(self, db: asyncpg.Connection) -> None:
         """The hosts a daemon may hold: hosts with work ÷ live daemons (counted at every turn,
@@ -370,6 +376,7 @@ class PostgresQueue:
     async def register(self) -> int:
         """Announce this daemon; free at once what dead daemons on this machine held (their
         process is gone, so none of their requests is in flight). Others' leases run out."""
+        self._registered_at = time.monotonic()
         async with self._transaction("register") as db:
             rows = await db.fetch(
                 "SELECT id, pid FROM daemons WHERE hostname = $1", socket.gethostname()
