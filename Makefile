@@ -27,12 +27,14 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests bench
 	$(BIN)/ruff format src tests bench
 
-bench: $(STAMP)  ## throughput against the bare loops and Scrapy, politeness, scale (see BENCHMARKS.md)
+bench: $(STAMP)  ## throughput against the bare loops and Scrapy, politeness, scale, PostgreSQL (see BENCHMARKS.md)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/run.py --scale
+	$(BIN)/python bench/scale_out.py
 
 bench-smoke: $(STAMP)  ## the benchmark at tiny sizes: does it still run
 	$(BIN)/python bench/run.py --smoke --scale
+	$(BIN)/python bench/scale_out.py --smoke
 
 mutate: $(STAMP)  ## mutation testing of the pure core and the counters (slow; not in make test)
 	$(BIN)/python -m pip install --quiet -e '.[dev,mutate]'

@@ -92,6 +92,28 @@ async def test_a_dead_holders_host_with_nothing_queued_is_freed_by_the_reaper(
     assert lease.host == H1 and len(await b.claim([(H1, 5)], lease_s=30)) == 2
 
 
+async def test_a_daemon_taken_for_dead_keeps_its_hosts_until_their_leases_end(
+    daemons: list[PostgresQueue], postgres_url: str
+) -> None:
+    """A's heartbeat is older than a lease (cut off for a while), but a host it acquired since
+    is leased further: B's renewal removes A's row, not that host nor its jobs. Once the host's
+    own lease ends, the next renewal frees it and puts its jobs back. A, back, is live again."""
+    a, b = daemons
+    await a.submit([parse_url(u) for u in urls(H1, 2)])
+    await a.turn_hosts({}, want=10)
+    assert len(await a.claim([(H1, 2)], lease_s=30)) == 2
+    await sql(postgres_url, "UPDATE daemons SET heartbeat_at = 0 WHERE id = $1", a.owner)
+    assert await b.heartbeat(30) == 0
+    [host] = await sql(postgres_url, "SELECT owner FROM hosts WHERE host = $1", H1)
+    assert host["owner"] == a.owner
+    assert await sql(postgres_url, "SELECT * FROM daemons WHERE id = $1", a.owner) == []
+    await sql(postgres_url, "UPDATE hosts SET lease_until = 0")
+    assert await b.heartbeat(30) == 2
+    await a.heartbeat(30)
+    assert len(await sql(postgres_url, "SELECT * FROM daemons")) == 2
+    assert a.lease_end(H1) == -math.inf
+
+
 async def test_a_handed_over_host_keeps_its_schedule_and_pause(
     daemons: list[PostgresQueue],
 ) -> None:

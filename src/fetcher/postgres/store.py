@@ -53,6 +53,7 @@ _FINAL = (JobState.DONE, JobState.FAILED)
 # (deadlock, serialization), insufficient resources (disk full, too many connections),
 # operator intervention (shutdown, restart, cancelled); and lock_not_available
 _PASSING = ("08", "40", "53", "57")
+_NO_ANSWER_S = 60.0  # a statement's answer waited for past the lock timeout
 _SHARE_EVERY_S = 2.0  # how often the fair share of hosts is counted again, over many hosts
 _RAMP_S = 2.0  # after registering, a daemon acquires its share a quarter at a time for this long
 _RAMP_HOSTS = 4  # … but this many hosts at once at least
@@ -69,10 +70,13 @@ def unavailable(exc: BaseException) -> bool:
 
 async def connect(url: str, *, shard: str, timeout_s: float) -> asyncpg.Connection:
     """A connection whose transactions count jobs in `shard`, and whose lock waits end after
-    `timeout_s` (as SQLite's busy timeout)."""
+    `timeout_s` (as SQLite's busy timeout). A statement that gets no answer for a minute more
+    (a server cut off without a reset) counts as the server away, and the connection is
+    opened again."""
     return await asyncpg.connect(
         url,
         timeout=timeout_s,
+        command_timeout=timeout_s + _NO_ANSWER_S,
         server_settings={
             "fetcher.shard": shard,
             "lock_timeout": f"{round(timeout_s * 1000)}ms",
@@ -271,23 +275,16 @@ class PostgresQueue:
             )
             UPDATE hosts SET owner = $1, epoch = hosts.epoch + 1,
                 lease_until = fetcher_now() + $3,
-                tat = CASE WHEN picked.old_owner IS NULL THEN hosts.tat
-                      ELSE greatest(hosts.tat, picked.old_until) END
+                tat = greatest(hosts.tat, picked.old_until)
             FROM picked WHERE hosts.host = picked.host
             RETURNING hosts.host, hosts.epoch, hosts.tat, hosts.paused_until, picked.old_owner
-            """,
+            """,  # a lease that ran out (0 if handed back): no request before its end
             self.owner,
             want,
             self._lease_s,
         )
         taken = [row["host"] for row in rows if row["old_owner"] is not None]
-        if taken:  # a lease that ran out: its holder's requests have all ended by now
-            await db.execute(
-                "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_epoch = NULL,"
-                " updated_at = $2 WHERE state = 'running' AND host = ANY($1::text[])",
-                taken,
-                time.time(),
-            )
+        await self._requeue_at(db, taken)  # its holder's requests have all ended by now
         leases = []
         for row in rows:
             self._held[row["host"]] = _Held(row["epoch"], sent + self._lease_s)
@@ -392,11 +389,15 @@ class PostgresQueue:
 
     async def heartbeat(self, lease_s: float) -> int:
         """Renew every held host in one statement (a host missing from the answer is lost);
-        free the hosts of daemons whose leases ran out, and take their jobs back."""
+        free hosts whose leases ran out, and take back the jobs whose claimer lost its host."""
         self._lease_s = lease_s
         async with self._transaction("heartbeat") as db:
-            await db.execute(
-                "UPDATE daemons SET heartbeat_at = fetcher_now() WHERE id = $1", self.owner
+            await db.execute(  # its row is back if another daemon took it for dead meanwhile
+                "INSERT INTO daemons VALUES ($1, $2, $3, fetcher_now(), fetcher_now())"
+                " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                self.owner,
+                os.getpid(),
+                socket.gethostname(),
             )
             sent = time.monotonic()
             rows = await db.fetch(
@@ -411,21 +412,35 @@ class PostgresQueue:
                     held.ends_at = sent + lease_s
                 else:
                     self._lose(host)
-            dead = await db.fetch(
+            stale = await db.fetch(
                 "DELETE FROM daemons WHERE heartbeat_at < fetcher_now() - $1 AND id <> $2"
                 " RETURNING id",
                 lease_s,
                 self.owner,
             )
-            expired = await db.fetch(
+            await self._fold_shards(db, [row[0] for row in stale])
+            # hosts whose lease ran out are freed (a stale daemon's hosts only once their own
+            # leases end: it may still be sending, inside them)
+            await db.execute(
                 "WITH x AS (SELECT host FROM hosts WHERE owner IS NOT NULL AND owner <> $1"
                 " AND lease_until < fetcher_now() ORDER BY host FOR UPDATE SKIP LOCKED)"
-                " UPDATE hosts SET owner = NULL FROM x WHERE hosts.host = x.host"
-                " RETURNING hosts.host",
+                " UPDATE hosts SET owner = NULL FROM x WHERE hosts.host = x.host",
                 self.owner,
             )
-            requeued = await self._requeue_at(db, [row[0] for row in expired])
-            return requeued + await self._bury(db, [row[0] for row in dead])
+            return await self._requeue_orphans(db)
+
+    async def _requeue_orphans(self, db: asyncpg.Connection) -> int:
+        """Running jobs whose claimer no longer holds their host (its lease ran out, or was
+        taken over: every request it started there has ended) go back to the queue."""
+        status = await db.execute(
+            "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_epoch = NULL,"
+            " updated_at = $1 FROM hosts"
+            " WHERE jobs.state = 'running' AND hosts.host = jobs.host"
+            " AND (hosts.owner IS DISTINCT FROM jobs.lease_owner"
+            " OR hosts.epoch IS DISTINCT FROM jobs.lease_epoch)",
+            time.time(),
+        )
+        return int(status.rsplit(" ", 1)[1])
 
     def _lose(self, host: str) -> None:
         """The lease on `host` was lost: its jobs here are given up (the next holder takes
@@ -438,18 +453,18 @@ class PostgresQueue:
         self._claimed_at.pop(host, None)
 
     async def _bury(self, db: asyncpg.Connection, dead: list[str]) -> int:
-        """Dead daemons: their rows go, their hosts are freed, their running jobs go back to the
-        queue, their job counts join the shared shard. How many jobs."""
+        """Daemons of this machine whose process is gone (none of their requests can be in
+        flight): their rows go, their hosts are freed at once, their running jobs go back to
+        the queue, their job counts join the shared shard. How many jobs."""
         if not dead:
             return 0
         await db.execute("DELETE FROM daemons WHERE id = ANY($1::text[])", dead)
-        hosts = await db.fetch(
+        await db.execute(
             "WITH x AS (SELECT host FROM hosts WHERE owner = ANY($1::text[]) ORDER BY host"
             " FOR UPDATE) UPDATE hosts SET owner = NULL, lease_until = 0 FROM x"
-            " WHERE hosts.host = x.host RETURNING hosts.host",
+            " WHERE hosts.host = x.host",
             dead,
         )
-        requeued = await self._requeue_at(db, [row[0] for row in hosts])
         status = await db.execute(
             "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_epoch = NULL,"
             " updated_at = $2 WHERE state = 'running' AND lease_owner = ANY($1::text[])",
@@ -457,7 +472,7 @@ class PostgresQueue:
             time.time(),
         )
         await self._fold_shards(db, dead)
-        return requeued + int(status.rsplit(" ", 1)[1])
+        return int(status.rsplit(" ", 1)[1])
 
     async def _requeue_at(self, db: asyncpg.Connection, hosts: list[str]) -> int:
         if not hosts:
