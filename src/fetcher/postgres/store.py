@@ -32,7 +32,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass
 
 import asyncpg
@@ -85,6 +85,47 @@ async def connect(url: str, *, shard: str, timeout_s: float) -> asyncpg.Connecti
     )
 
 
+class _Channel:
+    """One connection and the lock that gives it to one transaction at a time; opened when
+    first needed, and again after it broke."""
+
+    def __init__(
+        self, url: str, shard: str, lock_s: float, connection: asyncpg.Connection | None = None
+    ) -> None:
+        self._url = url
+        self._shard = shard
+        self._lock_s = lock_s
+        self.db = connection
+        self.lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def transaction(self, operation: str) -> AsyncIterator[asyncpg.Connection]:
+        """One transaction under `lock`; trouble that passes becomes `StoreUnavailable`."""
+        async with self.lock:
+            try:
+                if self.db is None or self.db.is_closed():
+                    self.db = await connect(self._url, shard=self._shard, timeout_s=self._lock_s)
+                async with self.db.transaction():
+                    yield self.db
+            except Exception as exc:
+                if not unavailable(exc):
+                    raise
+                if not isinstance(exc, asyncpg.PostgresError) or exc.sqlstate[:2] in ("08", "57"):
+                    self.drop()
+                raise StoreUnavailable(operation, str(exc) or type(exc).__name__) from exc
+
+    def drop(self) -> None:
+        if self.db is not None:
+            self.db.terminate()
+            self.db = None
+
+    async def close(self) -> None:
+        if self.db is not None:
+            with suppress(Exception):
+                await self.db.close()
+            self.db = None
+
+
 @dataclass(slots=True)
 class _Held:
     """A host this daemon holds: the epoch it was acquired with, and when (on this process's
@@ -101,12 +142,12 @@ class PostgresQueue:
         self, url: str, connection: asyncpg.Connection, owner: str, *, lock_s: float, lease_s: float
     ) -> None:
         self._url = url
-        self._db: asyncpg.Connection | None = connection
         self.owner = owner
-        self._lock_s = lock_s
-        # One transaction at a time on the one connection; above all the read-modify-write of
-        # the hosts' counters in `record`, which awaits between the read and the write.
-        self._lock = asyncio.Lock()
+        # Two connections, each one transaction at a time under its lock: the batch commits
+        # (`record`: above all the read-modify-write of the hosts' counters, which awaits
+        # between the read and the write) go on beside the claims and leases, never behind them.
+        self._main = _Channel(url, owner, lock_s, connection)
+        self._commits = _Channel(url, owner, lock_s)
         self._lease_s = lease_s
         self._held: dict[str, _Held] = {}
         self._lost: set[str] = set()  # hosts whose lease another took: their requests don't count
@@ -137,41 +178,20 @@ class PostgresQueue:
         return cls(url, connection, owner, lock_s=busy_timeout_s, lease_s=lease_s)
 
     def about(self) -> dict[str, str]:
-        version = self._db.get_server_version() if self._db is not None else None
+        db = self._main.db
+        version = db.get_server_version() if db is not None else None
         server = f"{version.major}.{version.minor}" if version else "?"
         return {"backend": "postgresql", "postgresql": server, "db": str(masked(self._url))}
 
     async def close(self) -> None:
-        if self._db is None:
-            return
         with suppress(Exception):  # a best effort: the counts are right without it
-            async with self._lock:
-                await self._fold_shards(self._db, [self.owner])
-        with suppress(Exception):
-            await self._db.close()
-        self._db = None
+            async with self._main.transaction("close") as db:
+                await self._fold_shards(db, [self.owner])
+        await self._commits.close()
+        await self._main.close()
 
-    @asynccontextmanager
-    async def _transaction(self, operation: str) -> AsyncIterator[asyncpg.Connection]:
-        """One transaction under `_lock`, on the connection (opened again if it broke); trouble
-        that passes becomes `StoreUnavailable(operation, …)`."""
-        async with self._lock:
-            try:
-                if self._db is None or self._db.is_closed():
-                    self._db = await connect(self._url, shard=self.owner, timeout_s=self._lock_s)
-                async with self._db.transaction():
-                    yield self._db
-            except Exception as exc:
-                if not unavailable(exc):
-                    raise
-                if not isinstance(exc, asyncpg.PostgresError) or exc.sqlstate[:2] in ("08", "57"):
-                    await self._drop_connection()
-                raise StoreUnavailable(operation, str(exc) or type(exc).__name__) from exc
-
-    async def _drop_connection(self) -> None:
-        if self._db is not None:
-            self._db.terminate()
-            self._db = None
+    def _transaction(self, operation: str) -> AbstractAsyncContextManager[asyncpg.Connection]:
+        return self._main.transaction(operation)
 
     # -- submission ------------------------------------------------------------------------
 
@@ -212,11 +232,14 @@ class PostgresQueue:
         async with self._transaction("turn_hosts") as db:
             if handed:
                 rows = await db.fetch(
-                    "UPDATE hosts SET owner = NULL, lease_until = 0, tat = v.tat,"
+                    "WITH x AS (SELECT host FROM hosts WHERE host = ANY($1::text[])"
+                    " ORDER BY host FOR UPDATE)"  # in host order, as every writer: no deadlock
+                    " UPDATE hosts SET owner = NULL, lease_until = 0, tat = v.tat,"
                     " paused_until = greatest(hosts.paused_until, v.paused),"
                     " next_ready = greatest(v.tat, v.paused, hosts.paused_until)"
-                    " FROM unnest($1::text[], $2::float8[], $3::float8[]) AS v(host, tat, paused)"
-                    " WHERE hosts.host = v.host AND hosts.owner = $4"
+                    " FROM x, unnest($1::text[], $2::float8[], $3::float8[])"
+                    " AS v(host, tat, paused)"
+                    " WHERE hosts.host = x.host AND hosts.host = v.host AND hosts.owner = $4"
                     " AND (hosts.backlog = 0 OR hosts.host = ANY($5::text[]))"
                     " RETURNING hosts.host",
                     [h for h, _ in handed],
@@ -226,7 +249,7 @@ class PostgresQueue:
                     [h for h, _ in handed if h in self._surrender],
                 )
                 for row in rows:
-                    del self._held[row[0]]
+                    self._held.pop(row[0], None)
                     self._surrender.discard(row[0])
             await self._count_share(db)
             want = int(min(want, self._share - len(self._held), self._step()))
@@ -401,8 +424,9 @@ class PostgresQueue:
             )
             sent = time.monotonic()
             rows = await db.fetch(
-                "UPDATE hosts SET lease_until = fetcher_now() + $2 WHERE owner = $1"
-                " RETURNING host, epoch",
+                "WITH x AS (SELECT host FROM hosts WHERE owner = $1 ORDER BY host FOR UPDATE)"
+                " UPDATE hosts SET lease_until = fetcher_now() + $2 FROM x"
+                " WHERE hosts.host = x.host RETURNING hosts.host, hosts.epoch",
                 self.owner,
                 lease_s,
             )
@@ -445,7 +469,7 @@ class PostgresQueue:
     def _lose(self, host: str) -> None:
         """The lease on `host` was lost: its jobs here are given up (the next holder takes
         them back), and what this daemon commits about it later changes nothing."""
-        del self._held[host]
+        self._held.pop(host, None)
         self._lost.add(host)
         self._surrender.discard(host)
         for job_id in [i for i, (h, _) in self._claimed.items() if h == host]:
@@ -559,7 +583,7 @@ class PostgresQueue:
         one it never held (a hop elsewhere); the rest changes nothing."""
         now = time.time()
         pauses = pauses or {}
-        async with self._transaction("record") as db:
+        async with self._commits.transaction("record") as db:
             mine = await self._lock_hosts(db, outcomes, exchanges, pauses)
             kept = [o for o in outcomes if self._still_mine(o.job_id, mine)]
             counted = [e for e in exchanges if e.host in mine or e.host not in self._lost]
@@ -660,6 +684,7 @@ class PostgresQueue:
         it thought it held and does not is lost here, as at a renewal."""
         hosts = {e.host for e in exchanges} | set(pauses)
         hosts.update(self._claimed[o.job_id][0] for o in outcomes if o.job_id in self._claimed)
+        hosts.update(o.moved_to.host_key for o in outcomes if o.moved_to is not None)
         if not hosts:
             return {}
         ordered = sorted(hosts)
