@@ -182,8 +182,8 @@ def test_three_daemons_share_the_hosts_and_hold_every_limit(
     assert sum(done) == total and min(done) > 0, done  # the hosts were shared
 
 
-def _holder_of_most_hosts(cluster: Cluster) -> int:
-    """The pid of the daemon holding the most hosts now."""
+def _holder_of_most_hosts(cluster: Cluster) -> tuple[int, list[str]]:
+    """The pid of the daemon holding the most hosts now, and those hosts."""
     import asyncio
 
     import asyncpg
@@ -193,15 +193,15 @@ def _holder_of_most_hosts(cluster: Cluster) -> int:
         try:
             return list(
                 await conn.fetch(
-                    "SELECT d.pid, count(*) AS n FROM hosts h JOIN daemons d ON d.id = h.owner"
-                    " GROUP BY d.pid ORDER BY n DESC"
+                    "SELECT d.pid, array_agg(h.host) AS hosts FROM hosts h"
+                    " JOIN daemons d ON d.id = h.owner GROUP BY d.pid ORDER BY count(*) DESC"
                 )
             )
         finally:
             await conn.close()
 
     rows = asyncio.run(query())
-    return int(rows[0]["pid"]) if rows else 0
+    return (int(rows[0]["pid"]), list(rows[0]["hosts"])) if rows else (0, [])
 
 
 def test_a_killed_daemons_hosts_are_taken_over_without_a_burst(
@@ -216,9 +216,10 @@ def test_a_killed_daemons_hosts_are_taken_over_without_a_burst(
     total = _submit(cluster, origin, per_host=30)
     procs = cluster.start(3)
     assert wait_until(lambda: sum(origin.stats.requests.values()) >= 60, timeout=30)
-    victim_pid = _holder_of_most_hosts(cluster)
+    victim_pid, its_hosts = _holder_of_most_hosts(cluster)
     victim = next(p for p in procs if p.pid == victim_pid)
     victim.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
     victim.wait(10)
     others = [p for p in procs if p is not victim]
     started = time.monotonic()
@@ -227,6 +228,9 @@ def test_a_killed_daemons_hosts_are_taken_over_without_a_burst(
     assert [p.returncode for p in others] == [0, 0]
     assert time.monotonic() - started < 110
     _assert_polite(origin)
+    # each of its hosts idle at most one lease (8 s), plus a renewal's interval and a little
+    resumed = [min(t for t in origin.stats.arrivals[h] if t > killed_at) for h in its_hosts]
+    assert its_hosts and max(resumed) - killed_at < 8 + 2 + 1.5, (its_hosts, resumed, killed_at)
     results = _assert_counters_are_the_results(cluster, total)
     fetched = Counter(origin.stats.paths)
     refetched = sum(n - 1 for n in fetched.values())
