@@ -31,7 +31,7 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass
 
@@ -146,8 +146,10 @@ class PostgresQueue:
         # Two connections, each one transaction at a time under its lock: the batch commits
         # (`record`: above all the read-modify-write of the hosts' counters, which awaits
         # between the read and the write) go on beside the claims and leases, never behind them.
+        # Each counts jobs in a shard of its own: were they one, a claim's trigger and a
+        # commit's would wait on each other's count rows while holding the host rows
         self._main = _Channel(url, owner, lock_s, connection)
-        self._commits = _Channel(url, owner, lock_s)
+        self._commits = _Channel(url, _commits_shard(owner), lock_s)
         self._lease_s = lease_s
         self._held: dict[str, _Held] = {}
         self._lost: set[str] = set()  # hosts whose lease another took: their requests don't count
@@ -180,13 +182,16 @@ class PostgresQueue:
     def about(self) -> dict[str, str]:
         db = self._main.db
         version = db.get_server_version() if db is not None else None
-        server = f"{version.major}.{version.minor}" if version else "?"
+        server = "?"
+        if version is not None:  # 15.20 is (15, 0, 20): since 10, the second number is micro
+            minor = version.micro if version.major >= 10 else version.minor
+            server = f"{version.major}.{minor}"
         return {"backend": "postgresql", "postgresql": server, "db": str(masked(self._url))}
 
     async def close(self) -> None:
         with suppress(Exception):  # a best effort: the counts are right without it
             async with self._main.transaction("close") as db:
-                await self._fold_shards(db, [self.owner])
+                await self._fold_shards(db, [self.owner, _commits_shard(self.owner)])
         await self._commits.close()
         await self._main.close()
 
@@ -442,7 +447,7 @@ class PostgresQueue:
                 lease_s,
                 self.owner,
             )
-            await self._fold_shards(db, [row[0] for row in stale])
+            await self._fold_shards(db, _shards_of(row[0] for row in stale))
             # hosts whose lease ran out are freed (a stale daemon's hosts only once their own
             # leases end: it may still be sending, inside them)
             await db.execute(
@@ -495,7 +500,7 @@ class PostgresQueue:
             dead,
             time.time(),
         )
-        await self._fold_shards(db, dead)
+        await self._fold_shards(db, _shards_of(dead))
         return int(status.rsplit(" ", 1)[1])
 
     async def _requeue_at(self, db: asyncpg.Connection, hosts: list[str]) -> int:
@@ -799,6 +804,15 @@ class PostgresQueue:
             if len(rows) < batch:
                 return deleted, orphans
             await asyncio.sleep(0)
+
+
+def _commits_shard(owner: str) -> str:
+    return f"{owner}.commits"
+
+
+def _shards_of(daemons: Iterable[str]) -> list[str]:
+    """The job-count shards of `daemons` (each has two: its two connections')."""
+    return [shard for owner in daemons for shard in (owner, _commits_shard(owner))]
 
 
 def _alive(pid: int) -> bool:
