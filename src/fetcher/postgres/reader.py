@@ -11,7 +11,7 @@ import asyncpg
 
 from fetcher.errors import StoreUnavailable
 from fetcher.locations import masked
-from fetcher.postgres.store import unavailable
+from fetcher.postgres.connection import unavailable
 from fetcher.robots import Verdict
 
 __all__ = ["PostgresReader"]

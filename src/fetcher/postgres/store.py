@@ -1,39 +1,29 @@
-"""The daemon's side of the PostgreSQL queue (`JobQueue` of `fetcher.jobqueue`): host leases,
-claims, outcomes and counters, in batches. Several daemons share it.
+"""The daemon's side of the PostgreSQL queue (`JobQueue` of `fetcher.jobqueue`): claims,
+outcomes and counters, in batches, with the host leases of `fetcher.postgres.leases`. Several
+daemons share it.
 
-A host is held by one daemon at a time, under a lease on the database's clock (`hosts.owner`,
-`epoch`, `lease_until`):
-- acquire: free or expired hosts with queued jobs, ready first, `FOR UPDATE SKIP LOCKED`; the
-  epoch goes up by one; a host taken from a daemon whose lease ran out starts its schedule no
-  sooner than that lease's end, and that daemon's running jobs there go back to the queue.
-- self-fence: this process knows each lease's end on its own monotonic clock, counted from
-  before the statement that granted it was sent (so never later than the database's); the
-  scheduler starts a request only if it ends before then (`lease_end`).
-- renew: all held hosts in one statement every lease/4; a host missing from the answer is lost.
+- claim: a few seconds' worth of queued jobs per held host, `FOR UPDATE SKIP LOCKED`, each
+  stamped with its host's epoch; the partial index on queued jobs per host keeps a claim's cost
+  flat with millions queued at one host.
 - commit: `record` locks the batch's host rows in host order, keeps only the outcomes of jobs
-  claimed under the epoch the host still has, and adds the batch's requests to the counters
+  claimed under the epoch their host still has, and adds the batch's requests to the counters
   read under that lock: the seed's read-modify-write, with the row lock as the distributed lock
-  and `_lock` (one connection, one transaction at a time) as the daemon's own.
-- release: hosts with nothing left to do, hosts over this daemon's fair share, and every host
-  at shutdown, each with the rate schedule it leaves for the next holder.
+  and the commits connection's `asyncio.Lock` as the daemon's own.
 
-The connection's errors that pass (the server restarting, a lock held past the busy timeout, a
-deadlock broken, the disk full) leave as `StoreUnavailable`; a broken connection is opened
-again at the next call. What the daemon holds stays in memory until it commits.
+Two connections, each one transaction at a time: batch commits on one, claims and leases on the
+other, so neither waits behind the other. Their errors that pass (the server restarting, a lock
+held past the busy timeout, a deadlock broken, the disk full) leave as `StoreUnavailable`; a
+broken connection is opened again at the next call. What the daemon holds stays in memory
+until it commits.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
-import os
-import socket
 import time
 import uuid
-from collections import Counter
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, suppress
 
 import asyncpg
 
@@ -42,97 +32,23 @@ from fetcher.errors import StoreUnavailable
 from fetcher.jobqueue import HostLease, HostRate
 from fetcher.locations import masked
 from fetcher.model import Exchange, Job, JobState, Outcome, Validators
+from fetcher.postgres.connection import (
+    Channel,
+    commits_shard,
+    connect,
+    fold_shards,
+    row_count,
+    shards_of,
+    unavailable,
+)
+from fetcher.postgres.leases import HostLeases
 from fetcher.postgres.schema import migrate
 from fetcher.robots import Verdict
 from fetcher.urls import Target, stored_target
 
-__all__ = ["PostgresQueue", "connect", "unavailable"]
+__all__ = ["PostgresQueue"]
 
 _FINAL = (JobState.DONE, JobState.FAILED)
-# SQLSTATE classes of trouble that passes: connection exception, transaction rollback
-# (deadlock, serialization), insufficient resources (disk full, too many connections),
-# operator intervention (shutdown, restart, cancelled); and lock_not_available
-_PASSING = ("08", "40", "53", "57")
-_NO_ANSWER_S = 60.0  # a statement's answer waited for past the lock timeout
-_SHARE_EVERY_S = 2.0  # how often the fair share of hosts is counted again, over many hosts
-_RAMP_S = 2.0  # after registering, a daemon acquires its share a quarter at a time for this long
-_RAMP_HOSTS = 4  # … but this many hosts at once at least
-_COUNT_ALWAYS_BELOW = 10_000  # hosts with work: below this, the share is counted every turn
-
-
-def unavailable(exc: BaseException) -> bool:
-    """Whether `exc` is trouble that passes (the server away, a lock, a deadlock…)."""
-    if isinstance(exc, asyncpg.PostgresError):
-        state = exc.sqlstate or ""
-        return state[:2] in _PASSING or state == "55P03"
-    return isinstance(exc, OSError | asyncpg.InterfaceError | TimeoutError)
-
-
-async def connect(url: str, *, shard: str, timeout_s: float) -> asyncpg.Connection:
-    """A connection whose transactions count jobs in `shard`, and whose lock waits end after
-    `timeout_s` (as SQLite's busy timeout). A statement that gets no answer for a minute more
-    (a server cut off without a reset) counts as the server away, and the connection is
-    opened again."""
-    return await asyncpg.connect(
-        url,
-        timeout=timeout_s,
-        command_timeout=timeout_s + _NO_ANSWER_S,
-        server_settings={
-            "fetcher.shard": shard,
-            "lock_timeout": f"{round(timeout_s * 1000)}ms",
-            "application_name": "fetcher",
-        },
-    )
-
-
-class _Channel:
-    """One connection and the lock that gives it to one transaction at a time; opened when
-    first needed, and again after it broke."""
-
-    def __init__(
-        self, url: str, shard: str, lock_s: float, connection: asyncpg.Connection | None = None
-    ) -> None:
-        self._url = url
-        self._shard = shard
-        self._lock_s = lock_s
-        self.db = connection
-        self.lock = asyncio.Lock()
-
-    @asynccontextmanager
-    async def transaction(self, operation: str) -> AsyncIterator[asyncpg.Connection]:
-        """One transaction under `lock`; trouble that passes becomes `StoreUnavailable`."""
-        async with self.lock:
-            try:
-                if self.db is None or self.db.is_closed():
-                    self.db = await connect(self._url, shard=self._shard, timeout_s=self._lock_s)
-                async with self.db.transaction():
-                    yield self.db
-            except Exception as exc:
-                if not unavailable(exc):
-                    raise
-                if not isinstance(exc, asyncpg.PostgresError) or exc.sqlstate[:2] in ("08", "57"):
-                    self.drop()
-                raise StoreUnavailable(operation, str(exc) or type(exc).__name__) from exc
-
-    def drop(self) -> None:
-        if self.db is not None:
-            self.db.terminate()
-            self.db = None
-
-    async def close(self) -> None:
-        if self.db is not None:
-            with suppress(Exception):
-                await self.db.close()
-            self.db = None
-
-
-@dataclass(slots=True)
-class _Held:
-    """A host this daemon holds: the epoch it was acquired with, and when (on this process's
-    monotonic clock) the lease ends at the latest."""
-
-    epoch: int
-    ends_at: float
 
 
 class PostgresQueue:
@@ -148,18 +64,9 @@ class PostgresQueue:
         # between the read and the write) go on beside the claims and leases, never behind them.
         # Each counts jobs in a shard of its own: were they one, a claim's trigger and a
         # commit's would wait on each other's count rows while holding the host rows
-        self._main = _Channel(url, owner, lock_s, connection)
-        self._commits = _Channel(url, _commits_shard(owner), lock_s)
-        self._lease_s = lease_s
-        self._held: dict[str, _Held] = {}
-        self._lost: set[str] = set()  # hosts whose lease another took: their requests don't count
-        self._claimed: dict[int, tuple[str, int]] = {}  # job → (host, epoch), until committed
-        self._claimed_at: Counter[str] = Counter()  # host → its jobs in `_claimed`
-        self._surrender: set[str] = set()  # held hosts over the fair share: handed back when idle
-        self._share: float = math.inf  # hosts this daemon may hold
-        self._share_at = -math.inf
-        self._busy = 0  # hosts with work or held, at the last count
-        self._registered_at = -math.inf
+        self._main = Channel(url, owner, lock_s, connection)
+        self._commits = Channel(url, commits_shard(owner), lock_s)
+        self._leases = HostLeases(owner, lease_s)
 
     @classmethod
     async def open(
@@ -191,7 +98,7 @@ class PostgresQueue:
     async def close(self) -> None:
         with suppress(Exception):  # a best effort: the counts are right without it
             async with self._main.transaction("close") as db:
-                await self._fold_shards(db, [self.owner, _commits_shard(self.owner)])
+                await fold_shards(db, shards_of([self.owner]))
         await self._commits.close()
         await self._main.close()
 
@@ -213,112 +120,22 @@ class PostgresQueue:
                 [t.host_key for t in ordered],
                 now,
             )
-        return int(status.rsplit(" ", 1)[1])
+        return row_count(status)
 
-    # -- host leases ----------------------------------------------------------------------
+    # -- host leases (fetcher.postgres.leases) ------------------------------------------------
 
     def lease_end(self, host: str) -> float:
-        held = self._held.get(host)
-        return -math.inf if held is None else held.ends_at
+        return self._leases.lease_end(host)
 
     def held_hosts(self) -> Collection[str]:
-        return list(self._held)
+        return self._leases.held_hosts()
 
     async def turn_hosts(self, release: Mapping[str, HostRate], want: int) -> list[HostLease]:
         """Hand back the hosts in `release` that have nothing queued (or that are over the
         fair share) and whose outcomes are all committed; then acquire up to `want` hosts with
         queued jobs, within the fair share: hosts with work ÷ live daemons."""
-        handed = [
-            (host, rate)
-            for host, rate in release.items()
-            if host in self._held and not self._claimed_at[host]
-        ]
-        leases: list[HostLease] = []
         async with self._transaction("turn_hosts") as db:
-            if handed:
-                rows = await db.fetch(
-                    "WITH x AS (SELECT host FROM hosts WHERE host = ANY($1::text[])"
-                    " ORDER BY host FOR UPDATE)"  # in host order, as every writer: no deadlock
-                    " UPDATE hosts SET owner = NULL, lease_until = 0, tat = v.tat,"
-                    " paused_until = greatest(hosts.paused_until, v.paused),"
-                    " next_ready = greatest(v.tat, v.paused, hosts.paused_until)"
-                    " FROM x, unnest($1::text[], $2::float8[], $3::float8[])"
-                    " AS v(host, tat, paused)"
-                    " WHERE hosts.host = x.host AND hosts.host = v.host AND hosts.owner = $4"
-                    " AND (hosts.backlog = 0 OR hosts.host = ANY($5::text[]))"
-                    " RETURNING hosts.host",
-                    [h for h, _ in handed],
-                    [r.tat for _, r in handed],
-                    [r.paused_until for _, r in handed],
-                    self.owner,
-                    [h for h, _ in handed if h in self._surrender],
-                )
-                for row in rows:
-                    self._held.pop(row[0], None)
-                    self._surrender.discard(row[0])
-            await self._count_share(db)
-            want = int(min(want, self._share - len(self._held), self._step()))
-            if want > 0:
-                leases = await self._acquire(db, want)
-        return leases
-
-    def _step(self) -> float:
-        """Hosts to acquire at most in one turn. In the daemon's first seconds, a quarter of its
-        share (4 at least): daemons started together register a moment apart, and the first
-        would otherwise take every host before the others are counted."""
-        if time.monotonic() - self._registered_at < _RAMP_S:
-            return max(_RAMP_HOSTS, math.ceil(self._share / 4))
-        return self._share
-
-    async def _count_share(self, db: asyncpg.Connection) -> None:
-        """The hosts a daemon may hold: hosts with work ÷ live daemons (counted at every turn,
-        or every few seconds over many hosts); a daemon holding more marks the excess to hand
-        back once idle."""
-        now = time.monotonic()
-        if now - self._share_at < _SHARE_EVERY_S and self._busy > _COUNT_ALWAYS_BELOW:
-            return
-        self._share_at = now
-        row = await db.fetchrow(
-            "SELECT (SELECT count(*) FROM daemons WHERE heartbeat_at > fetcher_now() - $1),"
-            " (SELECT count(*) FROM hosts WHERE backlog > 0)"
-            " + (SELECT count(*) FROM hosts WHERE owner IS NOT NULL AND backlog = 0)",
-            self._lease_s,
-        )
-        assert row is not None
-        live, busy = row
-        self._busy = busy
-        share = max(1, math.ceil(busy / max(live, 1)))
-        self._share = share
-        excess = len(self._held) - share
-        self._surrender = set(sorted(self._held)[-excess:]) if excess > 0 else set()
-
-    async def _acquire(self, db: asyncpg.Connection, want: int) -> list[HostLease]:
-        sent = time.monotonic()
-        rows = await db.fetch(
-            """
-            WITH picked AS (
-                SELECT host, owner AS old_owner, lease_until AS old_until FROM hosts
-                WHERE backlog > 0 AND (owner IS NULL OR lease_until < fetcher_now())
-                ORDER BY next_ready, host LIMIT $2 FOR UPDATE SKIP LOCKED
-            )
-            UPDATE hosts SET owner = $1, epoch = hosts.epoch + 1,
-                lease_until = fetcher_now() + $3,
-                tat = greatest(hosts.tat, picked.old_until)
-            FROM picked WHERE hosts.host = picked.host
-            RETURNING hosts.host, hosts.epoch, hosts.tat, hosts.paused_until, picked.old_owner
-            """,  # a lease that ran out (0 if handed back): no request before its end
-            self.owner,
-            want,
-            self._lease_s,
-        )
-        taken = [row["host"] for row in rows if row["old_owner"] is not None]
-        await self._requeue_at(db, taken)  # its holder's requests have all ended by now
-        leases = []
-        for row in rows:
-            self._held[row["host"]] = _Held(row["epoch"], sent + self._lease_s)
-            self._lost.discard(row["host"])
-            leases.append(HostLease(row["host"], HostRate(row["tat"], row["paused_until"])))
-        return leases
+            return await self._leases.turn(db, release, want)
 
     # -- claims -----------------------------------------------------------------------------
 
@@ -332,14 +149,14 @@ class PostgresQueue:
                 self.owner,
                 after,
                 limit + 1,
-                list(self._surrender),
+                list(self._leases.surrender),
             )
-        return [row[0] for row in rows if row[0] in self._held]
+        return [row[0] for row in rows if self._leases.holds(row[0])]
 
     async def claim(self, wants: Sequence[tuple[str, int]], lease_s: float) -> list[Job]:
         """Up to n queued jobs for each (host, n) this daemon holds, oldest first, each stamped
         with the host's epoch; with their validators."""
-        wants = [(host, n) for host, n in wants if host in self._held]
+        wants = [(host, n) for host, n in wants if self._leases.holds(host)]
         if not wants:
             return []
         async with self._transaction("claim") as db:
@@ -374,8 +191,7 @@ class PostgresQueue:
                         stored_target(resume, row["host"]), hops=row["hops"],
                     )
                 )  # fmt: skip
-                self._claimed[row["id"]] = (row["host"], row["lease_epoch"])
-                self._claimed_at[row["host"]] += 1
+                self._leases.claimed(row["id"], row["host"], row["lease_epoch"])
             if jobs:
                 kept = await db.fetch(
                     "SELECT url, etag, last_modified, body_sha256, body_path FROM validators"
@@ -394,143 +210,25 @@ class PostgresQueue:
                 " WHERE state = 'retrying' AND next_attempt_at <= $1",
                 time.time(),
             )
-        return int(status.rsplit(" ", 1)[1])
+        return row_count(status)
 
     # -- daemons ----------------------------------------------------------------------------
 
     async def register(self) -> int:
         """Announce this daemon; free at once what dead daemons on this machine held (their
         process is gone, so none of their requests is in flight). Others' leases run out."""
-        self._registered_at = time.monotonic()
         async with self._transaction("register") as db:
-            rows = await db.fetch(
-                "SELECT id, pid FROM daemons WHERE hostname = $1", socket.gethostname()
-            )
-            dead = [row["id"] for row in rows if not _alive(row["pid"])]
-            await db.execute(
-                "INSERT INTO daemons VALUES ($1, $2, $3, fetcher_now(), fetcher_now())",
-                self.owner,
-                os.getpid(),
-                socket.gethostname(),
-            )
-            return await self._bury(db, dead)
+            return await self._leases.register(db)
 
     async def heartbeat(self, lease_s: float) -> int:
         """Renew every held host in one statement (a host missing from the answer is lost);
         free hosts whose leases ran out, and take back the jobs whose claimer lost its host."""
-        self._lease_s = lease_s
         async with self._transaction("heartbeat") as db:
-            await db.execute(  # its row is back if another daemon took it for dead meanwhile
-                "INSERT INTO daemons VALUES ($1, $2, $3, fetcher_now(), fetcher_now())"
-                " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
-                self.owner,
-                os.getpid(),
-                socket.gethostname(),
-            )
-            sent = time.monotonic()
-            rows = await db.fetch(
-                "WITH x AS (SELECT host FROM hosts WHERE owner = $1 ORDER BY host FOR UPDATE)"
-                " UPDATE hosts SET lease_until = fetcher_now() + $2 FROM x"
-                " WHERE hosts.host = x.host RETURNING hosts.host, hosts.epoch",
-                self.owner,
-                lease_s,
-            )
-            renewed = {row["host"]: row["epoch"] for row in rows}
-            for host, held in list(self._held.items()):
-                if renewed.get(host) == held.epoch:
-                    held.ends_at = sent + lease_s
-                else:
-                    self._lose(host)
-            stale = await db.fetch(
-                "DELETE FROM daemons WHERE heartbeat_at < fetcher_now() - $1 AND id <> $2"
-                " RETURNING id",
-                lease_s,
-                self.owner,
-            )
-            await self._fold_shards(db, _shards_of(row[0] for row in stale))
-            # hosts whose lease ran out are freed (a stale daemon's hosts only once their own
-            # leases end: it may still be sending, inside them)
-            await db.execute(
-                "WITH x AS (SELECT host FROM hosts WHERE owner IS NOT NULL AND owner <> $1"
-                " AND lease_until < fetcher_now() ORDER BY host FOR UPDATE SKIP LOCKED)"
-                " UPDATE hosts SET owner = NULL FROM x WHERE hosts.host = x.host",
-                self.owner,
-            )
-            return await self._requeue_orphans(db)
-
-    async def _requeue_orphans(self, db: asyncpg.Connection) -> int:
-        """Running jobs whose claimer no longer holds their host (its lease ran out, or was
-        taken over: every request it started there has ended) go back to the queue."""
-        status = await db.execute(
-            "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_epoch = NULL,"
-            " updated_at = $1 FROM hosts"
-            " WHERE jobs.state = 'running' AND hosts.host = jobs.host"
-            " AND (hosts.owner IS DISTINCT FROM jobs.lease_owner"
-            " OR hosts.epoch IS DISTINCT FROM jobs.lease_epoch)",
-            time.time(),
-        )
-        return int(status.rsplit(" ", 1)[1])
-
-    def _lose(self, host: str) -> None:
-        """The lease on `host` was lost: its jobs here are given up (the next holder takes
-        them back), and what this daemon commits about it later changes nothing."""
-        self._held.pop(host, None)
-        self._lost.add(host)
-        self._surrender.discard(host)
-        for job_id in [i for i, (h, _) in self._claimed.items() if h == host]:
-            del self._claimed[job_id]
-        self._claimed_at.pop(host, None)
-
-    async def _bury(self, db: asyncpg.Connection, dead: list[str]) -> int:
-        """Daemons of this machine whose process is gone (none of their requests can be in
-        flight): their rows go, their hosts are freed at once, their running jobs go back to
-        the queue, their job counts join the shared shard. How many jobs."""
-        if not dead:
-            return 0
-        await db.execute("DELETE FROM daemons WHERE id = ANY($1::text[])", dead)
-        await db.execute(
-            "WITH x AS (SELECT host FROM hosts WHERE owner = ANY($1::text[]) ORDER BY host"
-            " FOR UPDATE) UPDATE hosts SET owner = NULL, lease_until = 0 FROM x"
-            " WHERE hosts.host = x.host",
-            dead,
-        )
-        status = await db.execute(
-            "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_epoch = NULL,"
-            " updated_at = $2 WHERE state = 'running' AND lease_owner = ANY($1::text[])",
-            dead,
-            time.time(),
-        )
-        await self._fold_shards(db, _shards_of(dead))
-        return int(status.rsplit(" ", 1)[1])
-
-    async def _requeue_at(self, db: asyncpg.Connection, hosts: list[str]) -> int:
-        if not hosts:
-            return 0
-        status = await db.execute(
-            "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_epoch = NULL,"
-            " updated_at = $2 WHERE state = 'running' AND host = ANY($1::text[])",
-            hosts,
-            time.time(),
-        )
-        return int(status.rsplit(" ", 1)[1])
-
-    @staticmethod
-    async def _fold_shards(db: asyncpg.Connection, shards: list[str]) -> None:
-        """Add the job counts of `shards` to the shared shard and drop their rows."""
-        await db.execute(
-            "WITH gone AS (DELETE FROM job_counts WHERE shard = ANY($1::text[])"
-            " RETURNING state, n)"
-            " INSERT INTO job_counts AS c (shard, state, n)"
-            " SELECT 'shared', state, sum(n) FROM gone GROUP BY state"
-            " ON CONFLICT (shard, state) DO UPDATE SET n = c.n + excluded.n",
-            shards,
-        )
+            return await self._leases.renew(db, lease_s)
 
     async def release_all(self, rates: Mapping[str, HostRate] | None = None) -> int:
         """Every job this daemon still holds goes back to the queue; every host it holds is
         handed back at once, with its schedule, to whichever daemon acquires it next."""
-        rates = rates or {}
-        hosts = sorted(self._held)
         async with self._transaction("release_all") as db:
             status = await db.execute(
                 "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_epoch = NULL,"
@@ -538,23 +236,8 @@ class PostgresQueue:
                 self.owner,
                 time.time(),
             )
-            if hosts:
-                kept = [rates.get(host, HostRate()) for host in hosts]
-                await db.execute(
-                    "UPDATE hosts SET owner = NULL, lease_until = 0, tat = v.tat,"
-                    " paused_until = greatest(hosts.paused_until, v.paused),"
-                    " next_ready = greatest(v.tat, v.paused, hosts.paused_until)"
-                    " FROM unnest($1::text[], $2::float8[], $3::float8[]) AS v(host, tat, paused)"
-                    " WHERE hosts.host = v.host AND hosts.owner = $4",
-                    hosts,
-                    [r.tat for r in kept],
-                    [r.paused_until for r in kept],
-                    self.owner,
-                )
-        self._held.clear()
-        self._claimed.clear()
-        self._claimed_at.clear()
-        return int(status.rsplit(" ", 1)[1])
+            await self._leases.release_all(db, rates or {})
+        return row_count(status)
 
     async def unregister(self) -> None:
         async with self._transaction("unregister") as db:
@@ -589,9 +272,11 @@ class PostgresQueue:
         now = time.time()
         pauses = pauses or {}
         async with self._commits.transaction("record") as db:
-            mine = await self._lock_hosts(db, outcomes, exchanges, pauses)
-            kept = [o for o in outcomes if self._still_mine(o.job_id, mine)]
-            counted = [e for e in exchanges if e.host in mine or e.host not in self._lost]
+            leases = self._leases
+            touched = leases.hosts_of(outcomes) | {e.host for e in exchanges} | set(pauses)
+            mine = await leases.lock(db, touched)
+            kept = [o for o in outcomes if leases.still_mine(o.job_id, mine)]
+            counted = [e for e in exchanges if leases.counts(e.host, mine)]
             finals = [o for o in kept if o.state in _FINAL]
             if finals:
                 await db.execute(
@@ -665,52 +350,7 @@ class PostgresQueue:
                         for v in robots
                     ],
                 )
-        for o in outcomes:  # committed, or refused for good: either way no longer this daemon's
-            claimed = self._claimed.pop(o.job_id, None)
-            if claimed is not None:
-                self._claimed_at[claimed[0]] -= 1
-                if self._claimed_at[claimed[0]] <= 0:
-                    del self._claimed_at[claimed[0]]
-
-    def _still_mine(self, job_id: int, mine: Mapping[str, int]) -> bool:
-        """Whether job `job_id` was claimed under the epoch its host still has with this daemon."""
-        claimed = self._claimed.get(job_id)
-        return claimed is not None and mine.get(claimed[0]) == claimed[1]
-
-    async def _lock_hosts(
-        self,
-        db: asyncpg.Connection,
-        outcomes: Sequence[Outcome],
-        exchanges: Sequence[Exchange],
-        pauses: Mapping[str, float],
-    ) -> dict[str, int]:
-        """Lock the rows of every host the batch touches, in host order (no deadlock between
-        daemons), creating the missing ones; those this daemon holds, with their epochs. A host
-        it thought it held and does not is lost here, as at a renewal."""
-        hosts = {e.host for e in exchanges} | set(pauses)
-        hosts.update(self._claimed[o.job_id][0] for o in outcomes if o.job_id in self._claimed)
-        hosts.update(o.moved_to.host_key for o in outcomes if o.moved_to is not None)
-        if not hosts:
-            return {}
-        ordered = sorted(hosts)
-        await db.execute(
-            "INSERT INTO hosts (host) SELECT h FROM unnest($1::text[]) AS h ORDER BY h"
-            " ON CONFLICT DO NOTHING",
-            ordered,
-        )
-        rows = await db.fetch(
-            "SELECT host, owner, epoch FROM hosts WHERE host = ANY($1::text[])"
-            " ORDER BY host FOR UPDATE",
-            ordered,
-        )
-        mine = {}
-        for host, owner, epoch in rows:
-            held = self._held.get(host)
-            if owner == self.owner and (held is None or held.epoch == epoch):
-                mine[host] = epoch
-            elif held is not None:  # taken while this daemon thought it held it
-                self._lose(host)
-        return mine
+        self._leases.settled(outcomes)  # committed, or refused for good
 
     async def _settle_jobs(self, db: asyncpg.Connection, kept: list[Outcome], now: float) -> None:
         await db.execute(
@@ -800,26 +440,7 @@ class PostgresQueue:
                 status = await db.execute(
                     "DELETE FROM host_minutes WHERE minute < $1", int(before // 60)
                 )
-                deleted += len(rows) + int(status.rsplit(" ", 1)[1])
+                deleted += len(rows) + row_count(status)
             if len(rows) < batch:
                 return deleted, orphans
             await asyncio.sleep(0)
-
-
-def _commits_shard(owner: str) -> str:
-    return f"{owner}.commits"
-
-
-def _shards_of(daemons: Iterable[str]) -> list[str]:
-    """The job-count shards of `daemons` (each has two: its two connections')."""
-    return [shard for owner in daemons for shard in (owner, _commits_shard(owner))]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
