@@ -43,6 +43,10 @@ async def connect(url: str, *, shard: str, timeout_s: float) -> asyncpg.Connecti
         server_settings={
             "fetcher.shard": shard,
             "lock_timeout": f"{round(timeout_s * 1000)}ms",
+            # every statement planned for its own arguments and the tables as they are now: a
+            # generic plan made while `hosts` or `host_counters` was small scanned them whole
+            # ever after (100,000 hosts: 113 ms a batch commit instead of 1)
+            "plan_cache_mode": "force_custom_plan",
             "application_name": "fetcher",
         },
     )

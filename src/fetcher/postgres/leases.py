@@ -184,8 +184,8 @@ class HostLeases:
             " UPDATE hosts SET owner = NULL, lease_until = 0, tat = v.tat,"
             " paused_until = greatest(hosts.paused_until, v.paused),"
             " next_ready = greatest(v.tat, v.paused, hosts.paused_until)"
-            " FROM x, unnest($1::text[], $2::float8[], $3::float8[]) AS v(host, tat, paused)"
-            " WHERE hosts.host = x.host AND hosts.host = v.host AND hosts.owner = $4"
+            " FROM x JOIN unnest($1::text[], $2::float8[], $3::float8[]) AS v(host, tat, paused)"
+            " ON v.host = x.host WHERE hosts.host = x.host AND hosts.owner = $4"
             " AND (NOT $5 OR hosts.backlog = 0 OR hosts.host = ANY($6::text[]))"
             " RETURNING hosts.host",
             hosts,

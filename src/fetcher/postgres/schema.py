@@ -72,6 +72,7 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX hosts_waiting ON hosts (next_ready, host) WHERE backlog > 0;
     CREATE INDEX hosts_owner ON hosts (owner, host) WHERE owner IS NOT NULL;
+    CREATE INDEX hosts_claimable ON hosts (owner, host) WHERE backlog > 0;
 
     -- Jobs per state (this connection's shard) and queued jobs per host, by statement: one
     -- aggregate write per statement, never one per row.
