@@ -264,3 +264,49 @@ def test_a_postgres_restart_under_running_daemons_loses_nothing(
                 assert "store.unavailable" in names and "store.recovered" in names, i
         finally:
             cluster.stop_all()
+
+
+_HOLD_LOCK = """
+import asyncio, sys, asyncpg
+async def hold():
+    conn = await asyncpg.connect(sys.argv[1])
+    async with conn.transaction():
+        await conn.execute("LOCK TABLE hosts IN ACCESS EXCLUSIVE MODE")
+        print("locked", flush=True)
+        await asyncio.sleep(float(sys.argv[2]))
+    await conn.close()
+asyncio.run(hold())
+"""
+
+
+def test_a_lock_held_past_the_busy_timeout_pauses_the_daemons_then_they_resume(
+    cluster: Cluster, hosts_origin: Origin
+) -> None:
+    """Another client holds the hosts table locked for 4 s, past FETCHER_DB_BUSY_TIMEOUT (1 s):
+    two daemons log the database unavailable, keep what they have, and go on by themselves
+    once it is released; every job ends done once and the counters are the origin's count."""
+    origin = hosts_origin
+    origin.reset_stats()
+    cluster.env["FETCHER_DB_BUSY_TIMEOUT"] = "1"
+    total = _submit(cluster, origin, per_host=15)
+    cluster.start(2)
+    assert wait_until(lambda: sum(origin.stats.requests.values()) >= 40, timeout=30)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, cluster.env["FETCHER_DB"], "4"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        assert holder.wait(30) == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(10)
+        if holder.stdout is not None:
+            holder.stdout.close()
+    assert cluster.wait(timeout=90) == [0, 0]
+    _assert_polite(origin)
+    _assert_counters_are_the_results(cluster, total)
+    assert set(origin.stats.paths.values()) == {1}
+    names = [e["event"] for i in range(2) for e in cluster.log(i)]
+    assert "store.unavailable" in names and "store.recovered" in names

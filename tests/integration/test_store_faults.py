@@ -51,7 +51,7 @@ def _assert_every_job_done_once(
     assert_counters_match(fetcher, origin)
 
 
-@pytest.mark.sqlite_only  # SQLite's write lock; PostgreSQL's faults: test_postgres_faults.py
+@pytest.mark.sqlite_only  # SQLite's write lock; PostgreSQL's lock and restart: test_scale_out.py
 def test_a_write_lock_held_past_the_busy_timeout_pauses_the_work_then_it_resumes(
     fetcher: Fetcher, origin: Origin
 ) -> None:

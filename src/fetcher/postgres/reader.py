@@ -78,8 +78,13 @@ class PostgresReader:
         return {row["minute"]: int(row["n"]) for row in rows}
 
     def oldest_queued_at(self) -> float | None:
-        rows = self._rows("SELECT created_at FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1")
-        return float(rows[0]["created_at"]) if rows else None
+        # the first queued job of each host with a backlog, by the claim index: a walk of the
+        # jobs in id order would pass every finished job before the first queued one
+        rows = self._rows(
+            "SELECT min((SELECT created_at FROM jobs WHERE state = 'queued' AND host = h.host"
+            " ORDER BY id LIMIT 1)) AS at FROM hosts h WHERE backlog > 0"
+        )
+        return float(rows[0]["at"]) if rows and rows[0]["at"] is not None else None
 
     def results(self, state: str | None, since: float | None) -> Iterator[dict[str, Any]]:
         """Finished jobs, oldest first, a page at a time (keyset: no offset to skip)."""
