@@ -142,7 +142,9 @@ def _parser() -> argparse.ArgumentParser:
     config.set_defaults(command=cmd_config)
 
     demo = sub.add_parser("demo", help="a self-contained demonstration on loopback")
-    demo.add_argument("--hosts", type=int, default=4, help="origin hosts (127.0.0.2 …)")
+    demo.add_argument(
+        "--hosts", type=int, help="origin hosts (127.0.0.2 …): 4, or 6 with --postgres"
+    )
     demo.add_argument("--urls", type=int, default=40, help="URLs per host")
     demo.add_argument(
         "--postgres", metavar="URL", help="the queue in this PostgreSQL database (best empty)"
@@ -381,6 +383,5 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     if daemons > 1 and not args.postgres:
         print("fetcher demo: several daemons share a queue on PostgreSQL only (--postgres URL)")
         return EXIT_USAGE
-    return run_demo(
-        hosts=args.hosts, urls_per_host=args.urls, postgres=args.postgres, daemons=daemons
-    )
+    hosts = args.hosts or (6 if args.postgres else 4)  # two a daemon, for three daemons
+    return run_demo(hosts=hosts, urls_per_host=args.urls, postgres=args.postgres, daemons=daemons)

@@ -224,18 +224,27 @@ def test_save_bodies_off_keeps_no_body(fetcher: Fetcher, origin: Origin) -> None
     assert not (fetcher.workdir / "bodies").exists()
 
 
-def test_the_demo_runs_and_its_table_equals_what_its_origin_received() -> None:
+def test_the_demo_runs_and_its_table_equals_what_its_origin_received(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
     """`make demo` at a small size: exit 0; for each host the table's requests equal the
-    origin's own count, and its /private/ pages were refused by robots.txt."""
+    origin's own count, and its /private/ pages were refused by robots.txt. With `--postgres`,
+    three daemons share the queue, each finishing some of it."""
+    args = ["demo", "--hosts", "3", "--urls", "16"]
+    if backend == "postgres":
+        args += ["--postgres", request.getfixturevalue("postgres_url")]
     result = subprocess.run(
-        [sys.executable, "-m", "fetcher", "demo", "--hosts", "2", "--urls", "16"],
+        [sys.executable, "-m", "fetcher", *args],
         capture_output=True, text=True, timeout=300, env={"COLUMNS": "200", "PATH": "/usr/bin"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     received = {host: int(n) for host, n in re.findall(r"'(127\.0\.0\.\d+:\d+)': (\d+)", out)}
     rows = [line.split() for line in out.splitlines() if line.startswith("127.0.0.")]
-    assert len(received) == 2 and len(rows) == 2
+    assert len(received) == 3 and len(rows) == 3
+    if backend == "postgres":
+        [shares] = re.findall(r"by 3 daemons \(jobs each: ([\d, ]+)\)", out)
+        assert sum(map(int, shares.split(", "))) == 3 * 16
     for row in rows:
         assert int(row[1]) == received[row[0]], row
         assert row[-1] == "1"  # robots ✗: the one /private/ URL of 16
