@@ -153,8 +153,8 @@ class Limits:
         if limiter is None:
             return HostRate()  # forgotten while idle: a full bucket, no pause
         offset = self._wall() - self._clock()
-        tat, paused_until = limiter.schedule()
-        return HostRate(max(tat + offset, 0.0), max(paused_until + offset, 0.0))
+        tat, paused_until = limiter.schedule()  # -inf, 0.0: never started, never paused
+        return HostRate(max(tat + offset, 0.0), paused_until + offset if paused_until > 0 else 0.0)
 
     def resume(self, key: str, rate: HostRate) -> None:
         """`key` was handed over with schedule `rate` (unix time): go on with it."""

@@ -10,6 +10,7 @@ import pytest
 
 from fetcher.config import HostLimits
 from fetcher.feeder import allot
+from fetcher.jobqueue import HostRate
 from fetcher.limits import HostLimiter, Limits
 from fetcher.model import Job
 from fetcher.scheduler import FENCE_RECHECK_S, Scheduler
@@ -319,12 +320,48 @@ async def test_the_self_fence_starts_a_request_only_inside_the_lease() -> None:
     scheduler.add(_job(2, "http://gone.example/2"))
     scheduler.add(_job(3, "http://gone.example/3"))
     scheduler.add(_job(4, "http://ok.example/4"))
+    scheduler.add(_job(5, "http://ok.example/5"))
     ready = await scheduler.next_ready(0)
     assert ready is not None and ready[0].id == 4
-    assert await scheduler.next_ready(0) is None
     assert sorted(lost) == [2, 3] and not scheduler.has_pending("gone.example")
-    assert scheduler.has_pending("short.example") and scheduler.pending == 1
-    ends["short.example"] = clock.now + 12.5  # renewed
+    assert scheduler.has_pending("short.example") and scheduler.pending == 2
+    ready = await scheduler.next_ready(0)
+    assert ready is not None and ready[0].id == 5
+    assert await scheduler.next_ready(0) is None
+    ends["short.example"] = clock.now + 12.0  # renewed, to exactly the reach: not yet
+    clock.now += FENCE_RECHECK_S
+    ends["short.example"] += FENCE_RECHECK_S
+    assert await scheduler.next_ready(0) is None
+    ends["short.example"] += 0.5  # renewed past the reach
     clock.now += FENCE_RECHECK_S
     ready = await scheduler.next_ready(0)
     assert ready is not None and ready[0].id == 1 and scheduler.pending == 0
+
+
+def test_a_host_handed_over_goes_on_with_its_schedule_and_pause() -> None:
+    """`rate_of` gives a host's GCRA time and pause in unix time; another daemon's `resume`
+    takes them on its own clocks: the host's next request comes no sooner there than it would
+    have here. A host never met is a full bucket; its in-flight count is 0 and stays unmade."""
+    here, there = Clock(), Clock()
+    there.now = 50.0
+    limits = HostLimits(rate=2.0, burst=2, concurrency=8)
+    a = Limits(8, limits, {}, here, lambda: here.now + 4000.0)
+    b = Limits(8, limits, {}, there, lambda: there.now + 4950.0)
+    host = a.host("h")
+    for _ in range(3):
+        host.start(host.ready_at(here.now))  # two at once (the burst), the third 0.5 s on
+    assert a.in_flight("h") == 3 and a.in_flight("never.example") == 0
+    assert a.rate_of("never.example") == HostRate()
+    handed = a.rate_of("h")
+    assert handed == HostRate(tat=1001.5 + 4000.0, paused_until=0.0)
+    ready_here = host.ready_at(here.now)  # 1001.0: the tat less one interval (burst 2)
+    b.resume("h", handed)
+    assert b.host("h").ready_at(there.now) == pytest.approx(ready_here - 4950.0 + 4000.0)
+    host.pause(1003.0)
+    b.resume("h", a.rate_of("h"))  # the later pause wins; an earlier schedule changes nothing
+    assert b.host("h").ready_at(there.now) == pytest.approx(1003.0 + 4000.0 - 4950.0)
+    b.resume("h", HostRate())
+    assert b.host("h").ready_at(there.now) == pytest.approx(53.0)
+    b.resume("fresh.example", HostRate())
+    assert b.host("fresh.example").ready_at(there.now) == there.now
+    assert "never.example" not in a._hosts
