@@ -19,6 +19,7 @@ anything else through as the bug it is.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HostLease", "HostRate", "JobQueue", "QueueReader", "open_queue", "open_reader",
-    "schema_version",
+    "process_alive", "schema_version",
 ]  # fmt: skip
 
 
@@ -219,3 +220,15 @@ def schema_version(db: Location) -> int:
     from fetcher.sqlite.schema import SCHEMA_VERSION
 
     return SCHEMA_VERSION
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` of this machine is running: a daemon registered here whose process
+    is gone holds nothing any more (its jobs and hosts are taken back at once)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

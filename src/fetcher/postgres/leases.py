@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from fetcher.jobqueue import HostLease, HostRate
+from fetcher.jobqueue import HostLease, HostRate, process_alive
 from fetcher.model import Outcome
 from fetcher.postgres.connection import fold_shards, row_count, shards_of
 
@@ -269,7 +269,7 @@ class HostLeases:
         rows = await db.fetch(
             "SELECT id, pid FROM daemons WHERE hostname = $1", socket.gethostname()
         )
-        dead = [row["id"] for row in rows if not _alive(row["pid"])]
+        dead = [row["id"] for row in rows if not process_alive(row["pid"])]
         await self._announce(db)
         if not dead:
             return 0
@@ -351,13 +351,3 @@ class HostLeases:
         self._held.clear()
         self._claimed.clear()
         self._claimed_at.clear()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

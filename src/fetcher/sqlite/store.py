@@ -30,7 +30,7 @@ import orjson
 
 from fetcher.counters import COUNTER_FIELDS, MINUTE_FIELDS, Tally, tally
 from fetcher.errors import ConfigError, StoreUnavailable
-from fetcher.jobqueue import HostLease, HostRate
+from fetcher.jobqueue import HostLease, HostRate, process_alive
 from fetcher.model import Exchange, Job, JobState, Outcome, Validators
 from fetcher.robots import Verdict
 from fetcher.sqlite.schema import connect_pragmas, migrate, prepare_path
@@ -201,7 +201,7 @@ class SqliteQueue:
             dead = [
                 owner
                 for owner, pid, hostname in await cursor.fetchall()
-                if hostname == socket.gethostname() and not _alive(pid)
+                if hostname == socket.gethostname() and not process_alive(pid)
             ]
             await db.executemany("DELETE FROM daemons WHERE id = ?", [(d,) for d in dead])
             await db.execute(
@@ -434,16 +434,6 @@ class SqliteQueue:
 
 def _host_key(target: Target) -> str:
     return target.host_key
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _json_array(items: Iterable[object]) -> str:
