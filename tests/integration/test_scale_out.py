@@ -3,7 +3,7 @@ measured at the origin, also when one is killed and when the server restarts und
 
 from __future__ import annotations
 
-import os
+import asyncio
 import signal
 import subprocess
 import sys
@@ -13,12 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from fetcher.demo import Origin
 from tests import postgres
 
-from .conftest import events, wait_until
+from .conftest import Fetcher, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -41,75 +42,27 @@ def hosts_origin() -> Iterator[Origin]:
         yield origin
 
 
-class Cluster:
-    """Daemons on one database, each a process of its own, stopped by pid at the end."""
+class Cluster(Fetcher):
+    """Daemons on one database (the `fetcher` helper, with the limits above), each a process of
+    its own, stopped by pid at the end."""
 
     def __init__(self, workdir: Path, url: str) -> None:
-        self.workdir = workdir
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("FETCHER_")},
-            "FETCHER_DB": url,
-            "FETCHER_ALLOW_PRIVATE": "true",
-            "FETCHER_LOG_FORMAT": "json",
-            "FETCHER_ROBOTS": "ignore",
-            "FETCHER_BODY_DIR": str(workdir / "bodies"),
-            "FETCHER_BACKOFF_BASE": "0.05",
-            "FETCHER_BACKOFF_MAX": "0.2",
-            **LIMITS,
-        }
-        self.procs: list[subprocess.Popen[bytes]] = []
+        super().__init__(workdir, url)
+        self.env.update(LIMITS)
 
-    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "fetcher", *args],
-            input=stdin, capture_output=True, text=True, env=self.env, timeout=60,
-        )  # fmt: skip
-
-    def start(self, n: int) -> list[subprocess.Popen[bytes]]:
-        for _ in range(n):
-            log = open(self.workdir / f"daemon-{len(self.procs)}.log", "wb")  # noqa: SIM115
-            self.procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "fetcher", "run", "--drain"],
-                    env=self.env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-            log.close()  # the child has its own copy
-        return self.procs
+    def start_drains(self, n: int) -> list[subprocess.Popen[bytes]]:
+        return [self.start("--drain") for _ in range(n)]
 
     def wait(self, timeout: float) -> list[int | None]:
+        """Every daemon's exit code once all have exited, or None for those still running
+        after `timeout` seconds in all."""
         deadline = time.monotonic() + timeout
-        for proc in self.procs:
+        for proc in self._procs:
             try:
                 proc.wait(max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 break
-        return [proc.poll() for proc in self.procs]
-
-    def log(self, index: int) -> list[dict[str, Any]]:
-        return events((self.workdir / f"daemon-{index}.log").read_text())
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-
-    def stats(self) -> dict[str, dict[str, Any]]:
-        import json
-
-        out = self.cli("stats", "--json")
-        assert out.returncode == 0, out.stderr
-        return {row["host"]: row for row in json.loads(out.stdout)}
-
-    def results(self) -> list[dict[str, Any]]:
-        import json
-
-        out = self.cli("results")
-        assert out.returncode == 0, out.stderr
-        return [json.loads(line) for line in out.stdout.splitlines()]
+        return [proc.poll() for proc in self._procs]
 
 
 @pytest.fixture
@@ -125,8 +78,7 @@ def _submit(cluster: Cluster, origin: Origin, per_host: int) -> int:
     urls = [
         origin.url(f"slow/{SLOW_MS}/{n}", i) for n in range(per_host) for i in range(len(HOSTS))
     ]
-    out = cluster.cli("submit", "-f", "-", stdin="\n".join(urls) + "\n")
-    assert out.returncode == 0, out.stderr
+    assert cluster.submit(urls).returncode == 0
     return len(urls)
 
 
@@ -169,24 +121,22 @@ def test_three_daemons_share_the_hosts_and_hold_every_limit(
     origin = hosts_origin
     origin.reset_stats()
     total = _submit(cluster, origin, per_host=40)
-    cluster.start(3)
-    assert cluster.wait(timeout=90) == [0, 0, 0], [cluster.log(i)[-3:] for i in range(3)]
+    cluster.start_drains(3)
+    assert cluster.wait(timeout=90) == [0, 0, 0], [cluster.log_of(i)[-3:] for i in range(3)]
     _assert_polite(origin)
     assert set(origin.stats.paths.values()) == {1}  # no URL fetched twice
     _assert_counters_are_the_results(cluster, total)
     for host in (origin.host(i) for i in range(len(HOSTS))):
         assert cluster.stats()[host]["requests"] == origin.stats.requests[host]
     done = [
-        next(e for e in cluster.log(i) if e["event"] == "service.stopped")["done"] for i in range(3)
+        next(e for e in cluster.log_of(i) if e["event"] == "service.stopped")["done"]
+        for i in range(3)
     ]
     assert sum(done) == total and min(done) > 0, done  # the hosts were shared
 
 
 def _holder_of_most_hosts(cluster: Cluster) -> tuple[int, list[str]]:
     """The pid of the daemon holding the most hosts now, and those hosts."""
-    import asyncio
-
-    import asyncpg
 
     async def query() -> list[Any]:
         conn = await asyncpg.connect(cluster.env["FETCHER_DB"])
@@ -214,7 +164,7 @@ def test_a_killed_daemons_hosts_are_taken_over_without_a_burst(
     origin = hosts_origin
     origin.reset_stats()
     total = _submit(cluster, origin, per_host=30)
-    procs = cluster.start(3)
+    procs = cluster.start_drains(3)
     assert wait_until(lambda: sum(origin.stats.requests.values()) >= 60, timeout=30)
     victim_pid, its_hosts = _holder_of_most_hosts(cluster)
     victim = next(p for p in procs if p.pid == victim_pid)
@@ -252,7 +202,7 @@ def test_a_postgres_restart_under_running_daemons_loses_nothing(
         cluster = Cluster(tmp_path, url)
         try:
             total = _submit(cluster, origin, per_host=30)
-            cluster.start(3)
+            cluster.start_drains(3)
             assert wait_until(lambda: sum(origin.stats.requests.values()) >= 60, timeout=30)
             server.restart(down_s=3)
             assert cluster.wait(timeout=120) == [0, 0, 0]
@@ -260,7 +210,7 @@ def test_a_postgres_restart_under_running_daemons_loses_nothing(
             _assert_counters_are_the_results(cluster, total)
             assert set(origin.stats.paths.values()) == {1}
             for i in range(3):
-                names = [e["event"] for e in cluster.log(i)]
+                names = [e["event"] for e in cluster.log_of(i)]
                 assert "store.unavailable" in names and "store.recovered" in names, i
         finally:
             cluster.stop_all()
@@ -289,7 +239,7 @@ def test_a_lock_held_past_the_busy_timeout_pauses_the_daemons_then_they_resume(
     origin.reset_stats()
     cluster.env["FETCHER_DB_BUSY_TIMEOUT"] = "1"
     total = _submit(cluster, origin, per_host=15)
-    cluster.start(2)
+    cluster.start_drains(2)
     assert wait_until(lambda: sum(origin.stats.requests.values()) >= 40, timeout=30)
     holder = subprocess.Popen(
         [sys.executable, "-c", _HOLD_LOCK, cluster.env["FETCHER_DB"], "4"],
@@ -308,5 +258,5 @@ def test_a_lock_held_past_the_busy_timeout_pauses_the_daemons_then_they_resume(
     _assert_polite(origin)
     _assert_counters_are_the_results(cluster, total)
     assert set(origin.stats.paths.values()) == {1}
-    names = [e["event"] for i in range(2) for e in cluster.log(i)]
+    names = [e["event"] for i in range(2) for e in cluster.log_of(i)]
     assert "store.unavailable" in names and "store.recovered" in names

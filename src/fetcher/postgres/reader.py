@@ -94,7 +94,8 @@ class PostgresReader:
         while True:
             page = self._rows(
                 "SELECT job_id, url, final_url, host, state, status, bytes, error, attempts,"
-                " latency_ms, body_sha256, body_path, finished_at AS at"
+                " latency_ms, body_sha256, body_path, fetcher_iso(finished_at) AS finished_at,"
+                " finished_at AS at"
                 " FROM results WHERE (finished_at, job_id) > ($1, $2)"
                 " AND ($3::text IS NULL OR state = $3) ORDER BY finished_at, job_id LIMIT $4",
                 after[0],
@@ -103,8 +104,7 @@ class PostgresReader:
                 _PAGE,
             )
             for row in page:
-                at = row.pop("at")
-                row["finished_at"] = _iso(at)
+                at = row.pop("at")  # the page's place, unrounded
                 yield row
             if len(page) < _PAGE:
                 return
@@ -130,10 +130,3 @@ class PostgresReader:
             ),
         )
         return [Verdict(*row) for row in rows]
-
-
-def _iso(unix: float) -> str:
-    import datetime
-
-    moment = datetime.datetime.fromtimestamp(unix, datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
