@@ -12,7 +12,7 @@ import sys
 import aiohttp
 import httpx
 
-from fetcher.fetch import AiohttpTransport
+from fetcher.transport import AiohttpTransport
 
 TRANSPORTS = ("default", "fetcher", "httpx-aiohttp", "aiohttp")
 

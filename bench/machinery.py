@@ -1,10 +1,10 @@
 """fetcher's own work per job, no network: the real Service (claims, scheduler, limits, a task
-per job, the fetch wrapper, decoding, body hashing, logs at info, batched commits) over
-fetcher's own transport class with its sending replaced by a canned 1 KiB 200 answer. Prints
-the median over repetitions of CPU µs per job (user + system, both threads) and jobs/s, for
-    direct     the fetcher hands its transport the stored URL (what the daemon does)
-    request    the same answer from a transport of another class: the fetcher builds an
-               httpx.Request per job (what it does for respx, or any other transport)
+per job, the fetch wrapper, decoding, body hashing, logs at info, batched commits) over a
+transport that answers every request with a canned 1 KiB 200 at once. Prints the median over
+repetitions of CPU µs per job (user + system, both threads) and jobs/s, for
+    direct     the transport takes the stored URL as it is (as fetcher's own transport does)
+    request    the same answer from an httpx transport behind `HttpxTransport`: an
+               httpx.Request per job (the tests' path, respx's)
 What it leaves out is the HTTP client stack (bench/transport_floor.py measures that). Pin it
 to one core, as `make bench` pins the daemon:
 
@@ -20,51 +20,49 @@ import resource
 import statistics
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from fetcher.bodies import BodyStore
 from fetcher.config import Settings
-from fetcher.fetch import AiohttpTransport, Fetcher
+from fetcher.daemon import build_service
+from fetcher.fetch import Fetcher
 from fetcher.log import configure_logging
-from fetcher.service import Service
 from fetcher.sqlite.store import SqliteQueue as Store
+from fetcher.transport import HttpxTransport, Request, Transport
 from fetcher.urls import parse_url
 
 BODY = b"x" * 1024
 
 
-class CannedTransport(AiohttpTransport):
-    """fetcher's transport class (so the fetcher takes its direct path), answering at once."""
+class CannedTransport:
+    """fetcher's transport interface, answering at once: the stored URL as it is, the way
+    fetcher's own transport takes it."""
 
-    def __init__(self) -> None:
-        super().__init__(lambda: None)  # type: ignore[arg-type,return-value]
-
-    async def get(
-        self,
-        url: str,
-        headers: Sequence[tuple[str, str]],
-        timeouts: Mapping[str, float | None] | None = None,
-    ) -> httpx.Response:
+    async def send(self, request: Request) -> httpx.Response:
         await asyncio.sleep(0)  # one turn of the loop, as a network answer takes at least
         return httpx.Response(
             200, headers=[(b"content-length", b"1024")], stream=httpx.ByteStream(BODY)
         )
 
+    async def aclose(self) -> None:
+        return None
 
-class CannedAnyTransport(httpx.AsyncBaseTransport):
-    """The same answer from a class that is not fetcher's: an httpx.Request per job."""
 
-    def __init__(self) -> None:
-        self._canned = CannedTransport()
+class CannedHttpx(httpx.AsyncBaseTransport):
+    """The same answer from an httpx transport, behind `HttpxTransport`: an httpx.Request per
+    job (the tests' path)."""
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await self._canned.get(str(request.url), request.headers.multi_items())
+        return await CannedTransport().send(Request("GET", str(request.url), ()))
 
 
-TRANSPORTS = {"direct": CannedTransport, "request": CannedAnyTransport}
+TRANSPORTS: dict[str, Callable[[], Transport]] = {
+    "direct": CannedTransport,
+    "request": lambda: HttpxTransport(CannedHttpx()),
+}
 
 
 async def one_run(workdir: Path, path: str, n: int, hosts: int) -> tuple[float, float]:
@@ -76,7 +74,7 @@ async def one_run(workdir: Path, path: str, n: int, hosts: int) -> tuple[float, 
     )
     bodies = BodyStore(workdir / "bodies")
     fetcher = Fetcher(settings, TRANSPORTS[path](), bodies)
-    service = Service(
+    service = build_service(
         settings, store, fetcher, drain=True, bodies=bodies, install_signal_handlers=False
     )
     before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()

@@ -44,8 +44,8 @@ from typing import NamedTuple
 import httpx
 
 from fetcher import __version__, stats
+from fetcher.backends import open_reader
 from fetcher.demo import Origin
-from fetcher.jobqueue import open_reader
 
 HERE = Path(__file__).parent
 PORT = 18080

@@ -44,7 +44,7 @@ from run import (
 )
 
 from fetcher import stats
-from fetcher.jobqueue import open_reader
+from fetcher.backends import open_reader
 
 HERE = Path(__file__).parent
 FETCHER = [sys.executable, "-m", "fetcher"]

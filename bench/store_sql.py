@@ -26,7 +26,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from fetcher.jobqueue import JobQueue, open_queue
+from fetcher.backends import open_queue
+from fetcher.batch import Batch
+from fetcher.jobqueue import JobQueue
 from fetcher.model import Exchange, JobState, Outcome
 from fetcher.urls import parse_url
 
@@ -40,16 +42,16 @@ async def per_job_us(store: JobQueue, n: int, hosts: int, backlog: int) -> float
     started, done = time.perf_counter(), 0
     while done < n:
         await store.turn_hosts({}, 256)  # with several daemons: hosts are leased first
-        walk = await store.hosts_with_queued("", 64)
+        walk = (await store.hosts_with_queued("", 64)).hosts
         jobs = await store.claim([(host, 100) for host in walk], lease_s=60)
         for i in range(0, len(jobs), 60):
             now = time.time()
             batch = jobs[i : i + 60]
-            await store.record(
+            await store.record(Batch(
                 [Outcome(j.id, JobState.DONE, 1, status=200, bytes=1024, latency_ms=1.0)
                  for j in batch],
                 [Exchange(j.host, 200, 1024, 1.0, now) for j in batch],
-            )  # fmt: skip
+            ))  # fmt: skip
         done += len(jobs)
     elapsed = time.perf_counter() - started
     await store.close()

@@ -20,7 +20,7 @@ import time
 import aiohttp
 import httpx
 
-from fetcher.fetch import AiohttpTransport
+from fetcher.transport import AiohttpTransport
 
 HEADERS = {"User-Agent": "fetcher-bench", "Accept": "*/*", "Accept-Encoding": "gzip, deflate"}
 

@@ -11,13 +11,19 @@ from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
+from fetcher.batch import Batch, Pruned
 from fetcher.errors import StoreUnavailable
-from fetcher.jobqueue import HostLease, HostRate
-from fetcher.model import Exchange, Job, JobState, Outcome
-from fetcher.robots import Verdict
+from fetcher.model import (
+    ACTIVE_STATES,
+    HostLease,
+    HostRate,
+    HostWalk,
+    Job,
+    JobState,
+    Outcome,
+    Verdict,
+)
 from fetcher.urls import Target, stored_target
-
-_ACTIVE = (JobState.QUEUED, JobState.RETRYING, JobState.RUNNING)
 
 
 @dataclass
@@ -44,6 +50,7 @@ class MemoryQueue:
         self.calls: Counter[str] = Counter()
         self.bug_in: str | None = None  # an operation that raises a plain bug
         self._wall = wall
+        self._restored = False
 
     def _in(self, state: JobState) -> list[Row]:
         return [row for row in self.rows.values() if row.state is state]
@@ -65,7 +72,7 @@ class MemoryQueue:
 
     async def submit(self, targets: Sequence[Target]) -> int:
         await self._enter("submit")
-        active = {row.url for row in self.rows.values() if row.state in _ACTIVE}
+        active = {row.url for row in self.rows.values() if row.state in ACTIVE_STATES}
         added = 0
         for target in targets:
             if target.url not in active:
@@ -75,12 +82,12 @@ class MemoryQueue:
                 added += 1
         return added
 
-    async def hosts_with_queued(self, after: str, limit: int) -> list[str]:
+    async def hosts_with_queued(self, after: str, limit: int) -> HostWalk:
         await self._enter("hosts_with_queued")
-        hosts = {
-            r.host for r in self.rows.values() if r.state is JobState.QUEUED and r.host > after
-        }
-        return sorted(hosts)[: limit + 1]
+        hosts = sorted(
+            {r.host for r in self.rows.values() if r.state is JobState.QUEUED and r.host > after}
+        )
+        return HostWalk(hosts[:limit], hosts[limit - 1] if len(hosts) > limit else None)
 
     async def claim(self, wants: Sequence[tuple[str, int]], lease_s: float) -> list[Job]:
         await self._enter("claim")
@@ -113,8 +120,12 @@ class MemoryQueue:
         await self._enter("heartbeat")
         return 0
 
-    async def release_all(self, rates: Mapping[str, HostRate] | None = None) -> int:
+    async def release_all(self, rates: Mapping[str, HostRate]) -> int:
         await self._enter("release_all")
+        now = self._wall()
+        for host, rate in rates.items():
+            if rate.paused_until > now:
+                self.pauses[host] = max(rate.paused_until, self.pauses.get(host, 0.0))
         held = [
             r for r in self.rows.values() if r.state is JobState.RUNNING and r.owner == self.owner
         ]
@@ -129,60 +140,51 @@ class MemoryQueue:
         return ()
 
     async def turn_hosts(self, release: Mapping[str, HostRate], want: int) -> list[HostLease]:
+        """As on SQLite: the pauses of the last run, taken up at the first turn."""
         await self._enter("turn_hosts")
-        return []
+        if self._restored:
+            return []
+        self._restored = True
+        now = self._wall()
+        return [HostLease(h, HostRate(paused_until=u)) for h, u in self.pauses.items() if u > now]
 
     async def unregister(self) -> None:
         await self._enter("unregister")
 
-    async def record(
-        self,
-        outcomes: Sequence[Outcome],
-        exchanges: Sequence[Exchange] = (),
-        pauses: Mapping[str, float] | None = None,
-        robots: Sequence[Verdict] = (),
-    ) -> None:
+    async def record(self, batch: Batch) -> None:
         await self._enter("record")
-        for verdict in robots:
+        for verdict in batch.robots:
             self.robots[verdict.origin] = verdict
-        for outcome in outcomes:
+        for outcome in batch.outcomes:
             row = self.rows[outcome.job_id]
             if row.state is not JobState.RUNNING or row.owner != self.owner:
                 continue
             row.state, row.attempts, row.owner = outcome.state, outcome.attempts, None
             row.next_attempt_at = outcome.next_attempt_at
-            if outcome.state in (JobState.DONE, JobState.FAILED):
+            if outcome.final:
                 self.results[outcome.job_id] = outcome
-        for e in exchanges:
+        for e in batch.exchanges:
             counter = self.counters.setdefault(e.host, Counter())
             if e.disallowed:
                 counter["robots_disallowed"] += 1
                 continue
             counter["requests"] += 1
             counter["errors" if e.status is None else f"status_{e.status // 100}xx"] += 1
-        for host, until in (pauses or {}).items():
+        for host, until in batch.pauses.items():
             self.pauses[host] = max(until, self.pauses.get(host, 0.0))
 
     async def cached_robots(self, origins: Sequence[str]) -> list[Verdict]:
         await self._enter("cached_robots")
         return [self.robots[o] for o in origins if o in self.robots]
 
-    async def paused_hosts(self) -> dict[str, float]:
-        await self._enter("paused_hosts")
-        return {h: u for h, u in self.pauses.items() if u > self._wall()}
-
     async def counts(self) -> dict[str, int]:
         await self._enter("counts")
         counts = Counter(row.state.value for row in self.rows.values())
         return {state.value: counts[state.value] for state in JobState}
 
-    async def is_idle(self) -> bool:
-        counts = await self.counts()
-        return counts["queued"] + counts["retrying"] + counts["running"] == 0
-
-    async def prune(self, before: float) -> tuple[int, list[str]]:
+    async def prune(self, before: float, limit: int) -> Pruned:
         await self._enter("prune")
-        return 0, []
+        return Pruned(0, 0, [])
 
     def states(self) -> Counter[str]:
         return Counter(row.state.value for row in self.rows.values())

@@ -98,7 +98,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.set_defaults(read_only=False)
     sub = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    _add_queue_commands(sub)
+    _add_read_commands(sub)
+    _add_other_commands(sub)
+    return parser
 
+
+def _add_queue_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The daemon, and what puts work in its queue."""
     run = sub.add_parser("run", help="the daemon, in the foreground")
     run.add_argument(
         "--drain", action="store_true", help="exit 0 once nothing is queued, retrying or running"
@@ -110,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("-f", "--file", help="read URLs from FILE, one a line ('-' = stdin)")
     submit.set_defaults(command=cmd_submit)
 
+
+def _add_read_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The commands that only read the database (they need no other setting)."""
     st = sub.add_parser("stats", help="per-host counters")
     fmt = st.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="a JSON array of objects")
@@ -137,6 +147,8 @@ def _parser() -> argparse.ArgumentParser:
     robots.add_argument("--json", action="store_true")
     robots.set_defaults(command=cmd_robots, read_only=True)
 
+
+def _add_other_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     config = sub.add_parser("config", help="the effective configuration and its sources")
     config.add_argument("--json", action="store_true")
     config.set_defaults(command=cmd_config)
@@ -153,7 +165,6 @@ def _parser() -> argparse.ArgumentParser:
         "--daemons", type=int, help="daemons draining the queue together (3 with --postgres)"
     )
     demo.set_defaults(command=cmd_demo)
-    return parser
 
 
 # -- run ------------------------------------------------------------------------------------
@@ -188,7 +199,7 @@ def _lines_of(stream: IO[bytes]) -> Iterator[bytes]:
 
 
 async def _submit(settings: Settings, lines: Iterable[str | bytes]) -> int:
-    from fetcher.jobqueue import open_queue
+    from fetcher.backends import open_queue
     from fetcher.submission import submit_lines
 
     def reject(shown: str, reason: str) -> None:
@@ -219,7 +230,7 @@ def _console() -> Console:
 
 
 def _reader(path: Location) -> QueueReader:
-    from fetcher.jobqueue import open_reader
+    from fetcher.backends import open_reader
 
     return open_reader(path)
 
@@ -228,13 +239,13 @@ def cmd_stats(args: argparse.Namespace, path: Location) -> int:
     db = _reader(path)
     if args.by == "minute" or args.since:
         since = time.time() - _duration(args.since or "1h")
-        rows = stats.minute_series(db, since=since, host=args.host)
+        series = stats.minute_series(db, since=since, host=args.host)
         if args.json:
-            print(json.dumps(rows))
+            print(json.dumps(series))
         elif args.csv:
-            sys.stdout.write(stats.render_csv(rows, list(rows[0]) if rows else ["host"]))
+            sys.stdout.write(stats.render_csv(series, list(series[0]) if series else ["host"]))
         else:
-            stats.render_series(rows, since, time.time(), _console())
+            stats.render_series(series, since, time.time(), _console())
         return EXIT_OK
     try:
         rows = stats.host_stats(db, host=args.host, sort=args.sort)
@@ -269,7 +280,7 @@ def cmd_robots(args: argparse.Namespace, path: Location) -> int:
     """The cached verdict of the origin(s) of a host key or URL; for a URL, whether the
     daemon may fetch it (by FETCHER_USER_AGENT's product token)."""
     from fetcher.errors import InvalidURL
-    from fetcher.robots import origin_of, product_token
+    from fetcher.robots import SiteRules, origin_of, product_token
     from fetcher.urls import parse_url
 
     text = args.target
@@ -296,7 +307,7 @@ def cmd_robots(args: argparse.Namespace, path: Location) -> int:
             "rules": v.body,
         }
         if url is not None:
-            row["url"], row["allowed"] = url, v.allows(url, token)
+            row["url"], row["allowed"] = url, SiteRules(v, token).allows(url)
         rows.append(row)
     if args.json:
         print(json.dumps(rows))
@@ -340,8 +351,8 @@ def cmd_results(args: argparse.Namespace, path: Location) -> int:
 
 
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    from fetcher.backends import schema_version
     from fetcher.config import describe, load_hosts_file
-    from fetcher.jobqueue import schema_version
 
     version = schema_version(settings.db_location)
 

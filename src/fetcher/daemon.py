@@ -1,6 +1,7 @@
 """Putting the daemon together: settings → queue, guard, transport, limits → `Service.run`.
 
-Every resource is released by the exit stack, in reverse order, each whatever the others did."""
+`build_service` wires the parts (each takes what it uses, nothing reaches back up); `_run` opens
+the resources, each released by the exit stack in reverse order, whatever the others did."""
 
 from __future__ import annotations
 
@@ -14,21 +15,33 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from fetcher import __version__
+from fetcher.backends import open_queue
 from fetcher.bodies import BodyStore
-from fetcher.config import HostLimits, Settings, load_hosts_file
+from fetcher.clocks import Clocks
+from fetcher.config import LEASE_MARGIN_S, HostLimits, Settings, load_hosts_file
 from fetcher.errors import StoreUnavailable
-from fetcher.fetch import Fetcher, build_transport
+from fetcher.feeder import Feeder
+from fetcher.fetch import Fetcher
 from fetcher.guard import Guard
-from fetcher.jobqueue import JobQueue, open_queue
+from fetcher.guarded import GuardedQueue
+from fetcher.handler import JobHandler
+from fetcher.housekeeping import Housekeeping
+from fetcher.jobqueue import JobQueue
+from fetcher.limits import Limits
 from fetcher.locations import masked
 from fetcher.log import configure_logging, get_logger
-from fetcher.service import Service
+from fetcher.recorder import Recorder
+from fetcher.robots import RobotsGate, product_token
+from fetcher.scheduler import Scheduler
+from fetcher.service import Parts, Service
+from fetcher.supervisor import StoreHealth
 from fetcher.systemd import Notifier
+from fetcher.transport import build_transport
 
 if TYPE_CHECKING:
     from fetcher.metrics import Metrics
 
-__all__ = ["run_daemon"]
+__all__ = ["build_service", "run_daemon"]
 
 _log = get_logger("fetcher.daemon")
 
@@ -87,14 +100,14 @@ async def _run(
         _log.info("store.opened", **queue.about())
         guard = Guard(allow_private=settings.allow_private)
         bodies = BodyStore(settings.bodies_path) if settings.bodies_path else None
-        fetcher = Fetcher(settings, build_transport(guard), bodies)
+        fetcher = Fetcher(settings, build_transport(settings, guard), bodies)
         stack.push_async_callback(fetcher.aclose)
         notifier = Notifier(os.environ)
         stack.callback(notifier.close)
         metrics = _metrics(settings)
         if metrics is not None:
             stack.callback(metrics.close)
-        service = Service(
+        service = build_service(
             settings,
             queue,
             fetcher,
@@ -109,6 +122,77 @@ async def _run(
             stack.callback(shown.cancel)
         await service.run()
         return service.failure
+
+
+def build_service(
+    settings: Settings,
+    queue: JobQueue,
+    fetcher: Fetcher,
+    *,
+    drain: bool = False,
+    overrides: Mapping[str, HostLimits] | None = None,
+    notifier: Notifier | None = None,
+    bodies: BodyStore | None = None,
+    metrics: Metrics | None = None,
+    install_signal_handlers: bool = True,
+    clocks: Clocks | None = None,
+) -> Service:
+    """A daemon on `queue`, fetching through `fetcher`: its limits, robots.txt gate, scheduler,
+    feeder, recorder, chores and the handler of each job's turn."""
+    clocks = clocks or Clocks()
+    notifier = notifier or Notifier({})
+    stopping = asyncio.Event()
+    guarded = GuardedQueue(queue, StoreHealth(notifier, clock=clocks.monotonic), stopping)
+    limits = Limits(settings.max_concurrency, settings.default_limits, overrides or {}, *clocks)
+    robots = _robots_gate(settings, limits, clocks)
+    scheduler = Scheduler(
+        limits,
+        clocks.monotonic,
+        robots=robots,
+        refuse=lambda job: handler.disallowed(job),
+        lease_end=queue.lease_end,
+        reach_s=settings.timeout + LEASE_MARGIN_S,
+        lost=lambda job: handler.not_held(job),
+    )
+    feeder = Feeder(
+        guarded,
+        scheduler,
+        limits,
+        robots=robots,
+        lease_s=settings.lease_s,
+        # what many slow, polite hosts need to keep every slot busy (64 slots over hosts
+        # at 2/s: 640 of them at once), and little memory (BENCHMARKS.md, "polite")
+        max_held=max(64 * settings.max_concurrency, 4096),
+        clocks=clocks,
+    )
+    recorder = Recorder(guarded, metrics)
+    handler = JobHandler(
+        settings, fetcher, limits=limits, robots=robots, scheduler=scheduler, feeder=feeder,
+        recorder=recorder, clocks=clocks,
+    )  # fmt: skip
+    housekeeping = Housekeeping(
+        guarded, notifier, lease_s=settings.lease_s, retention_days=settings.retention_days,
+        bodies=bodies, metrics=metrics, in_flight=lambda: scheduler.in_flight,
+        on_due=feeder.wake, forget_idle=handler.forget_idle, wall=clocks.wall,
+    )  # fmt: skip
+    if metrics is not None:
+        metrics.in_flight.set_function(lambda: scheduler.in_flight)
+    parts = Parts(
+        guarded, limits, scheduler, feeder, recorder, housekeeping, handler, notifier, stopping
+    )
+    return Service(settings, parts, drain=drain, install_signal_handlers=install_signal_handlers)
+
+
+def _robots_gate(settings: Settings, limits: Limits, clocks: Clocks) -> RobotsGate:
+    return RobotsGate(
+        token=product_token(settings.user_agent),
+        ttl_s=settings.robots_ttl,
+        backoff_base=settings.backoff_base,
+        backoff_max=settings.backoff_max,
+        obeyed=lambda key: limits.limits_for(key).robots,
+        clock=clocks.monotonic,
+        wall=clocks.wall,
+    )
 
 
 def _metrics(settings: Settings) -> Metrics | None:

@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import math
-import time
 from collections import Counter
 
+from fetcher.clocks import Clocks
 from fetcher.errors import StoreUnavailable
-from fetcher.jobqueue import JobQueue
+from fetcher.guarded import GuardedQueue
 from fetcher.limits import Limits
 from fetcher.log import get_logger
 from fetcher.model import Job
 from fetcher.robots import RobotsGate, origin_of
 from fetcher.scheduler import Scheduler
-from fetcher.supervisor import StoreHealth, wait_set
+from fetcher.supervisor import wait_set
 
 __all__ = ["Feeder", "allot"]
 
@@ -42,19 +41,19 @@ class Feeder:
 
     def __init__(
         self,
-        queue: JobQueue,
+        queue: GuardedQueue,
         scheduler: Scheduler,
         limits: Limits,
-        health: StoreHealth,
         *,
         robots: RobotsGate | None = None,
         lease_s: float,
         max_held: int,
+        clocks: Clocks,
     ) -> None:
         self._queue = queue
         self._scheduler = scheduler
         self._limits = limits
-        self._health = health
+        self._clocks = clocks
         self._robots = robots
         self._lease_s = lease_s
         self._max_held = max_held
@@ -81,10 +80,11 @@ class Feeder:
         self._room_freed.set()
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Claim until `stopping` is set (a store that is away then is not waited for)."""
+        """Claim until `stopping` is set (a store that is away then is not waited for: the
+        queue gives up only then)."""
         with contextlib.suppress(StoreUnavailable):
             await self._feed(stopping)
-        assert stopping.is_set()  # StoreHealth gives up only then
+        assert stopping.is_set()
 
     async def _feed(self, stopping: asyncio.Event) -> None:
         cursor = ""
@@ -92,18 +92,17 @@ class Feeder:
         while not stopping.is_set():
             room = self._max_held - self._held_total
             if not cursor:
-                await self._turn_hosts(room, stopping)
+                await self._turn_hosts(room)
             hosts: list[str] = []
+            resume_after: str | None = None
             if room > 0:
-                walk = functools.partial(self._queue.hosts_with_queued, cursor, WALK_HOSTS)
-                hosts = await self._health.call("hosts_with_queued", walk, give_up=stopping)
-            wants = allot(room, [(host, self._host_room(host)) for host in hosts[:WALK_HOSTS]])
+                hosts, resume_after = await self._queue.hosts_with_queued(cursor, WALK_HOSTS)
+            wants = allot(room, [(host, self._host_room(host)) for host in hosts])
             room -= sum(n for _, n in wants)
             if wants:
-                claimed = await self._claim(wants, stopping)
-                claimed_this_walk += claimed
-            wrapped = len(hosts) <= WALK_HOSTS
-            cursor = "" if wrapped else hosts[WALK_HOSTS - 1]
+                claimed_this_walk += await self._claim(wants)
+            wrapped = resume_after is None
+            cursor = resume_after or ""
             if room <= 0 or (wrapped and claimed_this_walk == 0 and not self._more_hosts):
                 self._room_freed.clear()  # a wake while stopping would be lost here: checked
                 if not stopping.is_set():
@@ -111,11 +110,11 @@ class Feeder:
             if wrapped:
                 claimed_this_walk = 0
 
-    async def _turn_hosts(self, room: int, stopping: asyncio.Event) -> None:
+    async def _turn_hosts(self, room: int) -> None:
         """Hand back the hosts held with nothing to do (with their schedules); acquire hosts
         with queued jobs for the room there is, each with the schedule its last holder left.
         At most every _TURN_EVERY_S, unless the last turn got all it asked for."""
-        now = time.monotonic()
+        now = self._clocks.monotonic()
         if now - self._turned_at < _TURN_EVERY_S and not self._more_hosts:
             return
         self._turned_at = now
@@ -130,31 +129,28 @@ class Feeder:
         if not idle and want <= 0:
             self._more_hosts = False
             return
-        leases = await self._health.call(
-            "turn_hosts", lambda: self._queue.turn_hosts(idle, want), give_up=stopping
-        )
+        leases = await self._queue.turn_hosts(idle, want)
         # all it asked for came: turn again at the next walk, without waiting (many hosts with
         # a job or two each); fewer came, and the next turn waits its interval
         self._more_hosts = len(leases) >= want > 0
-        now_wall = time.time()
+        now_wall = self._clocks.wall()
         paused = {}
         for lease in leases:
             self._limits.resume(lease.host, lease.rate)
             if lease.rate.paused_until > now_wall:
-                paused[lease.host] = lease.rate.paused_until - now_wall
-        if paused:  # a Retry-After or 429 pause the host's last holder committed
+                paused[lease.host] = seconds = lease.rate.paused_until - now_wall
+                _log.debug("host.paused", host=lease.host, seconds=round(seconds, 3), why="handed")
+        if paused:  # a Retry-After or 429 pause the host's last holder (or run) committed
             _log.info(
                 "hosts.pauses_restored",
                 hosts=len(paused),
                 longest_s=round(max(paused.values()), 3),
             )
 
-    async def _claim(self, wants: list[tuple[str, int]], stopping: asyncio.Event) -> int:
-        jobs = await self._health.call(
-            "claim", lambda: self._queue.claim(wants, self._lease_s), give_up=stopping
-        )
+    async def _claim(self, wants: list[tuple[str, int]]) -> int:
+        jobs = await self._queue.claim(wants, self._lease_s)
         if self._robots is not None and jobs:
-            await self._load_robots(jobs, stopping)
+            await self._load_robots(jobs)
         got: Counter[str] = Counter()
         for job in jobs:
             got[job.host] += 1
@@ -168,16 +164,13 @@ class Feeder:
                 self._refilled.discard(host)
         return len(jobs)
 
-    async def _load_robots(self, jobs: list[Job], stopping: asyncio.Event) -> None:
+    async def _load_robots(self, jobs: list[Job]) -> None:
         """The stored robots.txt verdicts of origins met for the first time, before their jobs
         reach the scheduler (a verdict fetched before a restart is not fetched again)."""
         assert self._robots is not None
         new = self._robots.unknown(dict.fromkeys(origin_of(job.target) for job in jobs))
         if new:
-            cached = await self._health.call(
-                "cached_robots", lambda: self._queue.cached_robots(new), give_up=stopping
-            )
-            self._robots.load(new, cached)
+            self._robots.load(new, await self._queue.cached_robots(new))
 
     def refilling(self, host: str) -> bool:
         """Whether the feeder is still bringing in jobs for `host` (its last claim was full,

@@ -10,15 +10,14 @@ prune    10 min        FETCHER_RETENTION_DAYS
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from fetcher.bodies import BodyStore
 from fetcher.errors import StoreUnavailable
-from fetcher.jobqueue import JobQueue
+from fetcher.guarded import GuardedQueue
 from fetcher.log import get_logger
-from fetcher.supervisor import StoreHealth, Supervisor, wait_set
+from fetcher.supervisor import Supervisor, wait_set
 from fetcher.systemd import Notifier
 
 if TYPE_CHECKING:
@@ -31,13 +30,13 @@ RETRIES_EVERY_S = 0.25
 STATUS_EVERY_S = 5.0
 METRICS_EVERY_S = 1.0
 PRUNE_EVERY_S = 600.0
+PRUNE_BATCH = 5000  # results a prune transaction deletes at most: fetching never waits long
 
 
 class Housekeeping:
     def __init__(
         self,
-        queue: JobQueue,
-        health: StoreHealth,
+        queue: GuardedQueue,
         notifier: Notifier,
         *,
         lease_s: float,
@@ -47,10 +46,9 @@ class Housekeeping:
         in_flight: Callable[[], int],
         on_due: Callable[[], None],
         forget_idle: Callable[[], None],
-        wall: Callable[[], float] = time.time,
+        wall: Callable[[], float],
     ) -> None:
         self._queue = queue
-        self._health = health
         self._notifier = notifier
         self._lease_s = lease_s
         self._retention_days = retention_days
@@ -62,7 +60,7 @@ class Housekeeping:
         self._wall = wall
 
     def start(self, supervisor: Supervisor, stopping: asyncio.Event) -> None:
-        chores: list[tuple[str, float, Callable[[asyncio.Event], Awaitable[None]], bool]] = [
+        chores: list[tuple[str, float, Callable[[], Awaitable[None]], bool]] = [
             ("retries", RETRIES_EVERY_S, self.promote_due, False),
             ("leases", self._lease_s / 4, self.renew_leases, False),
             ("status", STATUS_EVERY_S, self.report_status, False),
@@ -74,44 +72,47 @@ class Housekeeping:
         for name, every_s, chore, first_now in chores:
             supervisor.start(name, _every(every_s, chore, stopping, first_now=first_now))
 
-    async def promote_due(self, stopping: asyncio.Event) -> None:
-        if await self._health.call("promote_due", self._queue.promote_due, give_up=stopping):
+    async def promote_due(self) -> None:
+        if await self._queue.promote_due():
             self._on_due()
 
-    async def renew_leases(self, stopping: asyncio.Event) -> None:
-        lease_s = self._lease_s
-        reclaimed = await self._health.call(
-            "heartbeat", lambda: self._queue.heartbeat(lease_s), give_up=stopping
-        )
+    async def renew_leases(self) -> None:
+        reclaimed = await self._queue.heartbeat(self._lease_s)
         if reclaimed:
             _log.warning("jobs.reclaimed", jobs=reclaimed, why="lease expired")
         self._forget_idle()
 
-    async def report_status(self, stopping: asyncio.Event) -> None:
-        if self._health.down is not None:  # said when it went down; said again here, with its age
-            self._notifier.notify(STATUS=self._health.status_line())
+    async def report_status(self) -> None:
+        health = self._queue.health
+        if health.down is not None:  # said when it went down; said again here, with its age
+            self._notifier.notify(STATUS=health.status_line())
             return
-        self._notifier.notify(STATUS=await self.status_line(stopping))
+        self._notifier.notify(STATUS=await self.status_line())
 
-    async def status_line(self, stopping: asyncio.Event) -> str:
-        counts = await self._health.call("counts", self._queue.counts, give_up=stopping)
+    async def status_line(self) -> str:
+        counts = await self._queue.counts()
         return (
             f"in flight {self._in_flight()}, queued {counts['queued']},"
             f" retrying {counts['retrying']}, done {counts['done']}, failed {counts['failed']}"
         )
 
-    async def gauge_queue(self, stopping: asyncio.Event) -> None:
+    async def gauge_queue(self) -> None:
         assert self._metrics is not None
-        self._metrics.queue(await self._health.call("counts", self._queue.counts, give_up=stopping))
+        self._metrics.queue(await self._queue.counts())
 
-    async def prune(self, stopping: asyncio.Event) -> None:
+    async def prune(self) -> None:
         """FETCHER_RETENTION_DAYS: old results, finished jobs, minute rows and the bodies no
         result names any more go, a batch per transaction; cumulative counters stay."""
         days = self._retention_days
         before = self._wall() - days * 86400
-        deleted, orphans = await self._health.call(
-            "prune", lambda: self._queue.prune(before), give_up=stopping
-        )
+        deleted, orphans = 0, []
+        while True:
+            pruned = await self._queue.prune(before, PRUNE_BATCH)
+            deleted += pruned.rows
+            orphans.extend(pruned.orphans)
+            if pruned.results < PRUNE_BATCH:
+                break
+            await asyncio.sleep(0)
         if self._bodies is not None:
             for sha in orphans:
                 self._bodies.path_for(sha).unlink(missing_ok=True)
@@ -121,7 +122,7 @@ class Housekeeping:
 
 async def _every(
     seconds: float,
-    chore: Callable[[asyncio.Event], Awaitable[None]],
+    chore: Callable[[], Awaitable[None]],
     stopping: asyncio.Event,
     *,
     first_now: bool = False,
@@ -133,7 +134,7 @@ async def _every(
         if stopping.is_set():
             return
         try:
-            await chore(stopping)
+            await chore()
         except StoreUnavailable:
             if stopping.is_set():
                 return

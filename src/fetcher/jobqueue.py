@@ -1,17 +1,21 @@
 """The queue interface: what the daemon and the commands ask of a queue, whatever holds it.
 
-The seam is here, at the level of the domain, not at the database driver: another database
-differs in its SQL, its locking and its counter arithmetic, so each backend implements these
-whole. `JobQueue` is the daemon's and `fetcher submit`'s side (async); `QueueReader` is the
-read side behind `stats`, `status` and `results` (plain calls: a command that reads answers in
-tens of milliseconds, with no event loop to start). SQLite (`fetcher.sqlite`) is the embedded
-default; PostgreSQL (`fetcher.postgres`) lets several daemons share one queue, each host leased
-to one daemon at a time; the tests add one in memory.
+A leaf, as httpx's `_transports/base.py` is: it names the contract and chooses no backend
+(`fetcher.backends` does). `JobQueue` is the daemon's and `fetcher submit`'s side (async);
+`QueueReader` is the read side behind `stats`, `status` and `results` (plain calls: a command
+that reads answers in tens of milliseconds, with no event loop to start). SQLite
+(`fetcher.sqlite`) is the embedded default; PostgreSQL (`fetcher.postgres`) lets several daemons
+share one queue, each host leased to one daemon at a time; the tests add one in memory.
 
-Host leases: with one daemon (SQLite) the daemon holds every host, for ever (`lease_end` is
-`inf`, `turn_hosts` acquires nothing). With several, a daemon starts a request to a host only
-if the request will end before its lease on the host does, and the host's rate schedule goes
-with the host from daemon to daemon (`HostRate`).
+Host leases: with one daemon (SQLite) the daemon holds every host on an endless lease
+(`lease_end` is `inf`); its hosts' schedules outlive it the same way as on PostgreSQL: handed
+back with `release_all`, and taken up again by the next start's first `turn_hosts`. With several,
+a daemon starts a request to a host only if the request will end before its lease on the host
+does, and the host's rate schedule goes with the host from daemon to daemon (`HostRate`).
+
+The rules every backend follows (final states, validators, idle, the dead-daemon rule, the
+counters' arithmetic, the steps of a batch commit) are written once, in `fetcher.model`,
+`fetcher.daemons` and `fetcher.batch`; a backend brings its SQL.
 
 A backend raises `StoreUnavailable` for trouble that passes (locked, full, away) and lets
 anything else through as the bug it is.
@@ -19,46 +23,21 @@ anything else through as the bug it is.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Protocol, TypedDict
 
-from fetcher.model import Exchange, Job, Outcome
+from fetcher.batch import Batch, Pruned
+from fetcher.model import HostLease, HostRate, HostWalk, Job, Verdict
 from fetcher.urls import Target
 
-if TYPE_CHECKING:
-    from fetcher.locations import Location
-    from fetcher.robots import Verdict
-
-__all__ = [
-    "HostLease", "HostRate", "JobQueue", "QueueReader", "open_queue", "open_reader",
-    "process_alive", "schema_version",
-]  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class HostRate:
-    """A host's rate schedule as it passes from daemon to daemon: GCRA's theoretical arrival
-    time and the end of its pause, in unix time (0: none)."""
-
-    tat: float = 0.0
-    paused_until: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class HostLease:
-    """A host this daemon has just acquired, with the schedule its last holder left."""
-
-    host: str
-    rate: HostRate
+__all__ = ["HostStatsRow", "JobQueue", "MinuteRow", "QueueReader", "ResultRow"]
 
 
 class JobQueue(Protocol):
     """The durable queue with its counters, as one daemon (identified by `owner`) uses it."""
 
-    owner: str
+    @property
+    def owner(self) -> str: ...
 
     async def close(self) -> None: ...
 
@@ -72,9 +51,10 @@ class JobQueue(Protocol):
         retrying or running is not queued again)."""
         ...
 
-    # -- claims and leases
-    async def hosts_with_queued(self, after: str, limit: int) -> list[str]:
-        """Up to `limit` host keys with queued jobs, in key order after `after`."""
+    # -- claims
+    async def hosts_with_queued(self, after: str, limit: int) -> HostWalk:
+        """Up to `limit` host keys with queued jobs (that this daemon may claim), in key order
+        after `after`, and whether more follow."""
         ...
 
     async def claim(self, wants: Sequence[tuple[str, int]], lease_s: float) -> list[Job]:
@@ -86,6 +66,7 @@ class JobQueue(Protocol):
         """Jobs whose retry time has come go back to `queued`; how many."""
         ...
 
+    # -- daemons
     async def register(self) -> int:
         """Announce this daemon; take back the jobs of dead ones. How many were taken back."""
         ...
@@ -94,70 +75,113 @@ class JobQueue(Protocol):
         """Extend this daemon's leases; take back expired leases of others. How many."""
         ...
 
-    async def release_all(self, rates: Mapping[str, HostRate] | None = None) -> int:
+    async def release_all(self, rates: Mapping[str, HostRate]) -> int:
         """Every job this daemon still holds goes back to `queued`, and every host it holds is
-        handed back with its schedule in `rates`; how many jobs."""
-        ...
-
-    # -- host leases
-    def lease_end(self, host: str) -> float:
-        """When, on this process's monotonic clock, this daemon's lease on `host` ends: a
-        request to it must have ended by then. `inf`: no lease is needed (one daemon);
-        `-inf`: this daemon does not hold the host (or lost it)."""
-        ...
-
-    def held_hosts(self) -> Collection[str]:
-        """The hosts this daemon holds under a lease (none where no lease is needed)."""
-        ...
-
-    async def turn_hosts(self, release: Mapping[str, HostRate], want: int) -> list[HostLease]:
-        """Hand back the hosts in `release` that have nothing queued (keeping their schedule),
-        then acquire up to `want` hosts with queued jobs that no live daemon holds."""
+        handed back with its schedule in `rates` (host → schedule; hosts it does not hold are
+        ignored); how many jobs."""
         ...
 
     async def unregister(self) -> None: ...
 
+    # -- host leases
+    def lease_end(self, host: str) -> float:
+        """When, on this process's monotonic clock, this daemon's lease on `host` ends: a
+        request to it must have ended by then. `inf`: an endless lease (one daemon); `-inf`:
+        this daemon does not hold the host (or lost it)."""
+        ...
+
+    def held_hosts(self) -> Collection[str]:
+        """The hosts this daemon holds under a lease that it hands back when they are idle
+        (none where the lease is endless)."""
+        ...
+
+    async def turn_hosts(self, release: Mapping[str, HostRate], want: int) -> list[HostLease]:
+        """Hand back the hosts in `release` that have nothing queued (keeping their schedule),
+        then acquire up to `want` hosts, each with the schedule its last holder left: with
+        several daemons, hosts with queued jobs that no live daemon holds; with one, the hosts
+        whose schedule outlived the last run (a pause still on)."""
+        ...
+
     # -- outcomes, counters, pauses
-    async def record(
-        self,
-        outcomes: Sequence[Outcome],
-        exchanges: Sequence[Exchange] = (),
-        pauses: Mapping[str, float] | None = None,
-        robots: Sequence[Verdict] = (),
-    ) -> None:
-        """One transaction: the outcomes (and results of final ones) of jobs this daemon
-        still holds, with the validators of done ones; the requests to the per-host counters;
-        host pauses (host → unix time); robots.txt verdicts (origin → the latest)."""
+    async def record(self, batch: Batch) -> None:
+        """One transaction (`fetcher.batch.write`): the outcomes (and results of final ones)
+        of jobs this daemon still holds, with the validators of done ones; the requests to
+        the per-host counters; host pauses; robots.txt verdicts."""
         ...
 
     async def cached_robots(self, origins: Sequence[str]) -> list[Verdict]:
         """The stored robots.txt verdicts of `origins` (those it has)."""
         ...
 
-    async def paused_hosts(self) -> dict[str, float]:
-        """Hosts still paused (host → unix time the pause ends)."""
-        ...
-
     async def counts(self) -> dict[str, int]:
-        """Jobs by state: queued, retrying, running, done, failed."""
+        """Jobs by state: queued, retrying, running, done, failed (`model.active_jobs` of it is
+        0 when the queue is idle)."""
         ...
 
-    async def is_idle(self) -> bool:
-        """No job anywhere is queued, retrying or running."""
+    async def prune(self, before: float, limit: int) -> Pruned:
+        """One transaction of retention: up to `limit` results finished before `before` (unix
+        time), their finished jobs, and the minute rows before it."""
         ...
 
-    async def prune(self, before: float) -> tuple[int, list[str]]:
-        """Delete finished jobs, results and minute rows older than `before` (unix time);
-        (rows deleted, body digests no result names any more)."""
-        ...
+
+class HostStatsRow(TypedDict):
+    """A row of the `host_stats` view."""
+
+    host: str
+    requests: int
+    status_2xx: int
+    status_3xx: int
+    status_4xx: int
+    status_5xx: int
+    errors: int
+    bytes: int
+    latency_avg_ms: float | None
+    latency_max_ms: float | None
+    last_status: int | None
+    last_request_at: str | None
+    robots_disallowed: int
+
+
+class ResultRow(TypedDict):
+    """A finished job, as `fetcher results` prints it (`finished_at` in ISO 8601)."""
+
+    job_id: int
+    url: str
+    final_url: str | None
+    host: str
+    state: str
+    status: int | None
+    bytes: int
+    error: str | None
+    attempts: int
+    latency_ms: float | None
+    body_sha256: str | None
+    body_path: str | None
+    finished_at: str
+
+
+class MinuteRow(TypedDict):
+    """One host's requests in one minute (`at`: its first second, unix time)."""
+
+    host: str
+    at: int
+    requests: int
+    status_2xx: int
+    status_3xx: int
+    status_4xx: int
+    status_5xx: int
+    errors: int
+    bytes: int
+    latency_avg_ms: float | None
+    latency_max_ms: float | None
 
 
 class QueueReader(Protocol):
-    """The read side: rows as dicts with the public views' column names."""
+    """The read side: rows with the public views' column names."""
 
     def close(self) -> None: ...
 
-    def host_stats(self) -> list[dict[str, Any]]:
+    def host_stats(self) -> list[HostStatsRow]:
         """Every row of `host_stats`."""
         ...
 
@@ -173,62 +197,14 @@ class QueueReader(Protocol):
         """Unix time the oldest queued job was queued."""
         ...
 
-    def results(self, state: str | None, since: float | None) -> Iterator[dict[str, Any]]:
-        """Finished jobs, oldest first (`finished_at` in ISO 8601)."""
+    def results(self, state: str | None, since: float | None) -> Iterator[ResultRow]:
+        """Finished jobs, oldest first."""
         ...
 
-    def minute_rows(self, since_minute: int) -> list[dict[str, Any]]:
-        """Per host and minute (`at`: unix seconds), by host then minute."""
+    def minute_rows(self, since_minute: int) -> list[MinuteRow]:
+        """Per host and minute, by host then minute."""
         ...
 
     def robots(self, origins: Sequence[str]) -> list[Verdict]:
         """The cached robots.txt verdicts of `origins` (those there are)."""
         ...
-
-
-async def open_queue(
-    db: Location, *, cache_mib: int = 8, busy_timeout_s: float = 10.0, lease_s: float = 90.0
-) -> JobQueue:
-    """The queue in database `db` (a SQLite file or a PostgreSQL URL), created or migrated as
-    needed. `lease_s`: how long a host stays leased without a renewal (PostgreSQL)."""
-    if not isinstance(db, Path):
-        from fetcher.postgres.store import PostgresQueue
-
-        return await PostgresQueue.open(db, busy_timeout_s=busy_timeout_s, lease_s=lease_s)
-    from fetcher.sqlite.store import SqliteQueue
-
-    return await SqliteQueue.open(db, cache_mib=cache_mib, busy_timeout_s=busy_timeout_s)
-
-
-def open_reader(db: Location) -> QueueReader:
-    """The read side of database `db`; never creates or changes anything."""
-    if not isinstance(db, Path):
-        from fetcher.postgres.reader import PostgresReader
-
-        return PostgresReader(db)
-    from fetcher.sqlite.reader import SqliteReader
-
-    return SqliteReader(db)
-
-
-def schema_version(db: Location) -> int:
-    """The schema version this fetcher brings for the backend of `db`."""
-    if not isinstance(db, Path):
-        from fetcher.postgres.schema import SCHEMA_VERSION as POSTGRES_VERSION
-
-        return POSTGRES_VERSION
-    from fetcher.sqlite.schema import SCHEMA_VERSION
-
-    return SCHEMA_VERSION
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process `pid` of this machine is running: a daemon registered here whose process
-    is gone holds nothing any more (its jobs and hosts are taken back at once)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

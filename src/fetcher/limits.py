@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from fetcher.config import HostLimits
-from fetcher.jobqueue import HostRate
+from fetcher.model import HostRate
 
 __all__ = ["HostLimiter", "Limits"]
 
@@ -155,6 +155,11 @@ class Limits:
         offset = self._wall() - self._clock()
         tat, paused_until = limiter.schedule()  # -inf, 0.0: never started, never paused
         return HostRate(max(tat + offset, 0.0), paused_until + offset if paused_until > 0 else 0.0)
+
+    def schedules(self) -> dict[str, HostRate]:
+        """Every host's schedule this daemon keeps (the rest are idle: a full bucket, no pause),
+        to hand back at shutdown."""
+        return {key: self.rate_of(key) for key in self._hosts}
 
     def resume(self, key: str, rate: HostRate) -> None:
         """`key` was handed over with schedule `rate` (unix time): go on with it."""

@@ -11,11 +11,11 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING
 
+from fetcher.batch import Batch
 from fetcher.errors import StoreUnavailable
-from fetcher.jobqueue import JobQueue
-from fetcher.model import Exchange, Outcome
-from fetcher.robots import Verdict
-from fetcher.supervisor import StoreHealth, wait_set
+from fetcher.guarded import GuardedQueue
+from fetcher.model import Exchange, Outcome, Verdict
+from fetcher.supervisor import wait_set
 
 if TYPE_CHECKING:
     from fetcher.metrics import Metrics
@@ -29,11 +29,8 @@ _COMMIT_GAP_S = 0.02  # at most ~50 commits/s: each is several hand-offs to the 
 class Recorder:
     """The batch in the making, and the task that commits it."""
 
-    def __init__(
-        self, queue: JobQueue, health: StoreHealth, metrics: Metrics | None = None
-    ) -> None:
+    def __init__(self, queue: GuardedQueue, metrics: Metrics | None = None) -> None:
         self._queue = queue
-        self._health = health
         self._metrics = metrics
         self._outcomes: list[Outcome] = []
         # every request as it ends, hops of unfinished redirect chains included: committed in
@@ -70,30 +67,25 @@ class Recorder:
             await wait_set(self._due, _IDLE_POLL_S)
             self._due.clear()
             with contextlib.suppress(StoreUnavailable):  # only once stopping: flush keeps it
-                await self.flush(give_up=stopping)
+                await self.flush()
             await asyncio.sleep(_COMMIT_GAP_S)
 
-    async def flush(self, *, give_up: asyncio.Event | None = None) -> None:
-        """Commit everything held now, waiting while the store is away. If `give_up` is set
-        first, the batch goes back where it was and `StoreUnavailable` is raised."""
-        if not (self._outcomes or self._exchanges or self._pauses or self._robots):
+    async def flush(self, via: GuardedQueue | None = None) -> None:
+        """Commit everything held now (through `via`, or the recorder's queue), waiting while
+        the store is away. If the queue gives up first, the batch goes back where it was and
+        `StoreUnavailable` is raised."""
+        batch = Batch(self._outcomes, self._exchanges, self._pauses, list(self._robots.values()))
+        if not batch:
             return
-        outcomes, self._outcomes = self._outcomes, []
-        exchanges, self._exchanges = self._exchanges, []
-        pauses, self._pauses = self._pauses, {}
-        robots, self._robots = self._robots, {}
+        self._outcomes, self._exchanges, self._pauses, self._robots = [], [], {}, {}
         try:
-            await self._health.call(
-                "record",
-                lambda: self._queue.record(outcomes, exchanges, pauses, list(robots.values())),
-                give_up=give_up,
-            )
+            await (via or self._queue).record(batch)
         except BaseException:
-            self._outcomes[:0] = outcomes
-            self._exchanges[:0] = exchanges
-            for host, until in pauses.items():
+            self._outcomes[:0] = batch.outcomes
+            self._exchanges[:0] = batch.exchanges
+            for host, until in batch.pauses.items():
                 self.pause(host, until)
-            self._robots = {**robots, **self._robots}
+            self._robots = {**{v.origin: v for v in batch.robots}, **self._robots}
             raise
         if self._metrics is not None:
-            self._metrics.count(exchanges)
+            self._metrics.count(batch.exchanges)

@@ -21,13 +21,12 @@ import enum
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import cached_property
 from typing import TYPE_CHECKING
 
 from protego import Protego
 
 from fetcher.errors import InvalidURL
-from fetcher.model import REDIRECT_STATUSES, Hop
+from fetcher.model import REDIRECT_STATUSES, Hop, Verdict
 from fetcher.policy import backoff_delay
 from fetcher.urls import Target, join_redirect, parse_url
 
@@ -35,8 +34,8 @@ if TYPE_CHECKING:
     from fetcher.fetch import Fetcher
 
 __all__ = [
-    "MAX_ROBOTS_BYTES", "Gate", "RobotsGate", "Verdict", "fetch_robots", "host_of", "origin_of",
-    "product_token", "robots_target",
+    "MAX_ROBOTS_BYTES", "Gate", "RobotsGate", "SiteRules", "fetch_robots", "host_of",
+    "origin_of", "product_token", "robots_target",
 ]  # fmt: skip
 _MAX_REDIRECTS = 5
 
@@ -52,42 +51,28 @@ def product_token(user_agent: str) -> str:
     return user_agent.split("/", 1)[0].split()[0] if user_agent.strip() else "*"
 
 
-@dataclass(frozen=True)  # not slots: the parsed rules are cached on the instance
-class Verdict:
-    """What one fetch of an origin's robots.txt said, as the database keeps it."""
+class SiteRules:
+    """The rules of a verdict's robots.txt for one product token, parsed once."""
 
-    origin: str
-    fetched_at: float  # unix time
-    status: int | None  # None: no response
-    body: str = ""
-    crawl_delay: float | None = None  # the interval the site asks of fetcher's token, uncapped
+    __slots__ = ("_parsed", "_token", "_usable")
 
-    @property
-    def size(self) -> int:
-        return len(self.body.encode())
+    def __init__(self, verdict: Verdict, token: str) -> None:
+        self._usable = verdict.usable
+        self._token = token
+        self._parsed = Protego.parse(verdict.body) if verdict.has_rules else None
 
-    @property
-    def usable(self) -> bool:
-        """Whether the answer settles the origin's rules (or must be asked again later)."""
-        return self.status is not None and self.status < 500 and self.status != 429
-
-    @cached_property
-    def _rules(self) -> Protego | None:
-        return Protego.parse(self.body) if self.status is not None and self.status < 300 else None
-
-    def allows(self, url: str, token: str) -> bool:
-        if not self.usable:
+    def allows(self, url: str) -> bool:
+        if not self._usable:
             return False
-        rules = self._rules
-        return True if rules is None else bool(rules.can_fetch(url, token))
+        return True if self._parsed is None else bool(self._parsed.can_fetch(url, self._token))
 
-    def delay_s(self, token: str) -> float | None:
+    def delay_s(self) -> float | None:
         """The interval the site asks for between requests (Crawl-delay, Request-rate)."""
-        rules = self._rules
+        rules = self._parsed
         if rules is None:
             return None
-        asked = [d for d in (rules.crawl_delay(token),) if d is not None and d > 0]
-        rate = rules.request_rate(token)
+        asked = [d for d in (rules.crawl_delay(self._token),) if d is not None and d > 0]
+        rate = rules.request_rate(self._token)
         if rate is not None and rate.requests > 0:
             asked.append(rate.seconds / rate.requests)
         return max(asked) if asked else None
@@ -103,6 +88,7 @@ class Gate(enum.Enum):
 @dataclass(slots=True)
 class _Origin:
     verdict: Verdict | None = None
+    rules: SiteRules | None = None  # the verdict's, parsed at the first check
     fetching: bool = False
     retry_at: float = 0.0  # monotonic: when an unusable verdict is asked again
     failures: int = 0
@@ -140,7 +126,7 @@ class RobotsGate:
         for origin in origins:
             self._origins.setdefault(origin, _Origin())
         for verdict in cached:
-            self._origins[verdict.origin].verdict = verdict
+            self._origins[verdict.origin] = _Origin(verdict)
 
     def check(self, target: Target) -> tuple[Gate, float]:
         """What the job at `target` may do now; with WAIT, until when (monotonic, `inf`: until
@@ -157,7 +143,9 @@ class RobotsGate:
                 return Gate.WAIT, origin.retry_at
             origin.fetching = True
             return Gate.FETCH, 0.0
-        if verdict.allows(target.url, self.token):
+        if origin.rules is None:
+            origin.rules = SiteRules(verdict, self.token)
+        if origin.rules.allows(target.url):
             return Gate.GO, 0.0
         return Gate.REFUSE, 0.0
 
@@ -165,7 +153,7 @@ class RobotsGate:
         """A fetch of the origin's robots.txt ended with `verdict`."""
         origin = self._origins.setdefault(verdict.origin, _Origin())
         origin.fetching = False
-        origin.verdict = verdict
+        origin.verdict, origin.rules = verdict, None
         if verdict.usable:
             origin.failures = 0
         else:
@@ -231,4 +219,4 @@ async def fetch_robots(
     text = bytes(body).decode("utf-8", errors="replace").replace("\x00", " ")
     ok = status is not None and 200 <= status < 300
     verdict = Verdict(origin, now, status, text if ok else "")
-    return dataclasses.replace(verdict, crawl_delay=verdict.delay_s(token)), hops
+    return dataclasses.replace(verdict, crawl_delay=SiteRules(verdict, token).delay_s()), hops

@@ -73,7 +73,8 @@ class Scheduler:
         self._seq = 0
         self._changed = asyncio.Event()
         self._closed = False
-        self.pending = 0
+        self.pending = 0  # jobs waiting for their host
+        self.in_flight = 0  # requests started and not yet finished (permits held)
 
     def add(self, job: Job) -> None:
         """A job whose next request goes to `job.target.host_key`."""
@@ -88,6 +89,7 @@ class Scheduler:
 
     def _finished(self, key: str) -> None:
         """A request to `key` ended (`Permit.release`): both its places are free again."""
+        self.in_flight -= 1
         self._limits.slots.release()
         self._limits.host(key).finish()
         if self._pending.get(key):
@@ -132,6 +134,7 @@ class Scheduler:
         if job is None:
             self._limits.slots.release()
             return None
+        self.in_flight += 1
         return job, Permit(self, job.target.host_key)
 
     async def _next_job(self, max_wait_s: float) -> Job | None:

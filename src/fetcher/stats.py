@@ -8,14 +8,14 @@ import csv
 import fnmatch
 import io
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # rich is imported where a table is drawn: --json and --csv need none of it
     from rich.console import Console
     from rich.table import Table
 
-    from fetcher.jobqueue import QueueReader
+    from fetcher.jobqueue import HostStatsRow, MinuteRow, QueueReader, ResultRow
 
 __all__ = [
     "STAT_FIELDS",
@@ -39,7 +39,7 @@ _SPARKS = "▁▂▃▄▅▆▇█"
 
 def host_stats(
     reader: QueueReader, *, host: str | None = None, sort: str = "requests"
-) -> list[dict[str, Any]]:
+) -> list[HostStatsRow]:
     """Rows of `host_stats`, filtered by a host glob, sorted by `sort` (descending for numbers;
     a leading '-' reverses)."""
     descending = not sort.startswith("-")
@@ -51,7 +51,12 @@ def host_stats(
         rows = [row for row in rows if fnmatch.fnmatchcase(row["host"], host.lower())]
     if field == "host":
         descending = not descending
-    rows.sort(key=lambda row: (row[field] is not None, row[field] or 0), reverse=descending)
+
+    def key(row: HostStatsRow) -> tuple[bool, Any]:
+        value = row[field]  # type: ignore[literal-required]  # checked against STAT_FIELDS
+        return value is not None, value or 0
+
+    rows.sort(key=key, reverse=descending)
     return rows
 
 
@@ -80,7 +85,7 @@ def results(
     host: str | None = None,
     since: float | None = None,
     limit: int | None = None,
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[ResultRow]:
     count = 0
     for row in reader.results(state, since):
         if host and not fnmatch.fnmatchcase(row["host"], host.lower()):
@@ -91,9 +96,7 @@ def results(
             return
 
 
-def minute_series(
-    reader: QueueReader, *, since: float, host: str | None = None
-) -> list[dict[str, Any]]:
+def minute_series(reader: QueueReader, *, since: float, host: str | None = None) -> list[MinuteRow]:
     """Per-host, per-minute rows since `since` (unix time), oldest first."""
     out = reader.minute_rows(int(since // 60))
     if host:
@@ -121,17 +124,17 @@ def human_ms(ms: float | None) -> str:
     return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.2f} s"
 
 
-def success_percent(row: dict[str, Any]) -> str:
+def success_percent(row: Mapping[str, Any]) -> str:
     if not row["requests"]:
         return "-"
     return f"{100 * row['status_2xx'] / row['requests']:.1f}%"
 
 
-def render_table(rows: Sequence[dict[str, Any]], console: Console) -> None:
+def render_table(rows: Sequence[Mapping[str, Any]], console: Console) -> None:
     console.print(host_table(rows))
 
 
-def host_table(rows: Sequence[dict[str, Any]]) -> Table:
+def host_table(rows: Sequence[Mapping[str, Any]]) -> Table:
     """The stats table, for `stats` and each frame of `stats --watch`."""
     from rich.table import Table
 
@@ -163,7 +166,7 @@ def host_table(rows: Sequence[dict[str, Any]]) -> Table:
     return table
 
 
-def render_csv(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> str:
+def render_csv(rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(
         out, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n"
@@ -181,13 +184,13 @@ def sparkline(values: Sequence[float]) -> str:
 
 
 def render_series(
-    rows: Sequence[dict[str, Any]], since: float, now: float, console: Console
+    rows: Sequence[Mapping[str, Any]], since: float, now: float, console: Console
 ) -> None:
+    """One line per host: requests, errors and average latency per minute as sparklines."""
     from rich.table import Table
 
-    """One line per host: requests, errors and average latency per minute as sparklines."""
     first, last = int(since // 60), int(now // 60)
-    by_host: dict[str, dict[int, dict[str, Any]]] = {}
+    by_host: dict[str, dict[int, Mapping[str, Any]]] = {}
     for row in rows:
         by_host.setdefault(row["host"], {})[int(row["at"]) // 60] = row
     table = Table(header_style="bold")

@@ -15,10 +15,11 @@ import pytest
 from aiohttp import web
 
 from fetcher.config import Settings
-from fetcher.fetch import Fetcher, build_transport
+from fetcher.daemon import build_service
+from fetcher.fetch import Fetcher
 from fetcher.guard import Guard
 from fetcher.model import JobState
-from fetcher.service import Service
+from fetcher.transport import build_transport
 from fetcher.urls import parse_url
 from tests.memory_queue import MemoryQueue
 
@@ -95,7 +96,7 @@ class Lookups:
 
 def _fetcher(tmp_path: Path, guard: Guard) -> Fetcher:
     settings = Settings(db=tmp_path / "unused.db", allow_private=False, timeout=5)
-    return Fetcher(settings, build_transport(guard), None)
+    return Fetcher(settings, build_transport(settings, guard), None)
 
 
 @pytest.mark.parametrize(
@@ -113,8 +114,8 @@ async def test_a_redirect_from_a_public_host_to_an_internal_one_is_refused(
     queue = MemoryQueue()
     await queue.submit([parse_url(f"http://{PUBLIC}:{public.port}/go")])
     settings = Settings(db=tmp_path / "unused.db", allow_private=False, timeout=5, robots="ignore")
-    fetcher = Fetcher(settings, build_transport(guard), None)
-    service = Service(settings, queue, fetcher, drain=True, install_signal_handlers=False)
+    fetcher = Fetcher(settings, build_transport(settings, guard), None)
+    service = build_service(settings, queue, fetcher, drain=True, install_signal_handlers=False)
     try:
         summary = await service.run()
     finally:

@@ -18,8 +18,9 @@ import trustme
 from aiohttp import web
 
 from fetcher.config import Settings
-from fetcher.fetch import AiohttpTransport, Fetcher, build_transport
+from fetcher.fetch import Fetcher
 from fetcher.guard import Guard
+from fetcher.transport import AiohttpTransport, HttpxTransport, build_transport
 from fetcher.urls import parse_url, stored_target
 
 from .conftest import RawListener
@@ -75,7 +76,7 @@ async def server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
 def make_fetcher(tmp_path: Path, **overrides: object) -> Fetcher:
     settings = Settings(db=tmp_path / "f.db", allow_private=True, **overrides)  # type: ignore[arg-type]
     guard = Guard(allow_private=True)
-    return Fetcher(settings, build_transport(guard), None)
+    return Fetcher(settings, build_transport(settings, guard), None)
 
 
 def _untrusted_tls() -> ssl.SSLContext:
@@ -149,31 +150,18 @@ async def test_the_transport_speaks_httpx_to_any_httpx_client(server: Server) ->
     assert response.status_code == 200 and response.content == b"y" * 5000
 
 
-class _AnyTransport(httpx.AsyncBaseTransport):
-    """fetcher's transport seen as any httpx transport: the fetcher then builds an httpx.Request
-    (its path for respx and every transport but its own)."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
-        self.inner = inner
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await self.inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
 async def test_a_stored_url_goes_out_as_an_httpx_request_would_send_it(
     server: Server, tmp_path: Path
 ) -> None:
     """fetcher's own transport is handed the stored URL without an httpx.Request: the server
-    sees the same request line and headers either way."""
+    sees the same request line either way (through `HttpxTransport`, as the tests' respx
+    routes are, the URL is parsed by httpx on the way)."""
     settings = Settings(db=tmp_path / "f.db", allow_private=True)
     guard = Guard(allow_private=True)
     target = parse_url(f"http://{HOST}:{server.port}/x/./../sm%61ll-é|x?a=b%20c&d=/../ü#frag")
     for transport in (
-        build_transport(guard),
-        _AnyTransport(build_transport(guard)),
+        build_transport(settings, guard),
+        HttpxTransport(build_transport(settings, guard)),
     ):
         fetcher = Fetcher(settings, transport, None)
         try:

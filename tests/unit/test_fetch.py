@@ -13,6 +13,7 @@ from respx.models import SideEffectError
 from fetcher.bodies import BodyStore
 from fetcher.config import Settings
 from fetcher.fetch import Fetcher
+from fetcher.transport import HttpxTransport
 from fetcher.urls import parse_url
 
 
@@ -35,7 +36,7 @@ class RespxTransport(httpx.AsyncBaseTransport):
 
 def make_fetcher(router: respx.Router, tmp_path: Path, **overrides: object) -> Fetcher:
     settings = Settings(db=tmp_path / "f.db", allow_private=True, **overrides)  # type: ignore[arg-type]
-    return Fetcher(settings, RespxTransport(router), BodyStore(tmp_path / "bodies"))
+    return Fetcher(settings, HttpxTransport(RespxTransport(router)), BodyStore(tmp_path / "bodies"))
 
 
 @pytest.fixture

@@ -10,9 +10,8 @@ import pytest
 
 from fetcher.config import HostLimits
 from fetcher.feeder import allot
-from fetcher.jobqueue import HostRate
 from fetcher.limits import HostLimiter, Limits
-from fetcher.model import Job
+from fetcher.model import HostRate, Job
 from fetcher.scheduler import FENCE_RECHECK_S, Scheduler
 from fetcher.urls import parse_url
 

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from fetcher.jobqueue import HostRate
-from fetcher.model import Exchange, JobState, Outcome
+from fetcher.batch import Batch
+from fetcher.model import Exchange, HostRate, JobState, Outcome
 from fetcher.postgres.store import PostgresQueue
 from fetcher.urls import parse_url
 
@@ -64,13 +64,17 @@ async def test_a_late_commit_after_a_takeover_changes_nothing(
     assert {j.id for j in jobs} < {j.id for j in again}  # A's jobs went back to the queue
 
     exchange = Exchange(H1, 200, 10, 5.0, time.time())
-    await a.record([Outcome(j.id, JobState.DONE, 1, status=200) for j in jobs], [exchange] * 2)
+    await a.record(
+        Batch([Outcome(j.id, JobState.DONE, 1, status=200) for j in jobs], [exchange] * 2)
+    )
     assert await sql(postgres_url, "SELECT * FROM results") == []
     assert await sql(postgres_url, "SELECT * FROM host_counters") == []
     await a.heartbeat(30)
     assert a.lease_end(H1) == -math.inf and list(a.held_hosts()) == []
 
-    await b.record([Outcome(j.id, JobState.DONE, 1, status=200) for j in again], [exchange] * 3)
+    await b.record(
+        Batch([Outcome(j.id, JobState.DONE, 1, status=200) for j in again], [exchange] * 3)
+    )
     assert len(await sql(postgres_url, "SELECT * FROM results")) == 3
     [row] = await sql(postgres_url, "SELECT requests FROM host_stats")
     assert row["requests"] == 3
@@ -155,7 +159,7 @@ async def test_the_hosts_are_shared_fairly_and_the_excess_is_handed_back(
     assert [len(await a.turn_hosts({}, want=10)) for _ in range(2)] == [4, 0]
     await b.register()
     assert await a.turn_hosts({}, want=10) == []
-    walk = await a.hosts_with_queued("", 64)
+    walk = (await a.hosts_with_queued("", 64)).hosts
     assert len(walk) == 2  # the excess is not claimed from any more
     handed = {h: HostRate() for h in a.held_hosts() if h not in walk}
     await a.turn_hosts(handed, want=0)
@@ -176,7 +180,7 @@ async def test_counts_add_up_across_daemons_and_closed_shards(
     for queue in daemons:
         [host] = queue.held_hosts()
         jobs = await queue.claim([(host, 4)], lease_s=30)
-        await queue.record([Outcome(j.id, JobState.DONE, 1, status=200) for j in jobs])
+        await queue.record(Batch([Outcome(j.id, JobState.DONE, 1, status=200) for j in jobs]))
     assert await a.counts() == {"queued": 0, "retrying": 0, "running": 0, "done": 8, "failed": 0}
     await b.close()
     shards = {row["shard"] for row in await sql(postgres_url, "SELECT shard FROM job_counts")}
@@ -198,7 +202,7 @@ async def test_a_redirect_to_another_daemons_host_moves_the_job_there(
     other = b if holder is a else a
     [job] = await holder.claim([(H1, 1)], lease_s=30)
     hop = parse_url("http://h2.example/landed")
-    await holder.record([Outcome(job.id, JobState.QUEUED, 0, moved_to=hop, hops=1)])
+    await holder.record(Batch([Outcome(job.id, JobState.QUEUED, 0, moved_to=hop, hops=1)]))
     moved = [j for j in await other.claim([(H2, 5)], lease_s=30) if j.id == job.id]
     assert len(moved) == 1
     assert moved[0].target.url == hop.url and moved[0].hops == 1 and moved[0].url == job.url
@@ -215,7 +219,7 @@ async def test_concurrent_commits_of_two_daemons_lose_no_update(
     n = 50
 
     async def commit(queue: PostgresQueue, i: int) -> None:
-        await queue.record([], [Exchange(H1, 200, 1, 1.0, time.time())] * (i % 3 + 1))
+        await queue.record(Batch([], [Exchange(H1, 200, 1, 1.0, time.time())] * (i % 3 + 1)))
 
     # B's requests to a host it never held count too (a hop elsewhere): both write the row
     await asyncio.gather(*(commit(q, i) for i in range(n) for q in (a, b)))
@@ -244,7 +248,9 @@ async def test_claims_and_commits_of_one_daemon_run_side_by_side_without_a_deadl
     async def committer() -> None:
         while ids := await claimed.get():
             exchanges = [Exchange(H1, 200, 1, 1.0, time.time())] * len(ids)
-            await a.record([Outcome(i, JobState.DONE, 1, status=200) for i in ids], exchanges)
+            await a.record(
+                Batch([Outcome(i, JobState.DONE, 1, status=200) for i in ids], exchanges)
+            )
 
     await asyncio.wait_for(asyncio.gather(claimer(), committer()), 60)
     assert (await a.counts())["done"] == total

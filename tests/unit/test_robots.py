@@ -13,9 +13,17 @@ from fetcher.config import HostLimits, Settings
 from fetcher.errors import BlockedDestination
 from fetcher.fetch import Fetcher
 from fetcher.limits import Limits
-from fetcher.model import Job
-from fetcher.robots import Gate, RobotsGate, Verdict, fetch_robots, origin_of, product_token
+from fetcher.model import Job, Verdict
+from fetcher.robots import (
+    Gate,
+    RobotsGate,
+    SiteRules,
+    fetch_robots,
+    origin_of,
+    product_token,
+)
 from fetcher.scheduler import Scheduler
+from fetcher.transport import HttpxTransport
 from fetcher.urls import parse_url
 from tests.unit.test_fetch import RespxTransport
 
@@ -41,13 +49,16 @@ def test_what_each_status_means(status: int | None, usable: bool, allows: bool) 
     and no answer: nothing until it is asked again."""
     verdict = Verdict("http://a", NOW, status, "User-agent: *\nDisallow: /\n" if status else "")
     assert verdict.usable is usable
-    assert verdict.allows("http://a/x", "fetcher") is allows
+    assert SiteRules(verdict, "fetcher").allows("http://a/x") is allows
 
 
 def test_a_delay_under_a_second_and_a_rate_of_several_requests_count_too() -> None:
-    assert Verdict("http://a", NOW, 200, "User-agent: *\nCrawl-delay: 0.5\n").delay_s("x") == 0.5
+    assert (
+        SiteRules(Verdict("http://a", NOW, 200, "User-agent: *\nCrawl-delay: 0.5\n"), "x").delay_s()
+        == 0.5
+    )
     rate = Verdict("http://a", NOW, 200, "User-agent: *\nRequest-rate: 2/10\n")
-    assert rate.delay_s("x") == 5
+    assert SiteRules(rate, "x").delay_s() == 5
 
 
 def test_only_the_hosts_that_obey_are_gated() -> None:
@@ -80,11 +91,16 @@ def test_a_usable_answer_starts_the_backoff_over() -> None:
 
 def test_delay_is_the_larger_of_crawl_delay_and_request_rate() -> None:
     both = Verdict("http://a", NOW, 200, "User-agent: *\nCrawl-delay: 2\nRequest-rate: 1/5\n")
-    assert both.delay_s("fetcher") == 5
-    assert Verdict("http://a", NOW, 200, "User-agent: *\nCrawl-delay: 2\n").delay_s("x") == 2
-    assert Verdict("http://a", NOW, 200, "User-agent: *\nAllow: /\n").delay_s("x") is None
-    assert Verdict("http://a", NOW, 404, "").delay_s("x") is None
-    assert Verdict("http://a", NOW, 200, "Crawl-delay: 0\n").delay_s("x") is None
+    assert SiteRules(both, "fetcher").delay_s() == 5
+    assert (
+        SiteRules(Verdict("http://a", NOW, 200, "User-agent: *\nCrawl-delay: 2\n"), "x").delay_s()
+        == 2
+    )
+    assert (
+        SiteRules(Verdict("http://a", NOW, 200, "User-agent: *\nAllow: /\n"), "x").delay_s() is None
+    )
+    assert SiteRules(Verdict("http://a", NOW, 404, ""), "x").delay_s() is None
+    assert SiteRules(Verdict("http://a", NOW, 200, "Crawl-delay: 0\n"), "x").delay_s() is None
     assert Verdict("http://a", NOW, 200, "User-agent: *\nCrawl-delay: 2\n").size == 29
 
 
@@ -235,7 +251,7 @@ async def test_a_refused_last_job_leaves_its_host_and_an_ignored_host_goes_at_on
 
 def _fetcher(router: respx.Router, tmp_path: Path) -> Fetcher:
     settings = Settings(db=tmp_path / "f.db", allow_private=True)
-    return Fetcher(settings, RespxTransport(router), None)
+    return Fetcher(settings, HttpxTransport(RespxTransport(router)), None)
 
 
 async def test_fetch_robots_follows_redirects_and_keeps_500_kib(tmp_path: Path) -> None:
@@ -273,7 +289,9 @@ async def test_fetch_robots_statuses(
         route.mock(return_value=answer)
     verdict, hops = await fetch_robots(_fetcher(router, tmp_path), "http://a.example", "bot", NOW)
     assert (verdict.status, verdict.usable, verdict.body, len(hops)) == (status, usable, "", 1)
-    assert verdict.allows("http://a.example/x", "bot") is usable  # no rules kept: all or none
+    assert (
+        SiteRules(verdict, "bot").allows("http://a.example/x") is usable
+    )  # no rules kept: all or none
 
 
 async def test_a_robots_txt_that_is_not_utf8_is_read_with_replacements(tmp_path: Path) -> None:
@@ -291,4 +309,8 @@ async def test_fetch_robots_stops_after_five_redirects(tmp_path: Path) -> None:
         return_value=httpx.Response(302, headers={"Location": "/again"})
     )
     verdict, hops = await fetch_robots(_fetcher(router, tmp_path), "http://a.example", "bot", NOW)
-    assert len(hops) == 6 and verdict.status == 302 and verdict.allows("http://a.example/x", "b")
+    assert (
+        len(hops) == 6
+        and verdict.status == 302
+        and SiteRules(verdict, "b").allows("http://a.example/x")
+    )

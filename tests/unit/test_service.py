@@ -13,11 +13,14 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
+from fetcher.clocks import Clocks
 from fetcher.config import HostLimits, Settings
+from fetcher.daemon import build_service
 from fetcher.fetch import Fetcher
 from fetcher.model import JobState
 from fetcher.service import Service
 from fetcher.systemd import Notifier
+from fetcher.transport import HttpxTransport
 from fetcher.urls import parse_url
 from tests.memory_queue import MemoryQueue
 
@@ -75,16 +78,15 @@ def make_service(
     }  # fmt: skip
     values.update(overrides)
     settings = Settings(db=tmp_path / "unused.db", allow_private=True, **values)  # type: ignore[arg-type]
-    fetcher = Fetcher(settings, origin, None)
-    return Service(
+    fetcher = Fetcher(settings, HttpxTransport(origin), None)
+    return build_service(
         settings,
         queue,
         fetcher,
         drain=drain,
         overrides=hosts,
         install_signal_handlers=False,
-        clock=clock or FrozenClock(100.0),
-        wall=FrozenClock(WALL),
+        clocks=Clocks(clock or FrozenClock(100.0), FrozenClock(WALL)),
     )
 
 
@@ -261,9 +263,9 @@ async def test_the_watchdog_stops_pinging_while_the_event_loop_is_blocked(
     queue, origin = MemoryQueue(), FakeOrigin()
     notifier = RecordingNotifier()
     settings = Settings(db=tmp_path / "unused.db", allow_private=True, robots="ignore")
-    service = Service(
-        settings, queue, Fetcher(settings, origin, None), drain=False, notifier=notifier,
-        install_signal_handlers=False,
+    service = build_service(
+        settings, queue, Fetcher(settings, HttpxTransport(origin), None), drain=False,
+        notifier=notifier, install_signal_handlers=False,
     )  # fmt: skip
     run = asyncio.create_task(service.run())
 

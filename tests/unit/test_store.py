@@ -7,7 +7,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from fetcher.model import Exchange, JobState, Outcome
+from fetcher.batch import Batch
+from fetcher.model import Exchange, HostLease, HostRate, JobState, Outcome
 from fetcher.sqlite import schema
 from fetcher.sqlite.store import SqliteQueue as Store
 from fetcher.urls import parse_url
@@ -49,7 +50,7 @@ async def test_locked_record_loses_no_update(tmp_path: Path) -> None:
         status = (200, 301, 404, 500, None)[i % 5]
         exchange = Exchange("h.example", status, 10, 5.0 + i, 1_700_000_000.0 + i)
         state = JobState.DONE if status else JobState.FAILED
-        await store.record([Outcome(jobs[i].id, state, 1, status=status)], [exchange])
+        await store.record(Batch([Outcome(jobs[i].id, state, 1, status=status)], [exchange]))
 
     await asyncio.gather(*(record(i) for i in range(TASKS)))
     cursor = await store._db.execute("SELECT * FROM host_stats")
@@ -80,7 +81,7 @@ async def test_submit_does_not_queue_an_active_url_twice(tmp_path: Path) -> None
     assert await store.submit([url]) == 0
     [job] = await store.claim([("h.example", 5)], lease_s=60)
     assert await store.submit([url]) == 0
-    await store.record([Outcome(job.id, JobState.DONE, 1, status=200)])
+    await store.record(Batch([Outcome(job.id, JobState.DONE, 1, status=200)]))
     assert await store.submit([url]) == 1
     await store.close()
 
@@ -89,8 +90,12 @@ async def test_claims_walk_hosts_and_leases_expire(tmp_path: Path) -> None:
     """Hosts are found by an index walk; a lease that runs out puts the job back in the queue."""
     store = await Store.open(tmp_path / "f.db")
     await store.submit([parse_url(f"http://h{i % 3}.example/{i}") for i in range(9)])
-    assert await store.hosts_with_queued("", 10) == ["h0.example", "h1.example", "h2.example"]
-    assert await store.hosts_with_queued("h0.example", 1) == ["h1.example", "h2.example"]
+    assert await store.hosts_with_queued("", 10) == (
+        ["h0.example", "h1.example", "h2.example"],
+        None,
+    )
+    assert await store.hosts_with_queued("h0.example", 1) == (["h1.example"], "h1.example")
+    assert await store.hosts_with_queued("h1.example", 1) == (["h2.example"], None)
     jobs = await store.claim([("h1.example", 2)], lease_s=60)
     assert [j.host for j in jobs] == ["h1.example", "h1.example"]
     await store._db.execute("UPDATE jobs SET lease_until = 0 WHERE state = 'running'")
@@ -112,11 +117,14 @@ async def test_prune_removes_old_results_and_minutes_but_never_counters(tmp_path
         Outcome(j.id, JobState.DONE, 1, status=200, body_sha256=f"sha{i % 2}")
         for i, j in enumerate(jobs)
     ]
-    await store.record(outcomes, [old] * len(jobs))
+    await store.record(Batch(outcomes, [old] * len(jobs)))
     await store._db.execute("UPDATE results SET finished_at = 0 WHERE job_id IN (1, 3)")
-    deleted, orphans = await store.prune(before=500.0)
-    assert orphans == ["sha0"]  # sha1 is still named by the results of jobs 2 and 4
-    assert deleted == 2 + 1  # two results, one minute row (at t=100 s)
+    pruned = await store.prune(before=500.0, limit=1)  # one result a transaction
+    assert (pruned.results, pruned.rows) == (1, 1 + 1)  # and the minute row (at t=100 s)
+    again = await store.prune(before=500.0, limit=1)
+    assert (again.results, again.rows) == (1, 1)
+    assert sorted(pruned.orphans + again.orphans) == ["sha0"]  # sha1: still named by 2 and 4
+    assert (await store.prune(before=500.0, limit=1)).results == 0
     cursor = await store._db.execute("SELECT requests FROM host_stats")
     assert await cursor.fetchone() == (4,)
     assert (await store.counts())["done"] == 2
@@ -130,7 +138,7 @@ async def test_record_writes_each_outcome_to_its_own_job_and_result(tmp_path: Pa
     await store.submit([parse_url(f"http://h.example/{i}") for i in range(4)])
     a, b, c, d = await store.claim([("h.example", 4)], lease_s=60)
     await store._db.execute("UPDATE jobs SET lease_owner = 'other' WHERE id = ?", (d.id,))
-    await store.record(
+    await store.record(Batch(
         [
             Outcome(a.id, JobState.DONE, 1, status=200, bytes=7, latency_ms=1.5,
                     final_url="http://h.example/a2", body_sha256="s", body_path="p"),
@@ -138,7 +146,7 @@ async def test_record_writes_each_outcome_to_its_own_job_and_result(tmp_path: Pa
             Outcome(c.id, JobState.RETRYING, 2, status=503, next_attempt_at=1234.5),
             Outcome(d.id, JobState.DONE, 1, status=200),
         ]
-    )  # fmt: skip
+    ))  # fmt: skip
     cursor = await store._db.execute(
         "SELECT id, state, attempts, next_attempt_at, lease_owner FROM jobs ORDER BY id"
     )
@@ -201,9 +209,13 @@ async def test_host_pauses_are_kept_with_their_batch_and_end_when_over(tmp_path:
     [job] = await store.claim([("a.example", 1)], lease_s=60)
     now = time.time()
     outcome = Outcome(job.id, JobState.RETRYING, 1, status=503, next_attempt_at=now + 60)
-    await store.record([outcome], pauses={"a.example": now + 30, "b.example": now - 1})
-    await store.record([], pauses={"a.example": now + 10})
-    assert await store.paused_hosts() == {"a.example": now + 30}
+    await store.record(Batch([outcome], pauses={"a.example": now + 30, "b.example": now - 1}))
+    await store.record(Batch(pauses={"a.example": now + 10}))
+    # the next start takes the pauses up with its first turn of hosts, once
+    assert await store.turn_hosts({}, want=10) == [
+        HostLease("a.example", HostRate(paused_until=now + 30))
+    ]
+    assert await store.turn_hosts({}, want=10) == []
     cursor = await store._db.execute("SELECT host FROM host_pauses")
     assert [row[0] for row in await cursor.fetchall()] == ["a.example"]  # b's was over: deleted
     await store.close()

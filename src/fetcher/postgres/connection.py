@@ -28,7 +28,12 @@ def unavailable(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         state = exc.sqlstate or ""
         return state[:2] in _PASSING or state == "55P03"
-    return isinstance(exc, OSError | asyncpg.InterfaceError | TimeoutError)
+    # InternalClientError: a connection the server cut in the middle of an operation can be
+    # left believing that operation is still under way ("cannot switch to state 15; another
+    # operation (2) is in progress"): it is dropped and opened again, like any broken one
+    return isinstance(
+        exc, OSError | asyncpg.InterfaceError | asyncpg.InternalClientError | TimeoutError
+    )
 
 
 async def connect(url: str, *, shard: str, timeout_s: float) -> asyncpg.Connection:

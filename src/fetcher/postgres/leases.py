@@ -26,16 +26,15 @@ from __future__ import annotations
 
 import math
 import os
-import socket
-import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import asyncpg
 
-from fetcher.jobqueue import HostLease, HostRate, process_alive
-from fetcher.model import Outcome
+from fetcher.clocks import Clocks
+from fetcher.daemons import dead_here, this_machine
+from fetcher.model import HostLease, HostRate, Outcome
 from fetcher.postgres.connection import fold_shards, row_count, shards_of
 
 __all__ = ["HostLeases"]
@@ -58,8 +57,10 @@ class _Held:
 class HostLeases:
     """The hosts one daemon holds, the jobs it claimed under them, and the SQL of both."""
 
-    def __init__(self, owner: str, lease_s: float) -> None:
+    def __init__(self, owner: str, lease_s: float, clocks: Clocks) -> None:
         self.owner = owner
+        self._clock = clocks.monotonic  # a lease's end, as this process counts it
+        self._wall = clocks.wall
         self._lease_s = lease_s
         self._held: dict[str, _Held] = {}
         self._lost: set[str] = set()  # hosts whose lease another took: their requests don't count
@@ -201,7 +202,7 @@ class HostLeases:
         """Hosts to acquire at most in one turn. In the daemon's first seconds, a quarter of its
         share (4 at least): daemons started together register a moment apart, and the first
         would otherwise take every host before the others are counted."""
-        if time.monotonic() - self._registered_at < _RAMP_S:
+        if self._clock() - self._registered_at < _RAMP_S:
             return max(_RAMP_HOSTS, math.ceil(self._share / 4))
         return self._share
 
@@ -209,7 +210,7 @@ class HostLeases:
         """The hosts a daemon may hold: hosts with work ÷ live daemons (counted at every turn,
         or every few seconds over many hosts); a daemon holding more marks the excess to hand
         back once idle."""
-        now = time.monotonic()
+        now = self._clock()
         if now - self._share_at < _SHARE_EVERY_S and self._busy > _COUNT_ALWAYS_BELOW:
             return
         self._share_at = now
@@ -228,7 +229,7 @@ class HostLeases:
         self.surrender = set(sorted(self._held)[-excess:]) if excess > 0 else set()
 
     async def _acquire(self, db: asyncpg.Connection, want: int) -> list[HostLease]:
-        sent = time.monotonic()
+        sent = self._clock()
         rows = await db.fetch(
             """
             WITH picked AS (
@@ -252,7 +253,7 @@ class HostLeases:
                 "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_epoch = NULL,"
                 " updated_at = $2 WHERE state = 'running' AND host = ANY($1::text[])",
                 taken,
-                time.time(),
+                self._wall(),
             )
         leases = []
         for row in rows:
@@ -265,11 +266,8 @@ class HostLeases:
         """Announce this daemon; free at once what dead daemons on this machine held (their
         process is gone, so none of their requests is in flight): their hosts, their running
         jobs (how many). Others' leases run out."""
-        self._registered_at = time.monotonic()
-        rows = await db.fetch(
-            "SELECT id, pid FROM daemons WHERE hostname = $1", socket.gethostname()
-        )
-        dead = [row["id"] for row in rows if not process_alive(row["pid"])]
+        self._registered_at = self._clock()
+        dead = dead_here(map(tuple, await db.fetch("SELECT id, pid, hostname FROM daemons")))
         await self._announce(db)
         if not dead:
             return 0
@@ -284,7 +282,7 @@ class HostLeases:
             "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_epoch = NULL,"
             " updated_at = $2 WHERE state = 'running' AND lease_owner = ANY($1::text[])",
             dead,
-            time.time(),
+            self._wall(),
         )
         await fold_shards(db, shards_of(dead))
         return row_count(status)
@@ -296,7 +294,7 @@ class HostLeases:
             " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
             self.owner,
             os.getpid(),
-            socket.gethostname(),
+            this_machine(),
         )
 
     async def renew(self, db: asyncpg.Connection, lease_s: float) -> int:
@@ -305,7 +303,7 @@ class HostLeases:
         (how many)."""
         self._lease_s = lease_s
         await self._announce(db)
-        sent = time.monotonic()
+        sent = self._clock()
         rows = await db.fetch(
             "WITH x AS (SELECT host FROM hosts WHERE owner = $1 ORDER BY host FOR UPDATE)"
             " UPDATE hosts SET lease_until = fetcher_now() + $2 FROM x"
@@ -339,7 +337,7 @@ class HostLeases:
             " WHERE jobs.state = 'running' AND hosts.host = jobs.host"
             " AND (hosts.owner IS DISTINCT FROM jobs.lease_owner"
             " OR hosts.epoch IS DISTINCT FROM jobs.lease_epoch)",
-            time.time(),
+            self._wall(),
         )
         return row_count(status)
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import asyncpg
 
 from fetcher.errors import StoreUnavailable
 from fetcher.locations import masked
 from fetcher.postgres.connection import unavailable
-from fetcher.robots import Verdict
+
+if TYPE_CHECKING:  # the read commands load no more than they read
+    from fetcher.jobqueue import HostStatsRow, MinuteRow, ResultRow
+    from fetcher.model import Verdict
 
 __all__ = ["PostgresReader"]
 
@@ -63,8 +66,8 @@ class PostgresReader:
     def _rows(self, sql: str, *args: object) -> list[dict[str, Any]]:
         return [dict(row) for row in self._run("read", self._db.fetch(sql, *args))]
 
-    def host_stats(self) -> list[dict[str, Any]]:
-        return self._rows("SELECT * FROM host_stats")
+    def host_stats(self) -> list[HostStatsRow]:
+        return cast("list[HostStatsRow]", self._rows("SELECT * FROM host_stats"))
 
     def queue_counts(self) -> dict[str, int]:
         return {row["state"]: int(row["jobs"]) for row in self._rows("SELECT * FROM queue")}
@@ -86,7 +89,7 @@ class PostgresReader:
         )
         return float(rows[0]["at"]) if rows and rows[0]["at"] is not None else None
 
-    def results(self, state: str | None, since: float | None) -> Iterator[dict[str, Any]]:
+    def results(self, state: str | None, since: float | None) -> Iterator[ResultRow]:
         """Finished jobs, oldest first, a page at a time (keyset: no offset to skip)."""
         after: tuple[float, int] = (-1.0, -1)
         if since is not None:
@@ -105,13 +108,13 @@ class PostgresReader:
             )
             for row in page:
                 at = row.pop("at")  # the page's place, unrounded
-                yield row
+                yield cast("ResultRow", row)
             if len(page) < _PAGE:
                 return
             after = (at, page[-1]["job_id"])
 
-    def minute_rows(self, since_minute: int) -> list[dict[str, Any]]:
-        return self._rows(
+    def minute_rows(self, since_minute: int) -> list[MinuteRow]:
+        rows = self._rows(
             "SELECT host, minute * 60 AS at, requests, status_2xx, status_3xx, status_4xx,"
             " status_5xx, errors, bytes,"
             " round((latency_sum_ms / NULLIF(requests - errors, 0))::numeric, 1)::float8"
@@ -119,8 +122,11 @@ class PostgresReader:
             " FROM host_minutes WHERE minute >= $1 ORDER BY host, minute",
             since_minute,
         )
+        return cast("list[MinuteRow]", rows)
 
     def robots(self, origins: Sequence[str]) -> list[Verdict]:
+        from fetcher.model import Verdict
+
         rows = self._run(
             "read",
             self._db.fetch(

@@ -19,19 +19,17 @@ until it commits.
 
 from __future__ import annotations
 
-import asyncio
-import time
-import uuid
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, suppress
 
 import asyncpg
 
-from fetcher.counters import COUNTER_FIELDS, MINUTE_FIELDS, Tally, tally
+from fetcher.batch import Batch, Pruned, write
+from fetcher.clocks import Clocks
+from fetcher.daemons import new_owner
 from fetcher.errors import StoreUnavailable
-from fetcher.jobqueue import HostLease, HostRate
 from fetcher.locations import masked
-from fetcher.model import Exchange, Job, JobState, Outcome, Validators
+from fetcher.model import HostLease, HostRate, HostWalk, Job, Validators, Verdict
 from fetcher.postgres.connection import (
     Channel,
     commits_shard,
@@ -43,22 +41,28 @@ from fetcher.postgres.connection import (
 )
 from fetcher.postgres.leases import HostLeases
 from fetcher.postgres.schema import migrate
-from fetcher.robots import Verdict
+from fetcher.postgres.tables import PostgresTables
 from fetcher.urls import Target, stored_target
 
 __all__ = ["PostgresQueue"]
-
-_FINAL = (JobState.DONE, JobState.FAILED)
 
 
 class PostgresQueue:
     """The queue, the counters and the host leases, as a daemon (or `fetcher submit`) uses them."""
 
     def __init__(
-        self, url: str, connection: asyncpg.Connection, owner: str, *, lock_s: float, lease_s: float
+        self,
+        url: str,
+        connection: asyncpg.Connection,
+        owner: str,
+        *,
+        lock_s: float,
+        lease_s: float,
+        clocks: Clocks,
     ) -> None:
         self._url = url
         self.owner = owner
+        self._wall = clocks.wall
         # Two connections, each one transaction at a time under its lock: the batch commits
         # (`record`: above all the read-modify-write of the hosts' counters, which awaits
         # between the read and the write) go on beside the claims and leases, never behind them.
@@ -66,13 +70,18 @@ class PostgresQueue:
         # commit's would wait on each other's count rows while holding the host rows
         self._main = Channel(url, owner, lock_s, connection)
         self._commits = Channel(url, commits_shard(owner), lock_s)
-        self._leases = HostLeases(owner, lease_s)
+        self._leases = HostLeases(owner, lease_s, clocks)
 
     @classmethod
     async def open(
-        cls, url: str, *, busy_timeout_s: float = 10.0, lease_s: float = 90.0
+        cls,
+        url: str,
+        *,
+        busy_timeout_s: float = 10.0,
+        lease_s: float = 90.0,
+        clocks: Clocks | None = None,
     ) -> PostgresQueue:
-        owner = uuid.uuid4().hex
+        owner = new_owner()
         try:
             connection = await connect(url, shard=owner, timeout_s=busy_timeout_s)
             try:
@@ -84,7 +93,14 @@ class PostgresQueue:
             if unavailable(exc) or isinstance(exc, asyncpg.InvalidCatalogNameError):
                 raise StoreUnavailable("open", f"{masked(url)}: {exc}") from exc
             raise
-        return cls(url, connection, owner, lock_s=busy_timeout_s, lease_s=lease_s)
+        return cls(
+            url,
+            connection,
+            owner,
+            lock_s=busy_timeout_s,
+            lease_s=lease_s,
+            clocks=clocks or Clocks(),
+        )
 
     def about(self) -> dict[str, str]:
         db = self._main.db
@@ -109,7 +125,7 @@ class PostgresQueue:
 
     async def submit(self, targets: Sequence[Target]) -> int:
         """Queue `targets` in one statement; how many were new."""
-        now = time.time()
+        now = self._wall()
         ordered = sorted(targets, key=lambda t: t.host_key)  # host rows are locked in order
         async with self._transaction("submit") as db:
             status = await db.execute(
@@ -139,9 +155,9 @@ class PostgresQueue:
 
     # -- claims -----------------------------------------------------------------------------
 
-    async def hosts_with_queued(self, after: str, limit: int) -> list[str]:
-        """Up to `limit` (+1) hosts this daemon holds with queued jobs, in key order after
-        `after`; hosts it is handing back are left out."""
+    async def hosts_with_queued(self, after: str, limit: int) -> HostWalk:
+        """Up to `limit` hosts this daemon holds with queued jobs, in key order after `after`;
+        hosts it is handing back are left out."""
         async with self._transaction("hosts_with_queued") as db:
             rows = await db.fetch(
                 "SELECT host FROM hosts WHERE owner = $1 AND backlog > 0 AND host > $2"
@@ -151,7 +167,11 @@ class PostgresQueue:
                 limit + 1,
                 list(self._leases.surrender),
             )
-        return [row[0] for row in rows if self._leases.holds(row[0])]
+        page = [row[0] for row in rows[:limit]]
+        return HostWalk(
+            [host for host in page if self._leases.holds(host)],
+            page[-1] if len(rows) > limit else None,
+        )
 
     async def claim(self, wants: Sequence[tuple[str, int]], lease_s: float) -> list[Job]:
         """Up to n queued jobs for each (host, n) this daemon holds, oldest first, each stamped
@@ -180,7 +200,7 @@ class PostgresQueue:
                 [h for h, _ in wants],
                 [n for _, n in wants],
                 self.owner,
-                time.time(),
+                self._wall(),
             )
             jobs = []
             for row in sorted(rows, key=lambda r: r["id"]):
@@ -208,7 +228,7 @@ class PostgresQueue:
             status = await db.execute(
                 "UPDATE jobs SET state = 'queued', next_attempt_at = NULL, updated_at = $1"
                 " WHERE state = 'retrying' AND next_attempt_at <= $1",
-                time.time(),
+                self._wall(),
             )
         return row_count(status)
 
@@ -226,7 +246,7 @@ class PostgresQueue:
         async with self._transaction("heartbeat") as db:
             return await self._leases.renew(db, lease_s)
 
-    async def release_all(self, rates: Mapping[str, HostRate] | None = None) -> int:
+    async def release_all(self, rates: Mapping[str, HostRate]) -> int:
         """Every job this daemon still holds goes back to the queue; every host it holds is
         handed back at once, with its schedule, to whichever daemon acquires it next."""
         async with self._transaction("release_all") as db:
@@ -234,9 +254,9 @@ class PostgresQueue:
                 "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_epoch = NULL,"
                 " updated_at = $2 WHERE state = 'running' AND lease_owner = $1",
                 self.owner,
-                time.time(),
+                self._wall(),
             )
-            await self._leases.release_all(db, rates or {})
+            await self._leases.release_all(db, rates)
         return row_count(status)
 
     async def unregister(self) -> None:
@@ -248,158 +268,23 @@ class PostgresQueue:
             rows = await db.fetch("SELECT state, jobs FROM queue")
         return {row[0]: int(row[1]) for row in rows}
 
-    async def is_idle(self) -> bool:
-        counts = await self.counts()
-        return counts["queued"] + counts["retrying"] + counts["running"] == 0
-
-    async def paused_hosts(self) -> dict[str, float]:
-        """Pauses travel with the hosts' leases here (`HostLease.rate`): none to restore."""
-        return {}
-
     # -- outcomes and counters -----------------------------------------------------------------
 
-    async def record(
-        self,
-        outcomes: Sequence[Outcome],
-        exchanges: Sequence[Exchange] = (),
-        pauses: Mapping[str, float] | None = None,
-        robots: Sequence[Verdict] = (),
-    ) -> None:
+    async def record(self, batch: Batch) -> None:
         """Commit a batch in one transaction. The host rows of its jobs and requests are locked
         in host order first; an outcome counts only if its job was claimed under the epoch its
         host still has with this daemon, and a request only if its host is this daemon's or
         one it never held (a hop elsewhere); the rest changes nothing."""
-        now = time.time()
-        pauses = pauses or {}
+        leases = self._leases
         async with self._commits.transaction("record") as db:
-            leases = self._leases
-            touched = leases.hosts_of(outcomes) | {e.host for e in exchanges} | set(pauses)
-            mine = await leases.lock(db, touched)
-            kept = [o for o in outcomes if leases.still_mine(o.job_id, mine)]
-            counted = [e for e in exchanges if leases.counts(e.host, mine)]
-            finals = [o for o in kept if o.state in _FINAL]
-            if finals:
-                await db.execute(
-                    "INSERT INTO results (job_id, url, host, final_url, state, status, bytes,"
-                    " error, attempts, latency_ms, body_sha256, body_path, finished_at)"
-                    " SELECT jobs.id, jobs.url, jobs.host, v.final_url, v.state, v.status,"
-                    " v.bytes, v.error, v.attempts, v.latency_ms, v.sha, v.path, $11"
-                    " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::bigint[],"
-                    " $6::text[], $7::int[], $8::float8[], $9::text[], $10::text[])"
-                    " AS v(id, final_url, state, status, bytes, error, attempts, latency_ms,"
-                    " sha, path) JOIN jobs ON jobs.id = v.id AND jobs.lease_owner = $12"
-                    " ON CONFLICT (job_id) DO UPDATE SET final_url = excluded.final_url,"
-                    " state = excluded.state, status = excluded.status, bytes = excluded.bytes,"
-                    " error = excluded.error, attempts = excluded.attempts,"
-                    " latency_ms = excluded.latency_ms, body_sha256 = excluded.body_sha256,"
-                    " body_path = excluded.body_path, finished_at = excluded.finished_at",
-                    [o.job_id for o in finals],
-                    [o.final_url for o in finals],
-                    [o.state.value for o in finals],
-                    [o.status for o in finals],
-                    [o.bytes for o in finals],
-                    [o.error for o in finals],
-                    [o.attempts for o in finals],
-                    [o.latency_ms for o in finals],
-                    [o.body_sha256 for o in finals],
-                    [o.body_path for o in finals],
-                    now,
-                    self.owner,
-                )
-            if kept:
-                await self._settle_jobs(db, kept, now)
-            if counted:
-                await self._count(db, counted)
-            paused = [(h, t) for h, t in sorted(pauses.items()) if h in mine]
-            if paused:
-                await db.execute(
-                    "UPDATE hosts SET paused_until = greatest(paused_until, v.until),"
-                    " next_ready = greatest(next_ready, v.until)"
-                    " FROM unnest($1::text[], $2::float8[]) AS v(host, until)"
-                    " WHERE hosts.host = v.host",
-                    [h for h, _ in paused],
-                    [t for _, t in paused],
-                )
-            validated = [
-                o for o in finals if (o.etag or o.last_modified) and o.state is JobState.DONE
-            ]
-            if validated:  # the job's own URL, answered without a redirect
-                await db.execute(
-                    "INSERT INTO validators (url, etag, last_modified, body_sha256, body_path)"
-                    " SELECT jobs.url, v.etag, v.modified, v.sha, v.path"
-                    " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[])"
-                    " AS v(id, etag, modified, sha, path) JOIN jobs ON jobs.id = v.id"
-                    " JOIN results ON results.job_id = jobs.id AND results.final_url = jobs.url"
-                    " ON CONFLICT (url) DO UPDATE SET etag = excluded.etag,"
-                    " last_modified = excluded.last_modified,"
-                    " body_sha256 = excluded.body_sha256, body_path = excluded.body_path",
-                    [o.job_id for o in validated],
-                    [o.etag for o in validated],
-                    [o.last_modified for o in validated],
-                    [o.body_sha256 for o in validated],
-                    [o.body_path for o in validated],
-                )
-            if robots:
-                await db.executemany(
-                    "INSERT INTO robots_txt VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (origin)"
-                    " DO UPDATE SET fetched_at = excluded.fetched_at, status = excluded.status,"
-                    " crawl_delay = excluded.crawl_delay, size = excluded.size,"
-                    " body = excluded.body",
-                    [
-                        (v.origin, v.fetched_at, v.status, v.crawl_delay, v.size, v.body)
-                        for v in robots
-                    ],
-                )
-        self._leases.settled(outcomes)  # committed, or refused for good
-
-    async def _settle_jobs(self, db: asyncpg.Connection, kept: list[Outcome], now: float) -> None:
-        await db.execute(
-            "UPDATE jobs SET state = v.state, attempts = v.attempts,"
-            " next_attempt_at = v.next_at, lease_owner = NULL, lease_epoch = NULL,"
-            " updated_at = $7, host = coalesce(v.host, jobs.host),"
-            " resume_url = CASE WHEN v.host IS NULL THEN jobs.resume_url ELSE v.resume END,"
-            " hops = coalesce(v.hops, jobs.hops)"
-            " FROM unnest($1::bigint[], $2::text[], $3::int[], $4::float8[], $5::text[],"
-            " $6::text[], $8::int[]) AS v(id, state, attempts, next_at, host, resume, hops)"
-            " WHERE jobs.id = v.id AND jobs.lease_owner = $9",
-            [o.job_id for o in kept],
-            [o.state.value for o in kept],
-            [o.attempts for o in kept],
-            [o.next_attempt_at for o in kept],
-            [o.moved_to.host_key if o.moved_to else None for o in kept],
-            [o.moved_to.url if o.moved_to else None for o in kept],
-            now,
-            [o.hops if o.moved_to else None for o in kept],
-            self.owner,
-        )
-
-    async def _count(self, db: asyncpg.Connection, exchanges: Sequence[Exchange]) -> None:
-        """The read-modify-write of the hosts' counters, under their row locks."""
-        hosts = sorted({e.host for e in exchanges})
-        rows = await db.fetch(
-            f"SELECT host, {', '.join(COUNTER_FIELDS)} FROM host_counters"
-            " WHERE host = ANY($1::text[])",
-            hosts,
-        )
-        counters = {row[0]: Tally(*row[1:]) for row in rows}
-        minutes = tally(counters, exchanges)
-        marks = ", ".join(f"${i}" for i in range(2, len(COUNTER_FIELDS) + 2))
-        await db.executemany(
-            f"INSERT INTO host_counters (host, {', '.join(COUNTER_FIELDS)}) VALUES ($1, {marks})"
-            " ON CONFLICT (host) DO UPDATE SET "
-            + ", ".join(f"{f} = excluded.{f}" for f in COUNTER_FIELDS),
-            [(host, *c.values()) for host, c in sorted(counters.items())],
-        )
-        added = ", ".join(f"{f} = m.{f} + excluded.{f}" for f in MINUTE_FIELDS[:-1])
-        await db.executemany(
-            "INSERT INTO host_minutes AS m VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-            f" ON CONFLICT (host, minute) DO UPDATE SET {added},"
-            " latency_max_ms = greatest(m.latency_max_ms, excluded.latency_max_ms)",
-            [
-                (host, minute, *c.values()[: len(MINUTE_FIELDS)])
-                for (host, minute), c in sorted(minutes.items())
-            ],
-        )
+            mine = await leases.lock(db, leases.hosts_of(batch.outcomes) | batch.hosts)
+            kept = batch.only(
+                outcome=lambda o: leases.still_mine(o.job_id, mine),
+                host=lambda host: leases.counts(host, mine),
+                paused=lambda host: host in mine,
+            )
+            await write(PostgresTables(db, self.owner, self._wall()), kept)
+        leases.settled(batch.outcomes)  # committed, or refused for good
 
     async def cached_robots(self, origins: Sequence[str]) -> list[Verdict]:
         async with self._transaction("cached_robots") as db:
@@ -412,35 +297,27 @@ class PostgresQueue:
 
     # -- retention ---------------------------------------------------------------------------
 
-    async def prune(self, before: float, batch: int = 5000) -> tuple[int, list[str]]:
-        """Delete finished jobs, results and minute rows older than `before`, a batch per
-        transaction; (rows deleted, bodies no result names any more)."""
-        deleted, orphans = 0, []
-        while True:
-            async with self._transaction("prune") as db:
-                rows = await db.fetch(
-                    "DELETE FROM results WHERE job_id IN (SELECT job_id FROM results"
-                    " WHERE finished_at < $1 ORDER BY finished_at LIMIT $2)"
-                    " RETURNING job_id, body_sha256",
-                    before,
-                    batch,
-                )
-                await db.execute(
-                    "DELETE FROM jobs WHERE id = ANY($1::bigint[]) AND state IN ('done', 'failed')",
-                    [row[0] for row in rows],
-                )
-                shas = sorted({row[1] for row in rows if row[1]})
-                if shas:
-                    named = await db.fetch(
-                        "SELECT DISTINCT body_sha256 FROM results"
-                        " WHERE body_sha256 = ANY($1::text[])",
-                        shas,
-                    )
-                    orphans.extend(sorted(set(shas) - {row[0] for row in named}))
-                status = await db.execute(
-                    "DELETE FROM host_minutes WHERE minute < $1", int(before // 60)
-                )
-                deleted += len(rows) + row_count(status)
-            if len(rows) < batch:
-                return deleted, orphans
-            await asyncio.sleep(0)
+    async def prune(self, before: float, limit: int) -> Pruned:
+        """Up to `limit` results finished before `before`, their finished jobs, the minute rows
+        before it; the bodies no result names any more."""
+        async with self._transaction("prune") as db:
+            rows = await db.fetch(
+                "DELETE FROM results WHERE job_id IN (SELECT job_id FROM results"
+                " WHERE finished_at < $1 ORDER BY finished_at LIMIT $2)"
+                " RETURNING job_id, body_sha256",
+                before,
+                limit,
+            )
+            await db.execute(
+                "DELETE FROM jobs WHERE id = ANY($1::bigint[]) AND state IN ('done', 'failed')",
+                [row[0] for row in rows],
+            )
+            orphans = await db.fetch(
+                "SELECT sha FROM unnest($1::text[]) AS sha WHERE NOT EXISTS"
+                " (SELECT 1 FROM results WHERE body_sha256 = sha)",
+                sorted({row[1] for row in rows if row[1]}),
+            )
+            status = await db.execute(
+                "DELETE FROM host_minutes WHERE minute < $1", int(before // 60)
+            )
+        return Pruned(len(rows), len(rows) + row_count(status), [row[0] for row in orphans])

@@ -6,11 +6,14 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from fetcher.errors import StoreUnavailable
-from fetcher.robots import Verdict
 from fetcher.sqlite.schema import BUSY_TIMEOUT_MS
+
+if TYPE_CHECKING:  # the read commands load no more than they read
+    from fetcher.jobqueue import HostStatsRow, MinuteRow, ResultRow
+    from fetcher.model import Verdict
 
 __all__ = ["SqliteReader"]
 
@@ -35,8 +38,10 @@ class SqliteReader:
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable("read", str(exc)) from exc
 
-    def host_stats(self) -> list[dict[str, Any]]:
-        return [dict(row) for row in self._rows("SELECT * FROM host_stats")]
+    def host_stats(self) -> list[HostStatsRow]:
+        return cast(
+            "list[HostStatsRow]", [dict(row) for row in self._rows("SELECT * FROM host_stats")]
+        )
 
     def queue_counts(self) -> dict[str, int]:
         return {row["state"]: row["jobs"] for row in self._rows("SELECT * FROM queue")}
@@ -56,7 +61,7 @@ class SqliteReader:
         )
         return float(rows[0][0]) if rows else None
 
-    def results(self, state: str | None, since: float | None) -> Iterator[dict[str, Any]]:
+    def results(self, state: str | None, since: float | None) -> Iterator[ResultRow]:
         clauses: list[str] = []
         params: list[object] = []
         if state:
@@ -74,11 +79,11 @@ class SqliteReader:
         )
         try:
             for row in self._db.execute(sql, params):
-                yield dict(row)
+                yield cast("ResultRow", dict(row))
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable("results", str(exc)) from exc
 
-    def minute_rows(self, since_minute: int) -> list[dict[str, Any]]:
+    def minute_rows(self, since_minute: int) -> list[MinuteRow]:
         rows = self._rows(
             "SELECT host, minute * 60 AS at, requests, status_2xx, status_3xx, status_4xx,"
             " status_5xx, errors, bytes,"
@@ -87,9 +92,11 @@ class SqliteReader:
             " FROM host_minutes WHERE minute >= ? ORDER BY host, minute",
             (since_minute,),
         )
-        return [dict(row) for row in rows]
+        return cast("list[MinuteRow]", [dict(row) for row in rows])
 
     def robots(self, origins: Sequence[str]) -> list[Verdict]:
+        from fetcher.model import Verdict
+
         marks = ", ".join("?" * len(origins))
         rows = self._rows(
             "SELECT origin, fetched_at, status, body, crawl_delay FROM robots_txt"

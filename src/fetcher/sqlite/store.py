@@ -17,44 +17,47 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import socket
 import sqlite3
-import time
-import uuid
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 import aiosqlite
-import orjson
 
-from fetcher.counters import COUNTER_FIELDS, MINUTE_FIELDS, Tally, tally
+from fetcher.batch import Batch, Pruned, write
+from fetcher.clocks import Clocks
+from fetcher.daemons import dead_here, new_owner, this_machine
 from fetcher.errors import ConfigError, StoreUnavailable
-from fetcher.jobqueue import HostLease, HostRate, process_alive
-from fetcher.model import Exchange, Job, JobState, Outcome, Validators
-from fetcher.robots import Verdict
+from fetcher.model import HostLease, HostRate, HostWalk, Job, Validators, Verdict
 from fetcher.sqlite.schema import connect_pragmas, migrate, prepare_path
+from fetcher.sqlite.tables import SqliteTables, field, json_array
 from fetcher.urls import Target, stored_target
 
 __all__ = ["SqliteQueue"]
-_FINAL = (JobState.DONE, JobState.FAILED)
 _MIN_SQLITE = (3, 35, 0)
 
 
 class SqliteQueue:
     """The queue and the counters, as the daemon (and `fetcher submit`) write them."""
 
-    def __init__(self, connection: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, connection: aiosqlite.Connection, path: Path, clocks: Clocks) -> None:
         self._db = connection
         self.path = path
-        self.owner = uuid.uuid4().hex
+        self.owner = new_owner()
+        self._clocks = clocks
         # Guards every transaction on the shared connection; above all the read-modify-write
         # of a host's counters in `record`, which awaits between the read and the write.
         self._lock = asyncio.Lock()
+        self._restored_after: str | None = ""  # host schedules taken up so far (None: all)
 
     @classmethod
     async def open(
-        cls, path: Path, *, cache_mib: int = 8, busy_timeout_s: float = 10.0
+        cls,
+        path: Path,
+        *,
+        cache_mib: int = 8,
+        busy_timeout_s: float = 10.0,
+        clocks: Clocks | None = None,
     ) -> SqliteQueue:
         if sqlite3.sqlite_version_info < _MIN_SQLITE:
             raise ConfigError(
@@ -72,7 +75,7 @@ class SqliteQueue:
             await connection.executescript(pragmas)
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable("open", f"{path}: {exc}") from exc
-        return cls(connection, path)
+        return cls(connection, path, clocks or Clocks())
 
     def about(self) -> dict[str, str]:
         about = {"backend": "sqlite", "sqlite": sqlite3.sqlite_version, "db": str(self.path)}
@@ -116,17 +119,17 @@ class SqliteQueue:
 
     async def submit(self, targets: Sequence[Target]) -> int:
         """Queue `targets`; returns how many were new (one already active is not queued again)."""
-        now = time.time()
+        now = self._clocks.wall()
         # host by host (a stable sort keeps each host's order): the index inserts then touch
         # each page once per batch instead of once per URL
-        rows = _json_array((t.url, t.host_key) for t in sorted(targets, key=_host_key))
+        rows = json_array((t.url, t.host_key) for t in sorted(targets, key=_host_key))
         async with self._transaction("submit") as db:
             # One statement, its rows a JSON array: SQLite inserts them all without the GIL,
             # while `fetcher submit` parses the next chunk. With executemany the GIL came
             # back to this thread row by row and the two took turns (bench/insert_cost.py).
             cursor = await db.execute(
                 "INSERT INTO jobs (url, host, state, created_at, updated_at)"
-                f" SELECT {_field(0)}, {_field(1)}, 'queued', ?, ? FROM json_each(?) AS v"
+                f" SELECT {field(0)}, {field(1)}, 'queued', ?, ? FROM json_each(?) AS v"
                 " WHERE true ON CONFLICT DO NOTHING",  # WHERE: how SQLite tells an upsert apart
                 (now, now, rows),
             )
@@ -134,7 +137,7 @@ class SqliteQueue:
             await db.execute("UPDATE job_counts SET n = n + ? WHERE state = 'queued'", (added,))
             return added
 
-    async def hosts_with_queued(self, after: str, limit: int) -> list[str]:
+    async def hosts_with_queued(self, after: str, limit: int) -> HostWalk:
         """Up to `limit` hosts with queued jobs, in key order after `after` (an index walk)."""
         async with self._reading("hosts_with_queued") as db:
             cursor = await db.execute(
@@ -150,11 +153,12 @@ class SqliteQueue:
                 """,
                 (after, limit + 1),
             )
-            return [row[0] for row in await cursor.fetchall()]
+            hosts = [row[0] for row in await cursor.fetchall()]
+        return HostWalk(hosts[:limit], hosts[limit - 1] if len(hosts) > limit else None)
 
     async def claim(self, wants: Sequence[tuple[str, int]], lease_s: float) -> list[Job]:
         """Claim up to n queued jobs for each (host, n), oldest first, leased to this daemon."""
-        now = time.time()
+        now = self._clocks.wall()
         jobs: list[Job] = []
         async with self._transaction("claim") as db:
             for host, n in wants:
@@ -176,7 +180,7 @@ class SqliteQueue:
         cursor = await db.execute(
             "SELECT url, etag, last_modified, body_sha256, body_path FROM validators"
             " WHERE url IN (SELECT value FROM json_each(?))",
-            (_json_array(job.url for job in jobs),),
+            (json_array(job.url for job in jobs),),
         )
         kept = {row[0]: Validators(*row[1:]) for row in await cursor.fetchall()}
         for job in jobs:
@@ -184,42 +188,41 @@ class SqliteQueue:
 
     async def promote_due(self) -> int:
         """Jobs whose retry time has come go back to `queued`."""
+        now = self._clocks.wall()
         async with self._transaction("promote_due") as db:
             cursor = await db.execute(
                 "UPDATE jobs SET state = 'queued', next_attempt_at = NULL, updated_at = ?"
                 " WHERE state = 'retrying' AND next_attempt_at <= ?",
-                (time.time(), time.time()),
+                (now, now),
             )
             return cursor.rowcount
+
+    # -- daemons ----------------------------------------------------------------------------
 
     async def register(self) -> int:
         """Announce this daemon and take back what dead daemons of this database held:
         those on this machine whose process is gone, and any whose lease has run out."""
-        now = time.time()
+        now = self._clocks.wall()
         async with self._transaction("register") as db:
             cursor = await db.execute("SELECT id, pid, hostname FROM daemons")
-            dead = [
-                owner
-                for owner, pid, hostname in await cursor.fetchall()
-                if hostname == socket.gethostname() and not process_alive(pid)
-            ]
+            dead = dead_here(await cursor.fetchall())
             await db.executemany("DELETE FROM daemons WHERE id = ?", [(d,) for d in dead])
             await db.execute(
                 "INSERT INTO daemons VALUES (?, ?, ?, ?, ?)",
-                (self.owner, os.getpid(), socket.gethostname(), now, now),
+                (self.owner, os.getpid(), this_machine(), now, now),
             )
             cursor = await db.execute(
                 "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL,"
                 " updated_at = ? WHERE state = 'running' AND (lease_until < ? OR lease_owner"
                 " IN (SELECT value FROM json_each(?)) OR lease_owner NOT IN"
                 " (SELECT id FROM daemons))",
-                (now, now, _json_array(dead)),
+                (now, now, json_array(dead)),
             )
             return cursor.rowcount
 
     async def heartbeat(self, lease_s: float) -> int:
         """Extend the leases of the jobs this daemon holds; take back expired ones of others."""
-        now = time.time()
+        now = self._clocks.wall()
         async with self._transaction("heartbeat") as db:
             await db.execute("UPDATE daemons SET heartbeat_at = ? WHERE id = ?", (now, self.owner))
             await db.execute(
@@ -237,211 +240,97 @@ class SqliteQueue:
             )
             return cursor.rowcount
 
-    async def release_all(self, rates: Mapping[str, HostRate] | None = None) -> int:
-        """Put every job this daemon still holds back in the queue (end of shutdown). One
-        daemon holds every host without a lease: there is no schedule to hand on."""
+    async def release_all(self, rates: Mapping[str, HostRate]) -> int:
+        """Put every job this daemon still holds back in the queue, and keep the pauses of its
+        hosts for the next start (end of shutdown)."""
+        now = self._clocks.wall()
+        paused = {host: r.paused_until for host, r in rates.items() if r.paused_until > now}
         async with self._transaction("release_all") as db:
             cursor = await db.execute(
                 "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL,"
                 " updated_at = ? WHERE state = 'running' AND lease_owner = ?",
-                (time.time(), self.owner),
+                (now, self.owner),
             )
+            if paused:
+                await SqliteTables(db, self.owner, now).pause_hosts(paused)
             return cursor.rowcount
-
-    def lease_end(self, host: str) -> float:
-        return math.inf  # one daemon: every host is its own, without a lease
-
-    def held_hosts(self) -> Collection[str]:
-        return ()
-
-    async def turn_hosts(self, release: Mapping[str, HostRate], want: int) -> list[HostLease]:
-        return []
 
     async def unregister(self) -> None:
         async with self._transaction("unregister") as db:
             await db.execute("DELETE FROM daemons WHERE id = ?", (self.owner,))
+
+    # -- host leases: one daemon holds every host, for ever ---------------------------------
+
+    def lease_end(self, host: str) -> float:
+        return math.inf
+
+    def held_hosts(self) -> Collection[str]:
+        return ()  # an endless lease: nothing to hand back while the daemon runs
+
+    async def turn_hosts(self, release: Mapping[str, HostRate], want: int) -> list[HostLease]:
+        """The hosts whose pause outlived the last run, `want` at a time, until all are taken
+        up (the first turns after start); nothing after that, nothing to hand back."""
+        if self._restored_after is None or want <= 0:
+            return []
+        now = self._clocks.wall()
+        async with self._transaction("turn_hosts") as db:
+            await db.execute("DELETE FROM host_pauses WHERE until <= ?", (now,))
+            cursor = await db.execute(
+                "SELECT host, until FROM host_pauses WHERE host > ? ORDER BY host LIMIT ?",
+                (self._restored_after, want),
+            )
+            rows = list(await cursor.fetchall())
+        self._restored_after = rows[-1][0] if len(rows) >= want else None
+        return [HostLease(host, HostRate(paused_until=until)) for host, until in rows]
+
+    # -- outcomes and counters -------------------------------------------------------------
+
+    async def record(self, batch: Batch) -> None:
+        async with self._transaction("record") as db:
+            await write(SqliteTables(db, self.owner, self._clocks.wall()), batch)
 
     async def counts(self) -> dict[str, int]:
         async with self._reading("counts") as db:
             cursor = await db.execute("SELECT state, n FROM job_counts")
             return {state: n for state, n in await cursor.fetchall()}
 
-    async def is_idle(self) -> bool:
-        """No job anywhere is queued, retrying or running."""
-        counts = await self.counts()
-        return counts["queued"] + counts["retrying"] + counts["running"] == 0
-
-    # -- outcomes and counters -------------------------------------------------------------
-
-    async def paused_hosts(self) -> dict[str, float]:
-        """Hosts still paused by a Retry-After or a 429 (host → unix time the pause ends);
-        pauses that are over are deleted."""
-        now = time.time()
-        async with self._transaction("paused_hosts") as db:
-            await db.execute("DELETE FROM host_pauses WHERE until <= ?", (now,))
-            cursor = await db.execute("SELECT host, until FROM host_pauses")
-            return {host: until for host, until in await cursor.fetchall()}
-
-    async def record(
-        self,
-        outcomes: Sequence[Outcome],
-        exchanges: Sequence[Exchange] = (),
-        pauses: Mapping[str, float] | None = None,
-        robots: Sequence[Verdict] = (),
-    ) -> None:
-        """Commit a batch: outcomes, the results of final ones, requests (`exchanges`) to the
-        per-host counters and per-minute rows, host pauses (host → unix time the pause ends):
-        all in one transaction."""
-        now = time.time()
-        finals = [o for o in outcomes if o.state in _FINAL]
-        async with self._transaction("record") as db:
-            # One statement per batch, its rows a JSON array: with executemany, statement
-            # set-up and the job_counts trigger program ran once per row (BENCHMARKS.md,
-            # "one statement per batch").
-            # Results first: both statements skip a job whose lease another daemon took.
-            if finals:
-                await db.execute(
-                    "INSERT OR REPLACE INTO results (job_id, url, host, final_url, state, status,"
-                    " bytes, error, attempts, latency_ms, body_sha256, body_path, finished_at)"
-                    f" SELECT jobs.id, jobs.url, jobs.host, {', '.join(map(_field, range(1, 10)))},"
-                    f" ? FROM json_each(?) AS v JOIN jobs ON jobs.id = {_field(0)}"
-                    " WHERE jobs.lease_owner = ?",
-                    (
-                        now,
-                        _json_array(
-                            (o.job_id, o.final_url, o.state.value, o.status, o.bytes, o.error,
-                             o.attempts, o.latency_ms, o.body_sha256, o.body_path)
-                            for o in finals
-                        ),
-                        self.owner,
-                    ),
-                )  # fmt: skip
-            if outcomes:  # a batch may hold only requests: the hops of redirect chains
-                await db.execute(
-                    f"UPDATE jobs SET state = {_field(1)}, attempts = {_field(2)},"
-                    f" next_attempt_at = {_field(3)}, lease_owner = NULL, lease_until = NULL,"
-                    f" updated_at = ? FROM json_each(?) AS v"
-                    f" WHERE jobs.id = {_field(0)} AND jobs.lease_owner = ?",
-                    (
-                        now,
-                        _json_array((o.job_id, o.state.value, o.attempts, o.next_attempt_at)
-                                   for o in outcomes),
-                        self.owner,
-                    ),
-                )  # fmt: skip
-            if exchanges:
-                await self._count(db, exchanges)
-            if pauses:
-                await db.executemany(
-                    "INSERT INTO host_pauses VALUES (?, ?) ON CONFLICT (host)"
-                    " DO UPDATE SET until = max(until, excluded.until)",
-                    list(pauses.items()),
-                )
-            validated = [
-                (o.job_id, o.etag, o.last_modified, o.body_sha256, o.body_path)
-                for o in finals
-                if (o.etag or o.last_modified) and o.state is JobState.DONE
-            ]
-            if validated:  # the job's own URL, answered without a redirect
-                await db.execute(
-                    "INSERT OR REPLACE INTO validators SELECT jobs.url,"
-                    f" {', '.join(map(_field, range(1, 5)))} FROM json_each(?) AS v"
-                    f" JOIN jobs ON jobs.id = {_field(0)} JOIN results ON results.job_id = jobs.id"
-                    " WHERE results.final_url = jobs.url",
-                    (_json_array(validated),),
-                )
-            if robots:
-                await db.executemany(
-                    "INSERT OR REPLACE INTO robots_txt VALUES (?, ?, ?, ?, ?, ?)",
-                    [
-                        (v.origin, v.fetched_at, v.status, v.crawl_delay, v.size, v.body)
-                        for v in robots
-                    ],
-                )
-
-    async def _count(self, db: aiosqlite.Connection, exchanges: Sequence[Exchange]) -> None:
-        hosts = sorted({e.host for e in exchanges})
-        cursor = await db.execute(
-            f"SELECT host, {', '.join(COUNTER_FIELDS)} FROM host_counters"
-            " WHERE host IN (SELECT value FROM json_each(?))",
-            (_json_array(hosts),),
-        )
-        counters = {row[0]: Tally(*row[1:]) for row in await cursor.fetchall()}
-        minutes = tally(counters, exchanges)
-        await db.executemany(
-            f"INSERT OR REPLACE INTO host_counters (host, {', '.join(COUNTER_FIELDS)})"
-            f" VALUES (?, {', '.join('?' * len(COUNTER_FIELDS))})",
-            [(host, *c.values()) for host, c in counters.items()],
-        )
-        await db.executemany(
-            "INSERT INTO host_minutes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (host, minute) DO UPDATE SET requests = requests + excluded.requests,"
-            " status_2xx = status_2xx + excluded.status_2xx,"
-            " status_3xx = status_3xx + excluded.status_3xx,"
-            " status_4xx = status_4xx + excluded.status_4xx,"
-            " status_5xx = status_5xx + excluded.status_5xx,"
-            " errors = errors + excluded.errors, bytes = bytes + excluded.bytes,"
-            " latency_sum_ms = latency_sum_ms + excluded.latency_sum_ms,"
-            " latency_max_ms = max(latency_max_ms, excluded.latency_max_ms)",
-            [
-                (host, minute, *c.values()[: len(MINUTE_FIELDS)])
-                for (host, minute), c in minutes.items()
-            ],
-        )
-
     async def cached_robots(self, origins: Sequence[str]) -> list[Verdict]:
         async with self._reading("cached_robots") as db:
             cursor = await db.execute(
                 "SELECT origin, fetched_at, status, body, crawl_delay FROM robots_txt"
                 " WHERE origin IN (SELECT value FROM json_each(?))",
-                (_json_array(origins),),
+                (json_array(origins),),
             )
             return [Verdict(*row) for row in await cursor.fetchall()]
 
     # -- retention --------------------------------------------------------------------------
 
-    async def prune(self, before: float, batch: int = 5000) -> tuple[int, list[str]]:
-        """Delete finished jobs, results and minute rows older than `before`, a batch per
-        transaction so fetching never waits long; returns (rows deleted, bodies no result
-        names any more). Cumulative counters are never pruned."""
-        deleted, orphans = 0, []
-        while True:
-            async with self._transaction("prune") as db:
-                cursor = await db.execute(
-                    "DELETE FROM results WHERE job_id IN (SELECT job_id FROM results"
-                    " WHERE finished_at < ? LIMIT ?) RETURNING job_id, body_sha256",
-                    (before, batch),
-                )
-                rows = list(await cursor.fetchall())
-                await db.executemany(
-                    "DELETE FROM jobs WHERE id = ? AND state IN ('done', 'failed')",
-                    [(row[0],) for row in rows],
-                )
-                for sha in {row[1] for row in rows if row[1]}:
-                    cursor = await db.execute(
-                        "SELECT 1 FROM results WHERE body_sha256 = ? LIMIT 1", (sha,)
-                    )
-                    if await cursor.fetchone() is None:
-                        orphans.append(sha)
-                cursor = await db.execute(
-                    "DELETE FROM host_minutes WHERE minute < ?", (int(before // 60),)
-                )
-                deleted += len(rows) + max(cursor.rowcount, 0)
-            if len(rows) < batch:
-                return deleted, orphans
-            await asyncio.sleep(0)
+    async def prune(self, before: float, limit: int) -> Pruned:
+        """Up to `limit` results finished before `before`, their finished jobs, the minute rows
+        before it; the bodies no result names any more. Cumulative counters are never pruned."""
+        async with self._transaction("prune") as db:
+            cursor = await db.execute(
+                "DELETE FROM results WHERE job_id IN (SELECT job_id FROM results"
+                " WHERE finished_at < ? LIMIT ?) RETURNING job_id, body_sha256",
+                (before, limit),
+            )
+            rows = list(await cursor.fetchall())
+            await db.execute(
+                "DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?))"
+                " AND state IN ('done', 'failed')",
+                (json_array(row[0] for row in rows),),
+            )
+            cursor = await db.execute(
+                "SELECT value FROM json_each(?) WHERE NOT EXISTS"
+                " (SELECT 1 FROM results WHERE body_sha256 = value)",
+                (json_array(sorted({row[1] for row in rows if row[1]})),),
+            )
+            orphans = [row[0] for row in await cursor.fetchall()]
+            cursor = await db.execute(
+                "DELETE FROM host_minutes WHERE minute < ?", (int(before // 60),)
+            )
+            return Pruned(len(rows), len(rows) + max(cursor.rowcount, 0), orphans)
 
 
 def _host_key(target: Target) -> str:
     return target.host_key
-
-
-def _json_array(items: Iterable[object]) -> str:
-    """A batch as one parameter, read back in SQL with json_each (text: SQLite 3.45+ would
-    take a blob for its binary JSON)."""
-    return orjson.dumps(list(items)).decode()
-
-
-def _field(i: int) -> str:
-    """Column i of a row of `json_each(?) AS v` (json_extract: SQLite 3.35 has no ->>)."""
-    return f"json_extract(v.value, '$[{i}]')"

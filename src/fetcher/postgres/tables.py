@@ -1,0 +1,143 @@
+"""The SQL a batch commit runs on PostgreSQL, one short method per table
+(`fetcher.batch.Tables`). Rows go as arrays (`unnest`), one statement per table; every
+multi-row write takes its host rows in host order, so daemons never deadlock on them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import asyncpg
+
+from fetcher.counters import COUNTER_FIELDS, MINUTE_FIELDS, Tally
+from fetcher.model import Outcome, Verdict
+
+__all__ = ["PostgresTables"]
+
+
+class PostgresTables:
+    """One batch's writes, on `db` inside the caller's transaction, for daemon `owner` (whose
+    host leases the caller has checked: `Batch.only`)."""
+
+    def __init__(self, db: asyncpg.Connection, owner: str, now: float) -> None:
+        self._db = db
+        self._owner = owner
+        self._now = now
+
+    async def insert_results(self, finals: Sequence[Outcome]) -> None:
+        await self._db.execute(
+            "INSERT INTO results (job_id, url, host, final_url, state, status, bytes,"
+            " error, attempts, latency_ms, body_sha256, body_path, finished_at)"
+            " SELECT jobs.id, jobs.url, jobs.host, v.final_url, v.state, v.status,"
+            " v.bytes, v.error, v.attempts, v.latency_ms, v.sha, v.path, $11"
+            " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::bigint[],"
+            " $6::text[], $7::int[], $8::float8[], $9::text[], $10::text[])"
+            " AS v(id, final_url, state, status, bytes, error, attempts, latency_ms,"
+            " sha, path) JOIN jobs ON jobs.id = v.id AND jobs.lease_owner = $12"
+            " ON CONFLICT (job_id) DO UPDATE SET final_url = excluded.final_url,"
+            " state = excluded.state, status = excluded.status, bytes = excluded.bytes,"
+            " error = excluded.error, attempts = excluded.attempts,"
+            " latency_ms = excluded.latency_ms, body_sha256 = excluded.body_sha256,"
+            " body_path = excluded.body_path, finished_at = excluded.finished_at",
+            [o.job_id for o in finals],
+            [o.final_url for o in finals],
+            [o.state.value for o in finals],
+            [o.status for o in finals],
+            [o.bytes for o in finals],
+            [o.error for o in finals],
+            [o.attempts for o in finals],
+            [o.latency_ms for o in finals],
+            [o.body_sha256 for o in finals],
+            [o.body_path for o in finals],
+            self._now,
+            self._owner,
+        )
+
+    async def settle_jobs(self, outcomes: Sequence[Outcome]) -> None:
+        """Each job to its new state; a moved one (a redirect to a host another daemon holds)
+        to its new host's queue, with the URL and hop count it goes on from."""
+        await self._db.execute(
+            "UPDATE jobs SET state = v.state, attempts = v.attempts,"
+            " next_attempt_at = v.next_at, lease_owner = NULL, lease_epoch = NULL,"
+            " updated_at = $7, host = coalesce(v.host, jobs.host),"
+            " resume_url = CASE WHEN v.host IS NULL THEN jobs.resume_url ELSE v.resume END,"
+            " hops = coalesce(v.hops, jobs.hops)"
+            " FROM unnest($1::bigint[], $2::text[], $3::int[], $4::float8[], $5::text[],"
+            " $6::text[], $8::int[]) AS v(id, state, attempts, next_at, host, resume, hops)"
+            " WHERE jobs.id = v.id AND jobs.lease_owner = $9",
+            [o.job_id for o in outcomes],
+            [o.state.value for o in outcomes],
+            [o.attempts for o in outcomes],
+            [o.next_attempt_at for o in outcomes],
+            [o.moved_to.host_key if o.moved_to else None for o in outcomes],
+            [o.moved_to.url if o.moved_to else None for o in outcomes],
+            self._now,
+            [o.hops if o.moved_to else None for o in outcomes],
+            self._owner,
+        )
+
+    async def read_counters(self, hosts: Sequence[str]) -> dict[str, Tally]:
+        rows = await self._db.fetch(
+            f"SELECT host, {', '.join(COUNTER_FIELDS)} FROM host_counters"
+            " WHERE host = ANY($1::text[])",
+            list(hosts),
+        )
+        return {row[0]: Tally(*row[1:]) for row in rows}
+
+    async def write_counters(self, counters: Mapping[str, Tally]) -> None:
+        marks = ", ".join(f"${i}" for i in range(2, len(COUNTER_FIELDS) + 2))
+        await self._db.executemany(
+            f"INSERT INTO host_counters (host, {', '.join(COUNTER_FIELDS)}) VALUES ($1, {marks})"
+            " ON CONFLICT (host) DO UPDATE SET "
+            + ", ".join(f"{f} = excluded.{f}" for f in COUNTER_FIELDS),
+            [(host, *c.values()) for host, c in sorted(counters.items())],
+        )
+
+    async def add_minutes(self, minutes: Mapping[tuple[str, int], Tally]) -> None:
+        added = ", ".join(f"{f} = m.{f} + excluded.{f}" for f in MINUTE_FIELDS[:-1])
+        marks = ", ".join(f"${i}" for i in range(1, len(MINUTE_FIELDS) + 3))
+        await self._db.executemany(
+            f"INSERT INTO host_minutes AS m VALUES ({marks})"
+            f" ON CONFLICT (host, minute) DO UPDATE SET {added},"
+            " latency_max_ms = greatest(m.latency_max_ms, excluded.latency_max_ms)",
+            [
+                (host, minute, *c.values()[: len(MINUTE_FIELDS)])
+                for (host, minute), c in sorted(minutes.items())
+            ],
+        )
+
+    async def pause_hosts(self, pauses: Mapping[str, float]) -> None:
+        hosts = sorted(pauses)
+        await self._db.execute(
+            "UPDATE hosts SET paused_until = greatest(paused_until, v.until),"
+            " next_ready = greatest(next_ready, v.until)"
+            " FROM unnest($1::text[], $2::float8[]) AS v(host, until)"
+            " WHERE hosts.host = v.host",
+            hosts,
+            [pauses[h] for h in hosts],
+        )
+
+    async def keep_validators(self, validated: Sequence[Outcome]) -> None:
+        """The job's own URL, answered without a redirect."""
+        await self._db.execute(
+            "INSERT INTO validators (url, etag, last_modified, body_sha256, body_path)"
+            " SELECT jobs.url, v.etag, v.modified, v.sha, v.path"
+            " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[])"
+            " AS v(id, etag, modified, sha, path) JOIN jobs ON jobs.id = v.id"
+            " JOIN results ON results.job_id = jobs.id AND results.final_url = jobs.url"
+            " ON CONFLICT (url) DO UPDATE SET etag = excluded.etag,"
+            " last_modified = excluded.last_modified,"
+            " body_sha256 = excluded.body_sha256, body_path = excluded.body_path",
+            [o.job_id for o in validated],
+            [o.etag for o in validated],
+            [o.last_modified for o in validated],
+            [o.body_sha256 for o in validated],
+            [o.body_path for o in validated],
+        )
+
+    async def keep_robots(self, verdicts: Sequence[Verdict]) -> None:
+        await self._db.executemany(
+            "INSERT INTO robots_txt VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (origin)"
+            " DO UPDATE SET fetched_at = excluded.fetched_at, status = excluded.status,"
+            " crawl_delay = excluded.crawl_delay, size = excluded.size, body = excluded.body",
+            [(v.origin, v.fetched_at, v.status, v.crawl_delay, v.size, v.body) for v in verdicts],
+        )

@@ -1,0 +1,121 @@
+"""The SQL a batch commit runs on SQLite, one short method per table (`fetcher.batch.Tables`).
+
+Each write is one statement per batch, its rows a JSON array bound as one parameter and read
+back with `json_each`: with executemany, statement set-up and the job_counts trigger program ran
+once per row (BENCHMARKS.md, "one statement per batch").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import aiosqlite
+import orjson
+
+from fetcher.counters import COUNTER_FIELDS, MINUTE_FIELDS, Tally
+from fetcher.model import Outcome, Verdict
+
+__all__ = ["SqliteTables", "field", "json_array"]
+
+
+def json_array(items: Iterable[object]) -> str:
+    """A batch as one parameter, read back in SQL with json_each (text: SQLite 3.45+ would
+    take a blob for its binary JSON)."""
+    return orjson.dumps(list(items)).decode()
+
+
+def field(i: int) -> str:
+    """Column i of a row of `json_each(?) AS v` (json_extract: SQLite 3.35 has no ->>)."""
+    return f"json_extract(v.value, '$[{i}]')"
+
+
+def _fields(first: int, last: int) -> str:
+    return ", ".join(field(i) for i in range(first, last + 1))
+
+
+class SqliteTables:
+    """One batch's writes, on `db` inside the caller's transaction, for daemon `owner`: a job
+    whose lease another daemon took (`jobs.lease_owner`) is left as it is."""
+
+    def __init__(self, db: aiosqlite.Connection, owner: str, now: float) -> None:
+        self._db = db
+        self._owner = owner
+        self._now = now
+
+    async def insert_results(self, finals: Sequence[Outcome]) -> None:
+        rows = json_array(
+            (o.job_id, o.final_url, o.state.value, o.status, o.bytes, o.error, o.attempts,
+             o.latency_ms, o.body_sha256, o.body_path)
+            for o in finals
+        )  # fmt: skip
+        await self._db.execute(
+            "INSERT OR REPLACE INTO results (job_id, url, host, final_url, state, status,"
+            " bytes, error, attempts, latency_ms, body_sha256, body_path, finished_at)"
+            f" SELECT jobs.id, jobs.url, jobs.host, {_fields(1, 9)}, ? FROM json_each(?) AS v"
+            f" JOIN jobs ON jobs.id = {field(0)} WHERE jobs.lease_owner = ?",
+            (self._now, rows, self._owner),
+        )
+
+    async def settle_jobs(self, outcomes: Sequence[Outcome]) -> None:
+        rows = json_array(
+            (o.job_id, o.state.value, o.attempts, o.next_attempt_at) for o in outcomes
+        )
+        await self._db.execute(
+            f"UPDATE jobs SET state = {field(1)}, attempts = {field(2)},"
+            f" next_attempt_at = {field(3)}, lease_owner = NULL, lease_until = NULL,"
+            f" updated_at = ? FROM json_each(?) AS v"
+            f" WHERE jobs.id = {field(0)} AND jobs.lease_owner = ?",
+            (self._now, rows, self._owner),
+        )
+
+    async def read_counters(self, hosts: Sequence[str]) -> dict[str, Tally]:
+        cursor = await self._db.execute(
+            f"SELECT host, {', '.join(COUNTER_FIELDS)} FROM host_counters"
+            " WHERE host IN (SELECT value FROM json_each(?))",
+            (json_array(hosts),),
+        )
+        return {row[0]: Tally(*row[1:]) for row in await cursor.fetchall()}
+
+    async def write_counters(self, counters: Mapping[str, Tally]) -> None:
+        await self._db.executemany(
+            f"INSERT OR REPLACE INTO host_counters (host, {', '.join(COUNTER_FIELDS)})"
+            f" VALUES (?, {', '.join('?' * len(COUNTER_FIELDS))})",
+            [(host, *c.values()) for host, c in counters.items()],
+        )
+
+    async def add_minutes(self, minutes: Mapping[tuple[str, int], Tally]) -> None:
+        added = ", ".join(f"{f} = {f} + excluded.{f}" for f in MINUTE_FIELDS[:-1])
+        await self._db.executemany(
+            f"INSERT INTO host_minutes VALUES ({', '.join('?' * (len(MINUTE_FIELDS) + 2))})"
+            f" ON CONFLICT (host, minute) DO UPDATE SET {added},"
+            " latency_max_ms = max(latency_max_ms, excluded.latency_max_ms)",
+            [
+                (host, minute, *c.values()[: len(MINUTE_FIELDS)])
+                for (host, minute), c in minutes.items()
+            ],
+        )
+
+    async def pause_hosts(self, pauses: Mapping[str, float]) -> None:
+        await self._db.executemany(
+            "INSERT INTO host_pauses VALUES (?, ?) ON CONFLICT (host)"
+            " DO UPDATE SET until = max(until, excluded.until)",
+            list(pauses.items()),
+        )
+
+    async def keep_validators(self, validated: Sequence[Outcome]) -> None:
+        """The job's own URL, answered without a redirect."""
+        rows = json_array(
+            (o.job_id, o.etag, o.last_modified, o.body_sha256, o.body_path) for o in validated
+        )
+        await self._db.execute(
+            f"INSERT OR REPLACE INTO validators SELECT jobs.url, {_fields(1, 4)}"
+            f" FROM json_each(?) AS v JOIN jobs ON jobs.id = {field(0)}"
+            " JOIN results ON results.job_id = jobs.id WHERE results.final_url = jobs.url",
+            (rows,),
+        )
+
+    async def keep_robots(self, verdicts: Sequence[Verdict]) -> None:
+        await self._db.executemany(
+            "INSERT OR REPLACE INTO robots_txt VALUES (?, ?, ?, ?, ?, ?)",
+            [(v.origin, v.fetched_at, v.status, v.crawl_delay, v.size, v.body) for v in verdicts],
+        )
