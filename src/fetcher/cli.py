@@ -279,8 +279,9 @@ def _watch(db: QueueReader, args: argparse.Namespace, console: Console) -> None:
 def cmd_robots(args: argparse.Namespace, path: Location) -> int:
     """The cached verdict of the origin(s) of a host key or URL; for a URL, whether the
     daemon may fetch it (by FETCHER_USER_AGENT's product token)."""
+    from fetcher.config import product_token
     from fetcher.errors import InvalidURL
-    from fetcher.robots import SiteRules, origin_of, product_token
+    from fetcher.robots import SiteRules, origin_of
     from fetcher.urls import parse_url
 
     text = args.target
@@ -293,7 +294,10 @@ def cmd_robots(args: argparse.Namespace, path: Location) -> int:
     origins = (
         [origin_of(target)] if url else [f"{s}://{target.host_key}" for s in ("http", "https")]
     )
-    token = product_token(os.environ.get("FETCHER_USER_AGENT", f"fetcher/{__version__}"))
+    try:
+        token = product_token(os.environ.get("FETCHER_USER_AGENT", f"fetcher/{__version__}"))
+    except ValueError as exc:
+        raise ConfigError(f"FETCHER_USER_AGENT: {exc}") from None
     verdicts = _reader(path).robots(origins)
     rows = []
     for v in verdicts:

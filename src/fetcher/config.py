@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,9 @@ from fetcher.locations import (
     masked,
 )
 
-__all__ = ["HostLimits", "Settings", "describe", "load_hosts_file", "load_settings"]
+__all__ = [
+    "HostLimits", "Settings", "describe", "load_hosts_file", "load_settings", "product_token",
+]  # fmt: skip
 
 ENV_PREFIX = "FETCHER_"
 # With several daemons (PostgreSQL), a request starts only if it will end this long before its
@@ -101,6 +104,7 @@ class Settings(BaseSettings):
     def _printable(cls, value: str) -> str:
         if not value.isprintable():
             raise ValueError("must be printable text without control characters")
+        product_token(value)  # robots.txt groups are matched against it: it must have one
         return value
 
     @field_validator("metrics_addr")
@@ -161,6 +165,24 @@ class Settings(BaseSettings):
         return HostLimits(
             self.host_rate, self.host_burst, self.host_concurrency, self.robots == "obey"
         )
+
+
+_PRODUCT_TOKEN = re.compile(r"[A-Za-z_-]+")
+
+
+def product_token(user_agent: str) -> str:
+    """The name robots.txt groups are matched against (RFC 9309 2.2.1): `fetcher` of
+    `fetcher/1.2 (+https://…)`, the first product of the User-Agent. `ValueError` when it has
+    none of letters, `_` and `-` only (`/1.0`, `bot2/1`, a blank)."""
+    product = user_agent.strip().split("/", 1)[0]
+    first = product.split(maxsplit=1)[0] if product.strip() else ""
+    if not _PRODUCT_TOKEN.fullmatch(first):
+        shown = f"; {first!r} is not one" if first else ""
+        raise ValueError(
+            "must begin with a product token for robots.txt to name (letters, '_' and '-',"
+            f" RFC 9309 2.2.1), as in 'fetcher/1.0 (+https://example.com/bot)'{shown}"
+        )
+    return first
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from fetcher import __version__
 from fetcher.backends import open_queue
 from fetcher.bodies import BodyStore
 from fetcher.clocks import Clocks
-from fetcher.config import LEASE_MARGIN_S, HostLimits, Settings, load_hosts_file
+from fetcher.config import LEASE_MARGIN_S, HostLimits, Settings, load_hosts_file, product_token
 from fetcher.errors import StoreUnavailable
 from fetcher.feeder import Feeder
 from fetcher.fetch import Fetcher
@@ -31,7 +31,7 @@ from fetcher.limits import Limits
 from fetcher.locations import masked
 from fetcher.log import configure_logging, get_logger
 from fetcher.recorder import Recorder
-from fetcher.robots import RobotsGate, product_token
+from fetcher.robots import RobotsGate
 from fetcher.scheduler import Scheduler
 from fetcher.service import Parts, Service
 from fetcher.supervisor import StoreHealth

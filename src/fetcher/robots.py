@@ -2,8 +2,9 @@
 its origin's verdict is known.
 
 An origin is scheme://host-key. Its verdict comes from its robots.txt:
-    2xx                    its rules (parsed by Protego: wildcards, `$`, the longest match wins,
-                           Allow on a tie, the group of fetcher's product token, else `*`)
+    2xx                    its rules: the group is chosen here, as RFC 9309 and Google's
+                           reference parser choose it (`group_of`); Protego matches its rules
+                           (wildcards, `$`, the longest match wins, Allow on a tie)
     4xx other than 429     no rules: everything allowed
     5xx, 429, no response  everything disallowed for now; asked again on the jobs' backoff
                            schedule (FETCHER_BACKOFF_BASE … _MAX), the origin's jobs wait
@@ -19,12 +20,14 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from protego import Protego
 
+from fetcher.config import product_token
 from fetcher.errors import InvalidURL
 from fetcher.model import REDIRECT_STATUSES, Hop, Verdict
 from fetcher.policy import backoff_delay
@@ -34,21 +37,83 @@ if TYPE_CHECKING:
     from fetcher.fetch import Fetcher
 
 __all__ = [
-    "MAX_ROBOTS_BYTES", "Gate", "RobotsGate", "SiteRules", "fetch_robots", "host_of",
-    "origin_of", "product_token", "robots_target",
+    "MAX_ROBOTS_BYTES", "Gate", "RobotsGate", "SiteRules", "decode", "fetch_robots", "group_of",
+    "host_of", "origin_of", "product_token", "robots_target",
 ]  # fmt: skip
 _MAX_REDIRECTS = 5
 
 MAX_ROBOTS_BYTES = 500 * 1024  # RFC 9309: parse at least 500 KiB; the rest is ignored
+
+_LINES = re.compile(r"\r\n|\r|\n")  # RFC 9309 2.2: CR, LF or CRLF ends a line
+_AGENT_NAME = re.compile(r"[A-Za-z_-]*")  # the part of a User-agent value that names an agent
+_USER_AGENT = frozenset({"user-agent", "useragent", "user agent"})
+_RULES = {  # the reference accepts these misspellings too
+    "allow": "Allow",
+    **dict.fromkeys(
+        ("disallow", "dissallow", "dissalow", "disalow", "diasllow", "disallaw"), "Disallow"
+    ),
+}
+_GROUP_MEMBERS = {"crawl-delay": "Crawl-delay", "request-rate": "Request-rate"}
 
 
 def origin_of(target: Target) -> str:
     return f"{target.scheme}://{target.host_key}"
 
 
-def product_token(user_agent: str) -> str:
-    """The name robots.txt groups are matched against: `fetcher` of `fetcher/1.2 (+url)`."""
-    return user_agent.split("/", 1)[0].split()[0] if user_agent.strip() else "*"
+def decode(body: bytes) -> str:
+    """robots.txt's text: UTF-8, a byte order mark (or what is left of one, as the reference
+    reads it) dropped, a byte that is not UTF-8 replaced, NUL (nothing in robots.txt, and
+    PostgreSQL's text cannot hold it) as a space."""
+    for mark in (b"\xef\xbb\xbf", b"\xef\xbb", b"\xef"):
+        if body.startswith(mark):
+            body = body[len(mark) :]
+            break
+    return body.decode("utf-8", errors="replace").replace("\x00", " ")
+
+
+def group_of(text: str, token: str) -> list[str]:
+    """The lines of the group that applies to `token` (the rules of every group that names it,
+    else of every `*` group), in order, as `Name: value`. As RFC 9309 2.2 and the reference:
+    a group is one or more User-agent lines and the rules after them, ended by the next
+    User-agent line after a rule; other lines (Sitemap, unknown ones, Crawl-delay) neither end
+    nor start one; rules before any group are ignored; an agent is named by the first run of
+    letters, `_` and `-` of its value (`FOO BAR` is `FOO`), matched whole and regardless of
+    case; a missing colon is read as if it were there."""
+    groups: list[tuple[set[str], list[str]]] = []
+    agents: set[str] | None = None  # the current group's agents (None: before any group)
+    after_rule = False
+    for raw in _LINES.split(text.lstrip("\ufeff")):
+        key, value = _key_value(raw)
+        if key in _USER_AGENT:
+            if agents is None or after_rule:
+                agents, after_rule = set(), False
+                groups.append((agents, []))
+            starred = value == "*" or value[:2] in ("* ", "*\t")
+            agents.add("*" if starred else _agent_name(value).lower())
+            continue
+        name = _RULES.get(key) or _GROUP_MEMBERS.get(key)
+        if name is not None and agents is not None:  # else another line, or outside a group
+            after_rule = after_rule or key in _RULES
+            groups[-1][1].append(f"{name}: {value}")
+    name = token.lower() if any(token.lower() in a for a, _ in groups) else "*"
+    return [line for agents_, lines in groups if name in agents_ for line in lines]
+
+
+def _agent_name(value: str) -> str:
+    match = _AGENT_NAME.match(value)
+    return match[0] if match else ""
+
+
+def _key_value(line: str) -> tuple[str, str]:
+    """A line's name (lower case) and value, its comment removed. Without a colon, the name
+    ends at the first blank (the reference reads `disallow /` as `disallow: /`)."""
+    line = line.split("#", 1)[0].strip()
+    key, colon, value = line.partition(":")
+    if not colon:
+        key, _, value = line.partition(" ")
+        if not value:
+            key, _, value = line.partition("\t")
+    return key.strip().lower(), value.strip()
 
 
 class SiteRules:
@@ -59,7 +124,10 @@ class SiteRules:
     def __init__(self, verdict: Verdict, token: str) -> None:
         self._usable = verdict.usable
         self._token = token
-        self._parsed = Protego.parse(verdict.body) if verdict.has_rules else None
+        self._parsed = None
+        if verdict.has_rules:  # Protego matches the rules of the group chosen for `token`
+            group = group_of(verdict.body, token)
+            self._parsed = Protego.parse("\n".join(["User-agent: *", *group]))
 
     def allows(self, url: str) -> bool:
         if not self._usable:
@@ -215,8 +283,6 @@ async def fetch_robots(
     status = hop.status
     if hop.refused is not None and status is None:  # refused before any answer: unavailable
         status = 404
-    # NUL means nothing in robots.txt, and PostgreSQL's text cannot hold it: a space (one byte)
-    text = bytes(body).decode("utf-8", errors="replace").replace("\x00", " ")
     ok = status is not None and 200 <= status < 300
-    verdict = Verdict(origin, now, status, text if ok else "")
+    verdict = Verdict(origin, now, status, decode(bytes(body)) if ok else "")
     return dataclasses.replace(verdict, crawl_delay=SiteRules(verdict, token).delay_s()), hops

@@ -264,3 +264,17 @@ def test_a_redirect_hop_is_checked_against_its_own_host_s_rules(
     assert (row["state"], row["error"]) == ("failed", DISALLOWED)
     assert _fetched(origin, 1) == [] and _robots_requests(origin, 1) == 1
     assert fetcher.stats()[origin.host(1)]["robots_disallowed"] == 1
+
+
+def test_a_robots_txt_saved_with_a_byte_order_mark_is_obeyed(
+    fetcher: Fetcher, origin: Origin
+) -> None:
+    """A robots.txt that starts with a UTF-8 BOM (as some editors save it) keeps the daemon
+    out of what it disallows: the disallowed page is never requested."""
+    _obey(fetcher)
+    origin.robots[origin.host()] = RobotsFile(body="\ufeffUser-agent: *\nDisallow: /private/\n")
+    fetcher.submit([origin.url("ok/1"), origin.url("private/2")])
+    fetcher.drain()
+    assert _fetched(origin) == ["/ok/1"]
+    results = {r["url"].rsplit("/", 2)[1]: r for r in fetcher.results()}
+    assert (results["private"]["state"], results["private"]["error"]) == ("failed", DISALLOWED)

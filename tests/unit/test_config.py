@@ -43,6 +43,8 @@ def test_env_file_is_read_and_environment_wins(
         ("FETCHER_ALLOW_PRIVATE", "maybe"),
         ("FETCHER_METRICS_ADDR", "nowhere"),
         ("FETCHER_HOST_RATE", "inf"),
+        ("FETCHER_USER_AGENT", "/1.0"),  # no product token for robots.txt to name
+        ("FETCHER_USER_AGENT", "bot2/1"),
     ],
 )
 def test_wrong_value_exits_78_naming_the_variable(

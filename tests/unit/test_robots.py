@@ -18,7 +18,9 @@ from fetcher.robots import (
     Gate,
     RobotsGate,
     SiteRules,
+    decode,
     fetch_robots,
+    group_of,
     origin_of,
     product_token,
 )
@@ -32,10 +34,77 @@ NOW = 1_700_000_000.0
 
 @pytest.mark.parametrize(
     ("agent", "token"),
-    [("fetcher/1.0 (+https://x)", "fetcher"), ("MyBot", "MyBot"), ("a b/1", "a"), (" ", "*")],
-)
+    [("fetcher/1.0 (+https://x)", "fetcher"), ("MyBot", "MyBot"), ("a b/1", "a"),
+     ("Foo_Bar-baz/2 (x)", "Foo_Bar-baz")],
+)  # fmt: skip
 def test_the_product_token_is_the_agent_s_first_word(agent: str, token: str) -> None:
     assert product_token(agent) == token
+
+
+@pytest.mark.parametrize("agent", ["/1.0", " ", "bot2/1", "ツ/1", "*/1", "(x) fetcher/1"])
+def test_a_user_agent_without_a_product_token_has_no_token(agent: str) -> None:
+    """RFC 9309 2.2.1: a product token is letters, `_` and `-`; without one there is nothing
+    to match robots.txt groups against (the setting is refused: exit 78)."""
+    with pytest.raises(ValueError, match="product token"):
+        product_token(agent)
+
+
+def _allows(robots: str, token: str, url: str) -> bool:
+    return SiteRules(Verdict("http://a", NOW, 200, robots), token).allows(url)
+
+
+def test_a_byte_order_mark_is_dropped_whole_or_in_part() -> None:
+    """A robots.txt saved with a UTF-8 BOM (or what is left of one, as the reference reads it)
+    is read as its owner meant: the first line is `User-agent: *`, not `\ufeffUser-agent`."""
+    for mark in (b"\xef\xbb\xbf", b"\xef\xbb", b"\xef"):
+        text = decode(mark + b"User-agent: *\nDisallow: /\n")
+        assert text == "User-agent: *\nDisallow: /\n"
+        assert not _allows(text, "fetcher", "http://a/x")
+    assert decode(b"User-agent: *\n\xef\xbb\xbfDisallow: /\x00\n") == (
+        "User-agent: *\n\ufeffDisallow: / \n"  # a mark in the middle is a broken line
+    )
+
+
+def test_lines_the_parser_does_not_know_do_not_end_a_group() -> None:
+    """RFC 9309 2.2.4: Sitemap, Crawl-delay and unknown lines between User-agent lines leave
+    them one group: the second agent gets the rules (and the delay) too."""
+    robots = (
+        "User-agent: other\nSitemap: http://a/s.xml\nX-Unknown: 1\nCrawl-delay: 4\n"
+        "User-agent: fetcher\nDisallow: /private/\n"
+        "User-agent: *\nDisallow: /\n"
+    )
+    assert group_of(robots, "fetcher") == ["Crawl-delay: 4", "Disallow: /private/"]
+    assert group_of(robots, "other") == ["Crawl-delay: 4", "Disallow: /private/"]
+    assert not _allows(robots, "fetcher", "http://a/private/x")
+    assert _allows(robots, "fetcher", "http://a/public")
+    verdict = Verdict("http://a", NOW, 200, robots)
+    assert SiteRules(verdict, "fetcher").delay_s() == 4
+
+
+def test_an_agent_that_only_starts_like_the_token_is_another_agent() -> None:
+    """The product token matches a whole agent name, regardless of case: `fetch` is not
+    `fetcher`, so the `*` group applies; `FETCHER` is."""
+    robots = "User-agent: fetch\nDisallow: /\n\nUser-agent: *\nAllow: /\n"
+    assert _allows(robots, "fetcher", "http://a/x")
+    assert not _allows(robots.replace("fetch\n", "FETCHER\n"), "fetcher", "http://a/x")
+    assert not _allows(robots.replace("fetch\n", "fetcher/2.1\n"), "fetcher", "http://a/x")
+
+
+def test_an_agent_name_with_a_space_is_its_first_word() -> None:
+    """As the reference reads `User-agent: FOO BAR`: the agent `FOO`."""
+    robots = "User-agent: *\nDisallow: /\nUser-agent: FETCHER Images\nAllow: /x/\nDisallow: /\n"
+    assert _allows(robots, "fetcher", "http://a/x/y")
+    assert not _allows(robots, "fetcher", "http://a/y")
+    assert not _allows(robots, "images", "http://a/x/y")  # `*` for any other name
+
+
+def test_groups_of_one_agent_combine_and_rules_outside_groups_count_for_none() -> None:
+    robots = (
+        "Disallow: /everyone\nUser-agent: fetcher\nDisallow: /a\nUser-agent: b\nDisallow: /b\n"
+        "user agent: fetcher\ndisallow /c\n"
+    )
+    assert group_of(robots, "fetcher") == ["Disallow: /a", "Disallow: /c"]
+    assert group_of(robots, "nobody") == []
 
 
 @pytest.mark.parametrize(
@@ -314,3 +383,18 @@ async def test_fetch_robots_stops_after_five_redirects(tmp_path: Path) -> None:
         and verdict.status == 302
         and SiteRules(verdict, "b").allows("http://a.example/x")
     )
+
+
+async def test_a_robots_txt_with_a_byte_order_mark_is_read_through_the_daemon_s_path(
+    tmp_path: Path,
+) -> None:
+    """fetch_robots → the gate, as the daemon reads it: a BOM-saved `Disallow: /` refuses."""
+    router = respx.Router(assert_all_called=False)
+    router.get("http://a.example/robots.txt").mock(
+        return_value=httpx.Response(200, content=b"\xef\xbb\xbfUser-agent: *\nDisallow: /\n")
+    )
+    verdict, _ = await fetch_robots(_fetcher(router, tmp_path), "http://a.example", "bot", NOW)
+    clocks = Clocks()
+    gate = _gate(clocks)
+    gate.load(["http://a.example"], [verdict])
+    assert gate.check(parse_url("http://a.example/x")) == (Gate.REFUSE, 0.0)
