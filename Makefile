@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## a local origin on loopback, the real daemon, the stats table
 	$(BIN)/fetcher demo
 
-test: lint  ## lint, then the whole test suite
-	$(BIN)/pytest
+test: lint  ## lint, then the whole test suite, on two workers (each its own origin, ports, databases)
+	$(BIN)/pytest -n 2
 
 lint: $(STAMP)  ## ruff (lint and format) and mypy --strict
 	$(BIN)/ruff check src tests bench

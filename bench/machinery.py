@@ -30,6 +30,7 @@ from fetcher.config import Settings
 from fetcher.daemon import build_service
 from fetcher.fetch import Fetcher
 from fetcher.log import configure_logging
+from fetcher.model import JobRequest
 from fetcher.sqlite.store import SqliteQueue as Store
 from fetcher.transport import HttpxTransport, Request, Transport
 from fetcher.urls import parse_url
@@ -68,7 +69,9 @@ TRANSPORTS: dict[str, Callable[[], Transport]] = {
 async def one_run(workdir: Path, path: str, n: int, hosts: int) -> tuple[float, float]:
     db = workdir / "machinery.db"  # a fresh directory per run
     store = await Store.open(db)
-    await store.submit([parse_url(f"http://h{i % hosts}.example/{i}") for i in range(n)])
+    await store.submit(
+        [JobRequest(parse_url(f"http://h{i % hosts}.example/{i}")) for i in range(n)]
+    )
     settings = Settings(
         db=db, allow_private=True, max_concurrency=64, host_concurrency=64, host_rate=0
     )

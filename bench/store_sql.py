@@ -29,15 +29,17 @@ import asyncpg
 from fetcher.backends import open_queue
 from fetcher.batch import Batch
 from fetcher.jobqueue import JobQueue
-from fetcher.model import Exchange, JobState, Outcome
+from fetcher.model import Exchange, JobRequest, JobState, Outcome
 from fetcher.urls import parse_url
 
 
 async def per_job_us(store: JobQueue, n: int, hosts: int, backlog: int) -> float:
     for start in range(0, backlog, 100_000):  # at the first host, before the timed jobs
         chunk = range(start, min(start + 100_000, backlog))
-        await store.submit([parse_url(f"http://h0.example/backlog/{i}") for i in chunk])
-    await store.submit([parse_url(f"http://h{i % hosts}.example/{i}") for i in range(n)])
+        await store.submit([JobRequest(parse_url(f"http://h0.example/backlog/{i}")) for i in chunk])
+    await store.submit(
+        [JobRequest(parse_url(f"http://h{i % hosts}.example/{i}")) for i in range(n)]
+    )
     await store.register()
     started, done = time.perf_counter(), 0
     while done < n:

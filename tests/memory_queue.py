@@ -15,26 +15,37 @@ from fetcher.batch import Batch, Pruned
 from fetcher.errors import StoreUnavailable
 from fetcher.model import (
     ACTIVE_STATES,
+    CANCELLED,
     HostLease,
     HostRate,
     HostWalk,
     Job,
+    JobRequest,
     JobState,
     Outcome,
+    Submitted,
     Verdict,
 )
-from fetcher.urls import Target, stored_target
+from fetcher.urls import stored_target
 
 
 @dataclass
 class Row:
     id: int
-    url: str
-    host: str
+    request: JobRequest
     state: JobState = JobState.QUEUED
     attempts: int = 0
     next_attempt_at: float | None = None
     owner: str | None = None
+    cancel: bool = False
+
+    @property
+    def url(self) -> str:
+        return self.request.target.url
+
+    @property
+    def host(self) -> str:
+        return self.request.target.host_key
 
 
 class MemoryQueue:
@@ -70,17 +81,42 @@ class MemoryQueue:
     def about(self) -> dict[str, str]:
         return {"backend": "memory"}
 
-    async def submit(self, targets: Sequence[Target]) -> int:
+    async def submit(self, jobs: Sequence[JobRequest]) -> list[Submitted]:
         await self._enter("submit")
-        active = {row.url for row in self.rows.values() if row.state in ACTIVE_STATES}
-        added = 0
-        for target in targets:
-            if target.url not in active:
-                job_id = len(self.rows) + 1
-                self.rows[job_id] = Row(job_id, target.url, target.host_key)
-                active.add(target.url)
-                added += 1
-        return added
+        active = {
+            row.request.fingerprint: row.id
+            for row in self.rows.values()
+            if row.state in ACTIVE_STATES
+        }
+        answers = []
+        for job in jobs:
+            if job.fingerprint in active:
+                answers.append(Submitted(active[job.fingerprint], True))
+                continue
+            job_id = len(self.rows) + 1
+            row = self.rows[job_id] = Row(job_id, job)
+            if job.not_before is not None and job.not_before > self._wall():
+                row.state, row.next_attempt_at = JobState.RETRYING, job.not_before
+            active[job.fingerprint] = job_id
+            answers.append(Submitted(job_id, False))
+        return answers
+
+    async def cancel(self, ids: Sequence[int]) -> dict[int, JobState]:
+        await self._enter("cancel")
+        before = {}
+        for job_id in ids:
+            row = self.rows.get(job_id)
+            if row is None:
+                continue
+            before[job_id] = row.state
+            if row.state in (JobState.QUEUED, JobState.RETRYING):
+                row.state = JobState.CANCELLED
+                self.results[job_id] = Outcome(
+                    job_id, JobState.CANCELLED, row.attempts, error=CANCELLED
+                )
+            elif row.state is JobState.RUNNING:
+                row.cancel = True
+        return before
 
     async def hosts_with_queued(self, after: str, limit: int) -> HostWalk:
         await self._enter("hosts_with_queued")
@@ -93,14 +129,13 @@ class MemoryQueue:
         await self._enter("claim")
         jobs = []
         for host, n in wants:
-            queued = [
-                r for r in self.rows.values() if r.state is JobState.QUEUED and r.host == host
-            ]
+            queued = sorted(
+                (r for r in self.rows.values() if r.state is JobState.QUEUED and r.host == host),
+                key=lambda r: (-r.request.priority, r.id),
+            )
             for row in queued[:n]:
                 row.state, row.owner = JobState.RUNNING, self.owner
-                jobs.append(
-                    Job(row.id, row.url, row.host, row.attempts, stored_target(row.url, row.host))
-                )
+                jobs.append(_claimed(row))
         return jobs
 
     async def promote_due(self) -> int:
@@ -153,6 +188,8 @@ class MemoryQueue:
 
     async def record(self, batch: Batch) -> None:
         await self._enter("record")
+        cancelled = {o.job_id for o in batch.outcomes if self.rows[o.job_id].cancel}
+        batch = batch.cancelling(cancelled)
         for verdict in batch.robots:
             self.robots[verdict.origin] = verdict
         for outcome in batch.outcomes:
@@ -188,3 +225,13 @@ class MemoryQueue:
 
     def states(self) -> Counter[str]:
         return Counter(row.state.value for row in self.rows.values())
+
+
+def _claimed(row: Row) -> Job:
+    request = row.request
+    return Job(
+        row.id, row.url, row.host, row.attempts, stored_target(row.url, row.host),
+        method=request.method, headers=request.headers, body=request.body,
+        priority=request.priority, max_attempts=request.max_attempts,
+        timeout_s=request.timeout_s, retry=request.retry, first_method=request.method,
+    )  # fmt: skip

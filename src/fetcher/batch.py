@@ -9,12 +9,13 @@ are here, once.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from fetcher.counters import Tally, tally
-from fetcher.model import Exchange, Outcome, Verdict
+from fetcher.model import CANCELLED, Exchange, JobState, Outcome, Verdict
 
 __all__ = ["Batch", "Pruned", "Tables", "count", "write"]
 
@@ -42,6 +43,17 @@ class Batch:
     def hosts(self) -> set[str]:
         """The hosts whose counters or pauses the batch changes."""
         return {e.host for e in self.exchanges} | set(self.pauses)
+
+    def cancelling(self, job_ids: set[int]) -> Batch:
+        """The batch with the jobs of `job_ids`, cancelled while they ran, ending `cancelled`
+        instead of being retried (or moved on): their current request was their last."""
+        outcomes = [
+            dataclasses.replace(o, state=JobState.CANCELLED, error=CANCELLED, moved_to=None)
+            if o.job_id in job_ids and not o.final
+            else o
+            for o in self.outcomes
+        ]
+        return Batch(outcomes, self.exchanges, self.pauses, self.robots)
 
     def only(
         self,
@@ -71,6 +83,7 @@ class Pruned:
 class Tables(Protocol):
     """A backend's SQL for the tables a batch writes, inside the transaction it opened."""
 
+    async def cancel_requested(self, job_ids: Sequence[int]) -> set[int]: ...
     async def insert_results(self, finals: Sequence[Outcome]) -> None: ...
     async def settle_jobs(self, outcomes: Sequence[Outcome]) -> None: ...
     async def read_counters(self, hosts: Sequence[str]) -> dict[str, Tally]: ...
@@ -82,8 +95,14 @@ class Tables(Protocol):
 
 
 async def write(tables: Tables, batch: Batch) -> None:
-    """A batch's steps in order, in the caller's transaction. Results go first: both they and
-    the jobs skip a job this daemon no longer holds, and the validators read the results."""
+    """A batch's steps in order, in the caller's transaction. A job cancelled while it ran
+    ends here instead of going on; results go first: both they and the jobs skip a job this
+    daemon no longer holds, and the validators read the results."""
+    going_on = [o.job_id for o in batch.outcomes if not o.final]
+    if going_on:
+        cancelled = await tables.cancel_requested(going_on)
+        if cancelled:
+            batch = batch.cancelling(cancelled)
     if batch.finals:
         await tables.insert_results(batch.finals)
     if batch.outcomes:  # a batch may hold only requests: the hops of redirect chains

@@ -4,30 +4,24 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import itertools
 import json
 import os
-import re
 import sys
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
-from fetcher import __version__, stats
-from fetcher.errors import ConfigError, StoreUnavailable
-from fetcher.locations import Location, database_location, is_postgres_url, location_of
+from fetcher import __version__
+from fetcher.commands.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from fetcher.commands.read import cmd_results, cmd_robots, cmd_stats, cmd_status
+from fetcher.commands.write import cmd_cancel, cmd_submit
+from fetcher.errors import ConfigError, SchemaTooOld, StoreUnavailable
+from fetcher.locations import database_location, is_postgres_url, location_of
 
 if TYPE_CHECKING:
-    from rich.console import Console
-    from rich.table import Table
-
     from fetcher.config import Settings
-    from fetcher.jobqueue import QueueReader
 
 __all__ = ["main"]
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 78
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         _report_config_error(args, exc)
         return EXIT_CONFIG
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, SchemaTooOld) as exc:
         print(f"fetcher: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except StoreUnavailable as exc:
@@ -112,10 +106,26 @@ def _add_queue_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     run.set_defaults(command=cmd_run)
 
-    submit = sub.add_parser("submit", help="queue URLs")
+    submit = sub.add_parser("submit", help="queue URLs and jobs; prints their ids")
     submit.add_argument("urls", nargs="*", metavar="URL")
-    submit.add_argument("-f", "--file", help="read URLs from FILE, one a line ('-' = stdin)")
+    submit.add_argument(
+        "-f", "--file", help="read FILE ('-' = stdin): a URL or a JSON job object a line"
+    )
+    submit.add_argument("--method", default="GET", help="the method of every line that gives none")
+    submit.add_argument(
+        "--header", action="append", metavar="'NAME: VALUE'", help="a header of every line (repeat)"
+    )
+    submit.add_argument("--priority", type=int, default=0, help="-1000 … 1000; higher goes first")
+    submit.add_argument("--metadata", metavar="JSON", help="a JSON object kept with every job")
+    submit.add_argument(
+        "--json", action="store_true", help="one JSON object a line: line, id, duplicate (or error)"
+    )
     submit.set_defaults(command=cmd_submit)
+
+    cancel = sub.add_parser("cancel", help="cancel jobs by id")
+    cancel.add_argument("ids", nargs="+", type=int, metavar="ID")
+    cancel.add_argument("--json", action="store_true")
+    cancel.set_defaults(command=cmd_cancel)
 
 
 def _add_read_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -136,7 +146,8 @@ def _add_read_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     status.set_defaults(command=cmd_status, read_only=True)
 
     res = sub.add_parser("results", help="finished jobs, one JSON object a line")
-    res.add_argument("--state", choices=["done", "failed"])
+    res.add_argument("--state", choices=["done", "failed", "cancelled"])
+    res.add_argument("--id", type=int, dest="job_id", help="the result of this job only")
     res.add_argument("--host", help="host glob")
     res.add_argument("--since", help="finished within this long (30m, 1h, 2d)")
     res.add_argument("--limit", type=int)
@@ -176,184 +187,6 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return run_daemon(settings, drain=args.drain, progress=args.drain and sys.stderr.isatty())
 
 
-# -- submit ---------------------------------------------------------------------------------
-
-
-def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    import asyncio
-
-    if not args.urls and not args.file:
-        print("fetcher submit: give URLs or -f FILE", file=sys.stderr)
-        return EXIT_USAGE
-    lines: Iterable[str | bytes] = args.urls
-    if args.file:
-        # bytes: a line that is not UTF-8 is rejected by itself, the rest still queued
-        stream = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
-        lines = itertools.chain(args.urls, _lines_of(stream))
-    return asyncio.run(_submit(settings, lines))
-
-
-def _lines_of(stream: IO[bytes]) -> Iterator[bytes]:
-    with stream:
-        yield from stream
-
-
-async def _submit(settings: Settings, lines: Iterable[str | bytes]) -> int:
-    from fetcher.backends import open_queue
-    from fetcher.submission import submit_lines
-
-    def reject(shown: str, reason: str) -> None:
-        print(f"rejected: {shown}: {reason}", file=sys.stderr)
-
-    # a 32 MiB page cache: the url index of a big queue
-    queue = await open_queue(
-        settings.db_location, cache_mib=32, busy_timeout_s=settings.db_busy_timeout
-    )
-    try:
-        report = await submit_lines(queue, lines, reject)
-    finally:
-        await queue.close()
-    print(
-        f"queued {report.queued}, already queued {report.duplicates}, rejected {report.rejected}",
-        file=sys.stderr,
-    )
-    return EXIT_FAILURE if report.rejected else EXIT_OK
-
-
-# -- read side ------------------------------------------------------------------------------
-
-
-def _console() -> Console:
-    from rich.console import Console
-
-    return Console() if sys.stdout.isatty() else Console(width=160)
-
-
-def _reader(path: Location) -> QueueReader:
-    from fetcher.backends import open_reader
-
-    return open_reader(path)
-
-
-def cmd_stats(args: argparse.Namespace, path: Location) -> int:
-    db = _reader(path)
-    if args.by == "minute" or args.since:
-        since = time.time() - _duration(args.since or "1h")
-        series = stats.minute_series(db, since=since, host=args.host)
-        if args.json:
-            print(json.dumps(series))
-        elif args.csv:
-            sys.stdout.write(stats.render_csv(series, list(series[0]) if series else ["host"]))
-        else:
-            stats.render_series(series, since, time.time(), _console())
-        return EXIT_OK
-    try:
-        rows = stats.host_stats(db, host=args.host, sort=args.sort)
-    except ValueError as exc:
-        print(f"fetcher stats: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if args.json:
-        print(json.dumps(rows))
-    elif args.csv:
-        sys.stdout.write(stats.render_csv(rows, stats.STAT_FIELDS))
-    elif args.watch:
-        _watch(db, args, _console())
-    else:
-        stats.render_table(rows, _console())
-    return EXIT_OK
-
-
-def _watch(db: QueueReader, args: argparse.Namespace, console: Console) -> None:
-    """The table, refreshed in place every 2 s until Ctrl-C."""
-    from rich.live import Live
-
-    def frame() -> Table:
-        return stats.host_table(stats.host_stats(db, host=args.host, sort=args.sort))
-
-    with Live(frame(), console=console, auto_refresh=False) as live:
-        while True:
-            time.sleep(2)
-            live.update(frame(), refresh=True)
-
-
-def cmd_robots(args: argparse.Namespace, path: Location) -> int:
-    """The cached verdict of the origin(s) of a host key or URL; for a URL, whether the
-    daemon may fetch it (by FETCHER_USER_AGENT's product token)."""
-    from fetcher.config import product_token
-    from fetcher.errors import InvalidURL
-    from fetcher.robots import SiteRules, origin_of
-    from fetcher.urls import parse_url
-
-    text = args.target
-    try:
-        target = parse_url(text if "://" in text else f"http://{text}/")
-    except InvalidURL as exc:
-        print(f"fetcher robots: {text}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    url = target.url if "://" in text else None
-    origins = (
-        [origin_of(target)] if url else [f"{s}://{target.host_key}" for s in ("http", "https")]
-    )
-    try:
-        token = product_token(os.environ.get("FETCHER_USER_AGENT", f"fetcher/{__version__}"))
-    except ValueError as exc:
-        raise ConfigError(f"FETCHER_USER_AGENT: {exc}") from None
-    verdicts = _reader(path).robots(origins)
-    rows = []
-    for v in verdicts:
-        row: dict[str, Any] = {
-            "origin": v.origin,
-            "fetched_at": _iso(v.fetched_at),
-            "status": v.status,
-            "size": v.size,
-            "crawl_delay": v.crawl_delay,
-            "usable": v.usable,
-            "rules": v.body,
-        }
-        if url is not None:
-            row["url"], row["allowed"] = url, SiteRules(v, token).allows(url)
-        rows.append(row)
-    if args.json:
-        print(json.dumps(rows))
-    elif not rows:
-        print(f"no robots.txt cached for {' or '.join(origins)}")
-    for row in [] if args.json else rows:
-        print(
-            f"{row['origin']}: status {row['status']}, {row['size']} bytes, fetched"
-            f" {row['fetched_at']}, crawl delay {row['crawl_delay'] or '-'}"
-            f"{'' if row['usable'] else ' (not usable: everything waits, asked again later)'}"
-        )
-        if "allowed" in row:
-            print(f"{row['url']}: {'allowed' if row['allowed'] else 'disallowed'} for {token!r}")
-        if row["rules"]:
-            print(row["rules"].rstrip())
-    return EXIT_OK if rows else EXIT_FAILURE
-
-
-def _iso(unix: float) -> str:
-    return datetime.datetime.fromtimestamp(unix, datetime.UTC).isoformat().replace("+00:00", "Z")
-
-
-def cmd_status(args: argparse.Namespace, path: Location) -> int:
-    db = _reader(path)
-    summary = stats.status(db)
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        for key, value in summary.items():
-            print(f"{key:>16}  {'-' if value is None else value}")
-    return EXIT_OK
-
-
-def cmd_results(args: argparse.Namespace, path: Location) -> int:
-    db = _reader(path)
-    since = time.time() - _duration(args.since) if args.since else None
-    out = sys.stdout
-    for row in stats.results(db, state=args.state, host=args.host, since=since, limit=args.limit):
-        out.write(json.dumps(row) + "\n")
-    return EXIT_OK
-
-
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     from fetcher.backends import schema_version
     from fetcher.config import describe, load_hosts_file
@@ -376,13 +209,6 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
 
 def _jsonable(value: object) -> object:
     return str(value) if isinstance(value, Path) else value
-
-
-def _duration(text: str) -> float:
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
-    if match is None:
-        raise SystemExit(f"fetcher: not a duration: {text!r} (examples: 90s, 30m, 1h, 2d)")
-    return float(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
 
 
 # -- demo -----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fetcher import __version__
 from fetcher.errors import ConfigError
+from fetcher.jobspec import JobLimits
 from fetcher.locations import (
     ENV_FILE_VARIABLE,
     check_postgres_url,
@@ -77,6 +78,7 @@ class Settings(BaseSettings):
     robots_ttl: float = Field(86_400.0, gt=0)
     crawl_delay_max: float = Field(30.0, ge=0)
     conditional: bool = True
+    max_request_body: int = Field(1_048_576, ge=0, le=1 << 30)
 
     @field_validator("host_rate", "backoff_base", "backoff_max", "retry_after_max", "timeout")
     @classmethod
@@ -159,6 +161,11 @@ class Settings(BaseSettings):
     @property
     def bodies_path(self) -> Path | None:
         return self.body_dir if self.save_bodies else None
+
+    @property
+    def job_limits(self) -> JobLimits:
+        """What a job's own max_attempts, timeout and body may not pass."""
+        return JobLimits(self.max_attempts, self.timeout, self.max_request_body)
 
     @property
     def default_limits(self) -> HostLimits:

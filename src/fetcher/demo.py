@@ -10,8 +10,10 @@ and hostile endpoints; the first path segment says which:
     /throttle/…        429 without Retry-After on the first request of a path, then 200
     /pause/<s>/…       503 + Retry-After: <s> on the first request of a path, then 200
     /status/<code>/…   that status                   /flaky/<n>/…      503 n times, then 200
+    /late/<ms>/<code>/…  that status after <ms>
     /large/<bytes>/…   a body of that size           /redirect/<n>/…   302 n times, then /ok/
     /to/<host:port>/…  302 to /ok/ on another host   /loop/…           302 to itself, forever
+    /moved/<code>/<host:port|here>/…  a redirect of status <code> to /ok/… there
     /drip/…            one byte a second             /bomb/<mb>/…      gzip of <mb> MB of zeros
                                                      /brbomb/<mb>/…    the same in brotli
     /reset/…           the connection reset          /truncated/…      half the declared body
@@ -19,6 +21,8 @@ and hostile endpoints; the first path segment says which:
     /etag/…            200 with an ETag, 304 to a request that names it in If-None-Match
     /lastmod/…         200 with Last-Modified, 304 to a request with that If-Modified-Since
     /robots.txt        what `Origin.robots[host]` says (a `RobotsFile`); 404 when nothing
+Every method is answered; each request's method, path, headers and body are kept in
+`stats.received`.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from rich.console import Console
 
 from fetcher.locations import masked
 
-__all__ = ["Origin", "OriginStats", "RobotsFile", "run_demo"]
+__all__ = ["Origin", "OriginStats", "Received", "RobotsFile", "run_demo"]
 
 _BODY = (b"fetcher demo origin. " * 49)[:1024]
 
@@ -69,6 +73,18 @@ class OriginStats:
     body_bytes: Counter[str] = field(default_factory=Counter)
     total_in_flight: int = 0
     max_total_in_flight: int = 0
+    received: list[Received] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request as the origin got it."""
+
+    host: str
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
 
 
 @cache
@@ -159,7 +175,7 @@ class Origin:
 
     async def _open(self) -> None:
         app = web.Application()
-        app.router.add_route("GET", "/{tail:.*}", self._handle)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
         for address in self.addresses:
@@ -170,7 +186,10 @@ class Origin:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         host = request.host
         path = request.path
+        body = await request.read() if request.body_exists else b""
+        seen_as = Received(host, request.method, path, dict(request.headers), body)
         with self._lock:
+            self.stats.received.append(seen_as)
             s = self.stats
             s.requests[host] += 1
             s.paths[(host, path)] += 1
@@ -189,9 +208,9 @@ class Origin:
             if request.transport is not None and not request.transport.is_closing():
                 with self._lock:
                     s.statuses[(host, response.status)] += 1
-                    body = response.body if isinstance(response, web.Response) else None
-                    if isinstance(body, bytes) and response.status not in (204, 304):
-                        s.body_bytes[host] += len(body)
+                    sent = response.body if isinstance(response, web.Response) else None
+                    if isinstance(sent, bytes) and response.status not in (204, 304):
+                        s.body_bytes[host] += len(sent)
             return response
         finally:
             with self._lock:
@@ -218,6 +237,9 @@ class Origin:
             return web.Response(status=503, text="later", headers={"Retry-After": arg})
         elif kind == "status":
             return web.Response(status=int(arg), text=f"status {arg}")
+        elif kind == "late":
+            await asyncio.sleep(int(arg) / 1000)
+            return web.Response(status=int(parts[2]), text=f"status {parts[2]}")
         elif kind == "flaky" and seen <= int(arg):
             return web.Response(status=503, text="try again")
         elif kind == "large":
@@ -227,6 +249,9 @@ class Origin:
             return _redirect(f"/redirect/{int(arg) - 1}/{rest}" if int(arg) > 1 else f"/ok/{rest}")
         elif kind == "to":
             return _redirect(f"http://{arg}/ok/{'/'.join(parts[2:])}")
+        elif kind == "moved":
+            there = "" if parts[2] == "here" else f"http://{parts[2]}"
+            return _redirect(f"{there}/ok/{'/'.join(parts[3:])}", status=int(arg))
         elif kind == "loop":
             return _redirect(request.path)
         elif kind == "nolocation":
@@ -295,8 +320,8 @@ class Origin:
         return response
 
 
-def _redirect(location: str) -> web.Response:
-    return web.Response(status=302, headers={"Location": location}, text="moved")
+def _redirect(location: str, status: int = 302) -> web.Response:
+    return web.Response(status=status, headers={"Location": location}, text="moved")
 
 
 def _validated(request: web.Request, kind: str) -> web.Response:

@@ -3,6 +3,7 @@
 FetcherError
  ├── ConfigError        a wrong variable or hosts file: exit 78, the message names it
  ├── InvalidURL         refused at submit (or when a redirect names one)
+ ├── InvalidJob         a job object refused at submit (a field named, a secret never shown)
  ├── BodyNotKept        the body could not be written (disk full): fetcher's fault, not the
  │                      host's; the job tries again later without using up an attempt
  └── Refused            a job ends `failed` without (more) requests: reason stored in results
@@ -20,8 +21,10 @@ __all__ = [
     "BodyTooLarge",
     "ConfigError",
     "FetcherError",
+    "InvalidJob",
     "InvalidURL",
     "Refused",
+    "SchemaTooOld",
     "StoreUnavailable",
 ]
 
@@ -36,6 +39,14 @@ class ConfigError(FetcherError):
 
 class InvalidURL(FetcherError):
     """Not a URL fetcher will fetch."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class InvalidJob(FetcherError):
+    """Not a job fetcher will queue: the reason names the field."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -64,6 +75,17 @@ class BlockedDestination(Refused):
 
 class BodyTooLarge(Refused):
     """The decoded body grew past FETCHER_MAX_BODY_BYTES."""
+
+
+class SchemaTooOld(FetcherError):
+    """The database was written by an older fetcher and not migrated yet (the read commands
+    never change it): any command that writes, or the daemon, migrates it."""
+
+    def __init__(self, found: int, wanted: int) -> None:
+        super().__init__(
+            f"the database's schema is version {found}, this fetcher reads version {wanted}:"
+            " start the daemon (or `fetcher submit`) once to migrate it"
+        )
 
 
 class StoreUnavailable(Exception):

@@ -30,6 +30,8 @@ from fetcher.urls import Target
 __all__ = ["Fetcher"]
 
 _NOT_URL_TEXT = re.compile(r"[^\x21-\x7e]")  # a normal-form URL is printable ASCII, no space
+# no connection was made: the request never went out (a POST may be sent again)
+_NOTHING_SENT = (aiohttp.ClientConnectorError, httpx.ConnectError, httpx.ConnectTimeout)
 
 
 class Fetcher:
@@ -53,17 +55,23 @@ class Fetcher:
         self,
         target: Target,
         *,
+        method: str = "GET",
+        headers: Sequence[tuple[str, str]] = (),
+        body: bytes | None = None,
+        timeout_s: float | None = None,
         keep_body: bool = True,
         reuse: bool = True,
         validators: Validators | None = None,
         collect: bytearray | None = None,
         max_bytes: int | None = None,
     ) -> Hop:
-        """Send one GET to `target` and read its response; never raises for the network's sake.
-        With `reuse` False the request says `Connection: close`: no next request needs the
-        connection, so neither side keeps it open idle. With `validators` the request is
-        conditional, and a 304 points at the body kept before. `collect` receives the decoded
-        body in memory, at most `max_bytes` of it (instead of FETCHER_MAX_BODY_BYTES)."""
+        """Send one request to `target` (`headers` over fetcher's own of the same name) and
+        read its response; never raises for the network's sake. `timeout_s` is its deadline
+        (FETCHER_TIMEOUT by default). With `reuse` False the request says `Connection: close`:
+        no next request needs the connection, so neither side keeps it open idle. With
+        `validators` the request is conditional, and a 304 points at the body kept before.
+        `collect` receives the decoded body in memory, at most `max_bytes` of it (instead of
+        FETCHER_MAX_BODY_BYTES)."""
         sends = count_sends()
         started = time.perf_counter()
         hop = Hop(target, 0, 0.0)
@@ -72,12 +80,11 @@ class Fetcher:
             sink = _Collector(collect)
         elif self._bodies is not None and keep_body:
             sink = self._bodies.sink()
-        headers = self._header_items if reuse else self._closing_items
-        if validators is not None:
-            headers = [*headers, *_conditions(validators)]
+        request = Request(method, target.url, self._headers(reuse, headers, validators), body)
+        deadline_s = timeout_s or self._timeout_s
         try:
-            async with asyncio.timeout(self._timeout_s):
-                await self._exchange(hop, sink, headers, max_bytes or self._max_body_bytes)
+            async with asyncio.timeout(deadline_s):
+                await self._exchange(hop, sink, request, max_bytes or self._max_body_bytes)
             if hop.status == 304 and validators is not None:
                 hop.body_sha256, hop.body_path = validators.body_sha256, validators.body_path
         except Refused as exc:
@@ -86,10 +93,12 @@ class Fetcher:
             hop.local_error = exc.reason
         except aiohttp.ServerTimeoutError as exc:  # a connect or read timeout: before the
             hop.error = _reason(exc)  # deadline's TimeoutError, which it also is
+            hop.unsent = isinstance(exc, aiohttp.ConnectionTimeoutError)
         except TimeoutError:
-            hop.error = f"timeout: no complete response within {self._timeout_s:g}s"
+            hop.error = f"timeout: no complete response within {deadline_s:g}s"
         except (httpx.HTTPError, aiohttp.ClientError, OSError, ValueError) as exc:
             hop.error = _reason(exc)
+            hop.unsent = hop.unsent or isinstance(exc, _NOTHING_SENT)
         finally:
             hop.sends = sends[0]
             hop.latency_ms = (time.perf_counter() - started) * 1000.0
@@ -99,17 +108,31 @@ class Fetcher:
             hop.status = None  # a body cut short is no response
         return hop
 
+    def _headers(
+        self,
+        reuse: bool,
+        own: Sequence[tuple[str, str]],
+        validators: Validators | None,
+    ) -> Sequence[tuple[str, str]]:
+        headers: Sequence[tuple[str, str]] = self._header_items if reuse else self._closing_items
+        if own:  # a job's header replaces fetcher's of the same name (Accept, User-Agent…)
+            names = {name.lower() for name, _ in own}
+            headers = [*(h for h in headers if h[0].lower() not in names), *own]
+        if validators is not None:
+            headers = [*headers, *_conditions(validators)]
+        return headers
+
     async def _exchange(
         self,
         hop: Hop,
         sink: BodySink | _Collector | None,
-        headers: Sequence[tuple[str, str]],
+        request: Request,
         max_bytes: int,
     ) -> None:
-        url = hop.target.url
-        if _NOT_URL_TEXT.search(url):  # a row put in the queue by hand, not by `submit`
-            raise ValueError(f"not a URL as fetcher stores them: {url[:200]!r}")
-        response = await self._transport.send(Request("GET", url, headers))
+        if _NOT_URL_TEXT.search(request.url):  # a row put in the queue by hand, not by `submit`
+            hop.unsent = True
+            raise ValueError(f"not a URL as fetcher stores them: {request.url[:200]!r}")
+        response = await self._transport.send(request)
         try:
             hop.status = response.status_code
             encoding = _read_headers(hop, response.headers.raw)

@@ -14,9 +14,17 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 from fetcher.batch import Batch, Pruned
 from fetcher.jobqueue import JobQueue
-from fetcher.model import HostLease, HostRate, HostWalk, Job, Verdict
+from fetcher.model import (
+    HostLease,
+    HostRate,
+    HostWalk,
+    Job,
+    JobRequest,
+    JobState,
+    Submitted,
+    Verdict,
+)
 from fetcher.supervisor import StoreHealth
-from fetcher.urls import Target
 
 __all__ = ["GuardedQueue"]
 
@@ -68,8 +76,12 @@ class GuardedQueue:
         return self.queue.held_hosts()
 
     @_retried
-    async def submit(self, targets: Sequence[Target]) -> int:
-        return await self.queue.submit(targets)
+    async def submit(self, jobs: Sequence[JobRequest]) -> list[Submitted]:
+        return await self.queue.submit(jobs)
+
+    @_retried
+    async def cancel(self, ids: Sequence[int]) -> dict[int, JobState]:
+        return await self.queue.cancel(ids)
 
     @_retried
     async def hosts_with_queued(self, after: str, limit: int) -> HostWalk:

@@ -25,7 +25,7 @@ from fetcher.fetch import Fetcher
 from fetcher.limits import Limits
 from fetcher.log import get_logger
 from fetcher.model import DISALLOWED, Exchange, Hop, Job, JobState, Outcome, Verdict
-from fetcher.policy import decide, exchanges_of
+from fetcher.policy import decide, exchanges_of, redirected
 from fetcher.recorder import Recorder
 from fetcher.robots import RobotsGate, fetch_robots, host_of
 from fetcher.scheduler import Scheduler
@@ -87,14 +87,19 @@ class JobHandler:
         except Exception as exc:
             _log.exception("job.crashed", job=job.id, url=job.url)
             outcome = Outcome(
-                job.id, JobState.FAILED, job.attempts + 1, error=f"internal error: {exc!r}"
-            )
+                job.id, JobState.FAILED, job.attempts + 1, error=f"internal error: {exc!r}",
+                method=job.first_method,
+            )  # fmt: skip
             self._settle(job, outcome)
 
     async def _step(self, job: Job) -> None:
-        conditional = self._settings.conditional and job.hops == 0
+        conditional = self._settings.conditional and job.hops == 0 and job.method == "GET"
         hop = await self._fetcher.fetch(
             job.target,
+            method=job.method,
+            headers=job.headers,
+            body=job.body,
+            timeout_s=job.timeout_s,
             reuse=self._connection_wanted(job),
             validators=job.validators if conditional else None,
         )
@@ -105,7 +110,8 @@ class JobHandler:
         decision = decide(job, hop, self._settings, now=now)
         self._apply_host_signals(hop, decision.pause_s, decision.throttled)
         if decision.follow is not None:
-            job.target = decision.follow
+            assert hop.status is not None
+            redirected(job, hop.status, decision.follow)
             job.hops += 1
             self._scheduler.add(job)
             self._recorder.soon()
@@ -158,8 +164,9 @@ class JobHandler:
         key = job.target.host_key
         self._recorder.requests([Exchange(key, None, 0, 0.0, self._wall(), disallowed=True)])
         outcome = Outcome(
-            job.id, JobState.FAILED, job.attempts, error=DISALLOWED, final_url=job.target.url
-        )
+            job.id, JobState.FAILED, job.attempts, error=DISALLOWED, final_url=job.target.url,
+            method=job.first_method,
+        )  # fmt: skip
         self._settle(job, outcome)
 
     def not_held(self, job: Job) -> None:
@@ -170,7 +177,10 @@ class JobHandler:
             self._feeder.settled(job)
             _log.debug("job.left", job=job.id, host=job.host, why="host lease lost")
             return
-        outcome = Outcome(job.id, JobState.QUEUED, job.attempts, moved_to=job.target, hops=job.hops)
+        outcome = Outcome(
+            job.id, JobState.QUEUED, job.attempts, moved_to=job.target, hops=job.hops,
+            moved_method=job.method, method=job.first_method,
+        )  # fmt: skip
         self._settle(job, outcome)
 
     def forget_idle(self) -> None:

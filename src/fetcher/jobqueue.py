@@ -27,8 +27,16 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Protocol, TypedDict
 
 from fetcher.batch import Batch, Pruned
-from fetcher.model import HostLease, HostRate, HostWalk, Job, Verdict
-from fetcher.urls import Target
+from fetcher.model import (
+    HostLease,
+    HostRate,
+    HostWalk,
+    Job,
+    JobRequest,
+    JobState,
+    Submitted,
+    Verdict,
+)
 
 __all__ = ["HostStatsRow", "JobQueue", "MinuteRow", "QueueReader", "ResultRow"]
 
@@ -45,10 +53,16 @@ class JobQueue(Protocol):
         """What the daemon logs at start: the backend, its version, where it is."""
         ...
 
-    # -- submission
-    async def submit(self, targets: Sequence[Target]) -> int:
-        """Queue `targets` in one transaction; how many were new (a URL already queued,
-        retrying or running is not queued again)."""
+    # -- submission, cancellation
+    async def submit(self, jobs: Sequence[JobRequest]) -> list[Submitted]:
+        """Queue `jobs` in one transaction (`fetcher.intake`); for each, in order, its new id
+        or the id of the same request (fingerprint) already queued, retrying or running."""
+        ...
+
+    async def cancel(self, ids: Sequence[int]) -> dict[int, JobState]:
+        """Cancel jobs: a queued or retrying one ends `cancelled` at once (its result kept), a
+        running one ends after its current request and is not retried. The state each known
+        job was in before (a final one is left as it was)."""
         ...
 
     # -- claims
@@ -143,10 +157,14 @@ class HostStatsRow(TypedDict):
 
 
 class ResultRow(TypedDict):
-    """A finished job, as `fetcher results` prints it (`finished_at` in ISO 8601)."""
+    """A finished job, as `fetcher results` prints it (`finished_at` in ISO 8601; `id` and
+    `job_id` are the same, `job_id` its older name)."""
 
+    id: int
     job_id: int
     url: str
+    method: str
+    metadata: dict[str, object] | None
     final_url: str | None
     host: str
     state: str
@@ -197,8 +215,10 @@ class QueueReader(Protocol):
         """Unix time the oldest queued job was queued."""
         ...
 
-    def results(self, state: str | None, since: float | None) -> Iterator[ResultRow]:
-        """Finished jobs, oldest first."""
+    def results(
+        self, state: str | None, since: float | None, job_id: int | None = None
+    ) -> Iterator[ResultRow]:
+        """Finished jobs, oldest first (or the result of job `job_id`)."""
         ...
 
     def minute_rows(self, since_minute: int) -> list[MinuteRow]:

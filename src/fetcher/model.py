@@ -4,7 +4,8 @@ their validators, when a queue is idle): written here once, read by each backend
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
@@ -13,12 +14,21 @@ from fetcher.errors import Refused
 from fetcher.urls import Target
 
 __all__ = [
-    "ACTIVE_STATES", "DISALLOWED", "FINAL_STATES", "REDIRECT_STATUSES", "Exchange", "Hop",
-    "HostLease", "HostRate", "HostWalk", "Job", "JobState", "Outcome", "Validators", "Verdict",
-    "active_jobs",
+    "ACTIVE_STATES", "CANCELLED", "DISALLOWED", "FINAL_STATES", "METHODS", "REDIRECT_STATUSES",
+    "UNSAFE_METHODS", "Exchange", "Hop", "HostLease", "HostRate", "HostWalk", "Job", "JobRequest",
+    "JobState", "Outcome", "Submitted", "Validators", "Verdict", "active_jobs", "is_secret",
+    "shown_headers",
 ]  # fmt: skip
 
 DISALLOWED = "disallowed by robots.txt"  # the reason of a job its site's robots.txt forbids
+CANCELLED = "cancelled"  # the reason of a job cancelled before it ended
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# retried only when nothing was sent, unless the job says `"retry": true`: sent twice, they
+# could do twice what they ask (GET, HEAD, OPTIONS, PUT and DELETE may be repeated)
+UNSAFE_METHODS = frozenset({"POST", "PATCH"})
+_SECRET_NAMES = frozenset({"authorization", "proxy-authorization", "cookie"})
+_SECRET_PARTS = ("token", "key", "secret")
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})  # followed when Location is usable
 
@@ -29,15 +39,73 @@ class JobState(StrEnum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
-FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED})  # a result is kept; nothing follows
+# a result is kept; nothing follows
+FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
 ACTIVE_STATES = (JobState.QUEUED, JobState.RETRYING, JobState.RUNNING)
 
 
 def active_jobs(counts: Mapping[str, int]) -> int:
     """Jobs queued, retrying or running, of `counts` (jobs by state): 0 means the queue is idle."""
     return sum(counts.get(state, 0) for state in ACTIVE_STATES)
+
+
+def is_secret(name: str) -> bool:
+    """Whether a header's value is never shown (logs, results, the API, errors): credentials,
+    cookies, and any name with `token`, `key` or `secret` in it."""
+    lowered = name.lower()
+    return lowered in _SECRET_NAMES or any(part in lowered for part in _SECRET_PARTS)
+
+
+def shown_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Headers as they may be shown: a secret one's value as `***`."""
+    return {name: "***" if is_secret(name) else value for name, value in headers}
+
+
+class JobRequest(NamedTuple):
+    """A job as submitted: what to send, and how the queue should treat it. (A named tuple:
+    immutable, and made in C: a bulk submit makes a million.)"""
+
+    target: Target
+    method: str = "GET"
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes | None = None
+    priority: int = 0  # higher goes first
+    not_before: float | None = None  # unix time before which it is not sent
+    max_attempts: int | None = None  # None: FETCHER_MAX_ATTEMPTS
+    timeout_s: float | None = None  # None: FETCHER_TIMEOUT
+    retry: bool = False  # a POST or PATCH retried even once it was sent
+    metadata: str | None = None  # a JSON object's text, returned with every result
+
+    @property
+    def body_sha256(self) -> str:
+        """The body's sha256 ('' without a body)."""
+        return hashlib.sha256(self.body).hexdigest() if self.body is not None else ""
+
+    @property
+    def fingerprint(self) -> tuple[str, str, str]:
+        """What makes two jobs the same request: one already queued, retrying or running is
+        not queued twice (the URL, the method and the body's sha256; in this order, the index
+        of a batch sorted by host is written page after page)."""
+        return self.target.url, self.method, self.body_sha256
+
+    @property
+    def plain(self) -> bool:
+        """A bare URL: a GET with nothing but fetcher's defaults (the common case)."""
+        return self[1:] == _PLAIN_FIELDS
+
+
+_PLAIN_FIELDS = ("GET", (), None, 0, None, None, None, False, None)
+
+
+class Submitted(NamedTuple):
+    """What the queue did with a submitted job: the new job's id, or the id of the same
+    request already queued, retrying or running (`duplicate`)."""
+
+    id: int
+    duplicate: bool
 
 
 @dataclass(slots=True)
@@ -54,6 +122,16 @@ class Job:
     validators: Validators | None = None
     # set on the one job that is not in the queue: the fetch of this origin's robots.txt
     robots_for: str | None = None
+    # the request for the hop being fetched (a redirect may change the method, drop the body
+    # and, to another origin, the credentials)
+    method: str = "GET"
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes | None = None
+    priority: int = 0
+    max_attempts: int | None = None  # None: FETCHER_MAX_ATTEMPTS
+    timeout_s: float | None = None  # None: FETCHER_TIMEOUT
+    retry: bool = False  # a POST or PATCH retried even once it was sent
+    first_method: str = "GET"  # the method as submitted (results name it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +160,7 @@ class Hop:
     error: str | None = None
     refused: Refused | None = None
     local_error: str | None = None
+    unsent: bool = False  # the request never went out (no connection): safe to send again
     body_sha256: str | None = None
     body_path: str | None = None
     etag: str | None = None
@@ -122,9 +201,12 @@ class Outcome:
     etag: str | None = None  # the response's validators, kept for a conditional GET next time
     last_modified: str | None = None
     # state `queued`: the job goes on at this hop (`hops` made), queued under the hop's host
-    # (a redirect to a host another daemon holds: that daemon sends the next request)
+    # (a redirect to a host another daemon holds: that daemon sends the next request), with
+    # this method (a 303 made it GET)
     moved_to: Target | None = None
     hops: int = 0
+    moved_method: str | None = None
+    method: str = "GET"  # the job's method, as submitted
 
     @property
     def final(self) -> bool:
@@ -133,9 +215,13 @@ class Outcome:
 
     @property
     def keeps_validators(self) -> bool:
-        """Whether a later fetch of the job's URL may be conditional on this answer: done, with
-        an ETag or a Last-Modified (kept only where the answer was for the URL itself)."""
-        return self.state is JobState.DONE and bool(self.etag or self.last_modified)
+        """Whether a later GET of the job's URL may be conditional on this answer: a done GET,
+        with an ETag or a Last-Modified (kept only where the answer was for the URL itself)."""
+        return (
+            self.state is JobState.DONE
+            and self.method == "GET"
+            and bool(self.etag or self.last_modified)
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,11 +3,14 @@
 fetcher could not keep the body         → retry later, the attempt not used up (our fault)
 refused (blocked, too large)            → failed, no retry
 no response (network error, timeout)    → retry, or failed when attempts are used up
-301/302/303/307/308 + usable Location   → follow: the next hop waits for its own host
+301/302/303/307/308 + usable Location   → follow: the next hop waits for its own host (a 303
+                                          makes it a GET; to another origin it goes without
+                                          its credentials: `redirected`)
 408, 429, 5xx                           → retry (429/503 Retry-After pauses the host)
 anything else                           → done
 
-Backoff and Retry-After are pure functions of their inputs too.
+A POST or PATCH is retried only when nothing was sent, unless the job says `"retry": true`: a
+second one could do twice what it asks. Backoff and Retry-After are pure functions too.
 """
 
 from __future__ import annotations
@@ -19,10 +22,16 @@ from email.utils import parsedate_to_datetime
 
 from fetcher.config import Settings
 from fetcher.errors import InvalidURL
-from fetcher.model import REDIRECT_STATUSES, Exchange, Hop, Job, JobState, Outcome
+from fetcher.model import REDIRECT_STATUSES, UNSAFE_METHODS, Exchange, Hop, Job, JobState, Outcome
 from fetcher.urls import Target, join_redirect
 
-__all__ = ["Decision", "backoff_delay", "decide", "exchanges_of", "retry_after_delay"]
+__all__ = [
+    "Decision", "backoff_delay", "carried_on", "decide", "exchanges_of", "redirected",
+    "retry_after_delay",
+]  # fmt: skip
+
+# what a request does not take to another origin (as browsers and httpx do)
+CROSS_ORIGIN_DROPPED = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 
 @dataclass(slots=True)
@@ -57,13 +66,16 @@ def decide(
 ) -> Decision:
     """The next step for `job` after `hop` (its `job.hops`-th redirect, 0 for the first)."""
     if hop.local_error is not None:
+        if not _may_send_again(job, hop):
+            reason = f"{job.method} not sent again: {hop.local_error}"
+            return Decision(outcome=_final(job, hop, JobState.FAILED, reason))
         delay = backoff_delay(
             max(job.attempts, 1), base_s=settings.backoff_base, max_s=settings.backoff_max,
             rand=rand,
         )  # fmt: skip
         outcome = Outcome(
             job.id, JobState.RETRYING, job.attempts, status=hop.status, error=hop.local_error,
-            next_attempt_at=now + delay,
+            next_attempt_at=now + delay, method=job.first_method,
         )  # fmt: skip
         return Decision(outcome=outcome)
     if hop.refused is not None:
@@ -90,6 +102,34 @@ def decide(
     return Decision(outcome=_final(job, hop, JobState.DONE, None))
 
 
+def _may_send_again(job: Job, hop: Hop) -> bool:
+    """Whether the job's request may go out once more: yes for every method but POST and
+    PATCH; for those, when nothing was sent, or when the job asks for it."""
+    return job.method not in UNSAFE_METHODS or job.retry or hop.unsent
+
+
+def redirected(job: Job, status: int, to: Target) -> None:
+    """`job`'s request as it follows a redirect to `to`, by the rules of browsers and httpx: a
+    303 (and a 302, and a 301 of a POST) goes on as a GET without the body, 307 and 308 keep
+    both; to another origin (scheme, host, port) without Authorization, Proxy-Authorization
+    and Cookie."""
+    method = job.method
+    if (status in (302, 303) and method != "HEAD") or (status == 301 and method == "POST"):
+        method = "GET"
+    if method != job.method:
+        job.method, job.body = method, None
+    if (to.scheme, to.host_key) != (job.target.scheme, job.target.host_key):
+        job.headers = tuple(h for h in job.headers if h[0].lower() not in CROSS_ORIGIN_DROPPED)
+    job.target = to
+
+
+def carried_on(job: Job) -> tuple[tuple[tuple[str, str], ...], bytes | None]:
+    """The headers and body a job moved past a redirect goes on with (it went to another
+    host, so another origin): no credentials, and no body if the redirect made it a GET."""
+    headers = tuple(h for h in job.headers if h[0].lower() not in CROSS_ORIGIN_DROPPED)
+    return headers, job.body if job.method == job.first_method else None
+
+
 def _final(job: Job, hop: Hop, state: JobState, error: str | None) -> Outcome:
     return Outcome(
         job.id,
@@ -104,6 +144,7 @@ def _final(job: Job, hop: Hop, state: JobState, error: str | None) -> Outcome:
         body_path=hop.body_path,
         etag=hop.etag,
         last_modified=hop.last_modified,
+        method=job.first_method,
     )
 
 
@@ -117,7 +158,11 @@ def _retry(
     least_delay_s: float,
 ) -> Decision:
     attempts = job.attempts + 1
-    if attempts >= settings.max_attempts:
+    if not _may_send_again(job, hop):
+        return Decision(
+            outcome=_final(job, hop, JobState.FAILED, f"{job.method} not retried: {reason}")
+        )
+    if attempts >= (job.max_attempts or settings.max_attempts):
         outcome = _final(job, hop, JobState.FAILED, f"gave up after {attempts} attempts: {reason}")
         return Decision(outcome=outcome)
     delay = backoff_delay(
@@ -131,6 +176,7 @@ def _retry(
         status=hop.status,
         error=reason,
         next_attempt_at=now + delay,
+        method=job.first_method,
     )
     return Decision(outcome=outcome)
 

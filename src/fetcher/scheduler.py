@@ -1,10 +1,13 @@
 """Which job goes next: the claimed jobs of every host, handed out as their hosts get ready.
 
-Hosts wait in a heap ordered by the time their limiter lets the next request start, so the
-scheduler always hands out the job of the host that is ready first; a slow, paused or
-rate-limited host never stands in front of a ready one. A host whose origin's robots.txt is not
-known yet hands out the fetch of robots.txt instead, and waits out of the heap until it is
-answered; a job its robots.txt disallows is handed to `refuse`, not out.
+Each host keeps its jobs in a heap, the highest priority first, then the first come. Hosts wait
+in a heap ordered by the time their limiter lets the next request start; once that time has
+come, a host moves to the ready heap, ordered by the priority of its best job, then by when it
+got ready. So the scheduler always hands out the job of the best-ranked host that is ready; a
+slow, paused or rate-limited host never stands in front of a ready one, and when the global cap
+is what limits, a ready host whose best job ranks higher goes first. A host whose origin's
+robots.txt is not known yet hands out the fetch of robots.txt instead, and waits out of the
+heaps until it is answered; a job its robots.txt disallows is handed to `refuse`, not out.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import asyncio
 import contextlib
 import heapq
 import math
-from collections import deque
 from collections.abc import Callable
 
 from fetcher.limits import Limits
@@ -67,9 +69,11 @@ class Scheduler:
         self._lease_end = lease_end
         self._reach_s = reach_s
         self._lost = lost or (lambda job: None)
-        self._pending: dict[str, deque[Job]] = {}
-        self._heap: list[tuple[float, int, str]] = []
-        self._in_heap: set[str] = set()
+        self._pending: dict[str, list[tuple[int, int, Job]]] = {}  # (-priority, seq, job)
+        self._waiting: list[tuple[float, int, str]] = []  # (ready at, seq, host)
+        self._ready: list[tuple[int, int, str]] = []  # (-best priority, seq, host)
+        self._rank: dict[str, int] = {}  # host in `_ready` → the priority its entry holds
+        self._in_heap: set[str] = set()  # hosts in either heap
         self._seq = 0
         self._changed = asyncio.Event()
         self._closed = False
@@ -81,9 +85,13 @@ class Scheduler:
         key = job.target.host_key
         queue = self._pending.get(key)
         if queue is None:
-            queue = self._pending[key] = deque()
-        queue.append(job)
+            queue = self._pending[key] = []
+        self._seq += 1
+        heapq.heappush(queue, (-job.priority, self._seq, job))
         self.pending += 1
+        rank = self._rank.get(key)
+        if rank is not None and job.priority > rank:  # ready, and now with a better job
+            self._make_ready(key)
         self._schedule(key)
         self._changed.set()
 
@@ -97,9 +105,8 @@ class Scheduler:
             self._changed.set()
 
     def reschedule(self) -> None:
-        """Limits changed (reload): recompute every host's place in the heap."""
-        self._heap.clear()
-        self._in_heap.clear()
+        """Limits changed (reload): recompute every host's place in the heaps."""
+        self._clear_heaps()
         for key, queue in self._pending.items():
             if queue:
                 self._schedule(key)
@@ -120,9 +127,14 @@ class Scheduler:
     def clear(self) -> None:
         """Forget every job not yet started (shutdown puts them back in the queue)."""
         self._pending.clear()
-        self._heap.clear()
-        self._in_heap.clear()
+        self._clear_heaps()
         self.pending = 0
+
+    def _clear_heaps(self) -> None:
+        self._waiting.clear()
+        self._ready.clear()
+        self._rank.clear()
+        self._in_heap.clear()
 
     async def next_ready(self, max_wait_s: float) -> tuple[Job, Permit] | None:
         """A global slot, then the job of the host ready first, with its host's place taken
@@ -143,70 +155,90 @@ class Scheduler:
             return job
         self._changed.clear()
         delay = max_wait_s
-        if self._heap:
-            delay = min(delay, max(self._heap[0][0] - self._clock(), 0.0))
+        if self._waiting:
+            delay = min(delay, max(self._waiting[0][0] - self._clock(), 0.0))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):  # wait_for would make a task per wait
                 await self._changed.wait()
         return self._pop_ready()
 
     def _pop_ready(self) -> Job | None:
+        """The best-ranked ready host's job, if a host is ready (each host is checked once
+        more as it comes up: its limiter, its lease, its robots.txt)."""
         if self._closed:
             return None
-        heap = self._heap
         now = self._clock()
-        while heap and heap[0][0] <= now:
-            _, _, key = heapq.heappop(heap)
+        while True:
+            while self._waiting and self._waiting[0][0] <= now:
+                _, _, key = heapq.heappop(self._waiting)
+                self._in_heap.discard(key)
+                if self._pending.get(key):
+                    self._make_ready(key)
+                else:
+                    self._pending.pop(key, None)
+            if not self._ready:
+                return None
+            rank, _, key = heapq.heappop(self._ready)
+            if self._rank.get(key) != -rank:
+                continue  # a stale entry: the host came up again with a better job
+            del self._rank[key]
             self._in_heap.discard(key)
-            queue = self._pending.get(key)
-            if not queue:
-                self._pending.pop(key, None)
-                continue
-            limiter = self._limits.host(key)
-            ready_at = limiter.ready_at(now)
-            if ready_at > now:
-                self._push(key, ready_at)
-                continue
-            lease_end = self._lease_end(key)
-            if lease_end - now <= self._reach_s:
-                if lease_end == -math.inf:  # not this daemon's host (any more)
-                    self._give_up(key, queue)
-                else:  # held, but a request might outlast the lease: the renewal may come
-                    self._push(key, now + FENCE_RECHECK_S)
-                continue
-            if self._robots is not None:
-                gate, until = self._robots.check(queue[0].target)
-                if gate is Gate.WAIT:  # its robots.txt is on its way, or asked again later
-                    self._push(key, until)  # `inf`: the robots job's release brings it back
-                    continue
-                if gate is Gate.FETCH:
-                    limiter.start(now)  # the host's limits and counters hold for it too
-                    origin = origin_of(queue[0].target)
-                    target = robots_target(origin)
-                    return Job(0, target.url, key, 0, target, robots_for=origin)
-                if gate is Gate.REFUSE:
-                    self._refuse(queue.popleft())
-                    self.pending -= 1
-                    if queue:
-                        self._push(key, now)
-                    else:
-                        del self._pending[key]
-                    continue
-            job = queue.popleft()
-            self.pending -= 1
-            limiter.start(now)
-            if queue:
-                self._push(key, limiter.ready_at(now))
-            else:
-                del self._pending[key]
-            return job
-        return None
+            job = self._take(key, now)
+            if job is not None:
+                return job
 
-    def _give_up(self, key: str, queue: deque[Job]) -> None:
+    def _take(self, key: str, now: float) -> Job | None:
+        """The job `key` may start now, or None (the host put back where it belongs)."""
+        queue = self._pending.get(key)
+        if not queue:
+            self._pending.pop(key, None)
+            return None
+        limiter = self._limits.host(key)
+        ready_at = limiter.ready_at(now)
+        if ready_at > now:
+            self._push(key, ready_at)
+            return None
+        lease_end = self._lease_end(key)
+        if lease_end - now <= self._reach_s:
+            if lease_end == -math.inf:  # not this daemon's host (any more)
+                self._give_up(key, queue)
+            else:  # held, but a request might outlast the lease: the renewal may come
+                self._push(key, now + FENCE_RECHECK_S)
+            return None
+        if self._robots is not None:
+            front = queue[0][2]
+            gate, until = self._robots.check(front.target)
+            if gate is Gate.WAIT:  # its robots.txt is on its way, or asked again later
+                self._push(key, until)  # `inf`: the robots job's release brings it back
+                return None
+            if gate is Gate.FETCH:
+                limiter.start(now)  # the host's limits and counters hold for it too
+                origin = origin_of(front.target)
+                target = robots_target(origin)
+                return Job(0, target.url, key, 0, target, robots_for=origin)
+            if gate is Gate.REFUSE:
+                self._refuse(self._pop_job(key, queue))
+                if queue:
+                    self._push(key, now)
+                return None
+        job = self._pop_job(key, queue)
+        limiter.start(now)
+        if queue:
+            self._push(key, limiter.ready_at(now))
+        return job
+
+    def _pop_job(self, key: str, queue: list[tuple[int, int, Job]]) -> Job:
+        job = heapq.heappop(queue)[2]
+        self.pending -= 1
+        if not queue:
+            del self._pending[key]
+        return job
+
+    def _give_up(self, key: str, queue: list[tuple[int, int, Job]]) -> None:
         """Every job waiting for `key` goes to `lost`: another daemon holds the host now."""
         del self._pending[key]
         self.pending -= len(queue)
-        for job in queue:
+        for _, _, job in queue:
             self._lost(job)
 
     def _schedule(self, key: str) -> None:
@@ -217,5 +249,13 @@ class Scheduler:
         if ready_at == math.inf:
             return  # at its in-flight cap: `finished` puts it back
         self._seq += 1
-        heapq.heappush(self._heap, (ready_at, self._seq, key))
+        heapq.heappush(self._waiting, (ready_at, self._seq, key))
+        self._in_heap.add(key)
+
+    def _make_ready(self, key: str) -> None:
+        """`key` is ready: in the ready heap at the rank of its best job."""
+        best = -self._pending[key][0][0]
+        self._seq += 1
+        heapq.heappush(self._ready, (-best, self._seq, key))
+        self._rank[key] = best
         self._in_heap.add(key)

@@ -33,7 +33,7 @@ STAT_FIELDS = (
     "bytes", "latency_avg_ms", "latency_max_ms", "last_status", "last_request_at",
     "robots_disallowed",
 )  # fmt: skip
-STATES = ("queued", "retrying", "running", "done", "failed")
+STATES = ("queued", "retrying", "running", "done", "failed", "cancelled")
 _SPARKS = "▁▂▃▄▅▆▇█"
 
 
@@ -85,9 +85,10 @@ def results(
     host: str | None = None,
     since: float | None = None,
     limit: int | None = None,
+    job_id: int | None = None,
 ) -> Iterator[ResultRow]:
     count = 0
-    for row in reader.results(state, since):
+    for row in reader.results(state, since, job_id):
         if host and not fnmatch.fnmatchcase(row["host"], host.lower()):
             continue
         yield row

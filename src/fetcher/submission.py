@@ -1,30 +1,41 @@
-"""Submission: lines in, jobs queued, each bad line rejected with its reason.
+"""Submission: lines in, jobs queued, each bad line rejected with its number and reason.
 
-Any front end calls `submit_lines` (the `submit` command does, with a file, stdin or its
-arguments). Lines are parsed in chunks, and a chunk's insert runs while the next one is parsed.
-A line may come as bytes (a file, stdin): one that is not UTF-8 is rejected with its bytes
-shown escaped, like any other bad line, and the lines around it are still queued. A string
-holding lone surrogates (command-line bytes that were not UTF-8, as Python passes them) is
-rejected the same way.
+A line is a bare URL or a job object (JSON Lines, `fetcher.jobspec`); blank lines and `#`
+comments are skipped. Any front end calls `submit_lines` (the `submit` command does, with a
+file, stdin or its arguments). Lines are read in chunks, and a chunk's insert runs while the
+next one is read. A line may come as bytes (a file, stdin): one that is not UTF-8 is rejected
+with its bytes shown escaped, and the lines around it are still queued. A rejected job object
+is never echoed (its headers may hold a secret): its number and the reason are.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import operator
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from fetcher.errors import InvalidURL
+import orjson
+
+from fetcher.errors import InvalidJob, InvalidURL
 from fetcher.jobqueue import JobQueue
+from fetcher.jobspec import PLAIN, JobDefaults, JobLimits, read_job
+from fetcher.model import JobRequest, Submitted
 from fetcher.urls import Target, parse_url
 
 __all__ = ["SubmitReport", "printable", "submit_lines"]
 
 CHUNK = 100_000
+_duplicate = operator.attrgetter("duplicate")
 _YIELD_EVERY = 1024
 _CREDENTIALS = re.compile(r"//[^/@\s]*@")
+
+# (line number, the line as it may be shown or None, the reason)
+OnReject = Callable[[int, str | None, str], None]
+# a chunk's line numbers, and what the queue did with each of those lines
+OnAccept = Callable[[list[int], list[Submitted]], None]
 
 
 @dataclass(slots=True)
@@ -37,52 +48,70 @@ class SubmitReport:
 async def submit_lines(
     queue: JobQueue,
     lines: Iterable[str | bytes],
-    on_reject: Callable[[str, str], None],
+    on_reject: OnReject,
     *,
+    limits: JobLimits,
+    defaults: JobDefaults = PLAIN,
+    on_accept: OnAccept | None = None,
     chunk: int = CHUNK,
 ) -> SubmitReport:
-    """Queue every valid URL of `lines` (blank lines and `#` comments skipped); call
-    `on_reject(shown_line, reason)` for each bad one. Everything counted as queued is committed
+    """Queue every valid line of `lines`; `on_reject` for each bad one, `on_accept` for each
+    chunk of queued or duplicate ones, in order. Everything counted as queued is committed
     when this returns."""
     report = SubmitReport()
-    offered = 0
-    inserting: asyncio.Task[int] | None = None  # the last chunk goes in while the next is read
+    inserting: asyncio.Task[None] | None = None  # the last chunk goes in while the next is read
+
+    async def insert(numbers: list[int], jobs: list[JobRequest]) -> None:
+        answers = await queue.submit(jobs)
+        duplicates = sum(map(_duplicate, answers))
+        report.duplicates += duplicates
+        report.queued += len(answers) - duplicates
+        if on_accept is not None:
+            on_accept(numbers, answers)
+
     try:
-        batch: list[Target] = []
-        for n, raw in enumerate(itertools.chain(lines, [None])):
+        numbers: list[int] = []
+        batch: list[JobRequest] = []
+        for n, raw in enumerate(itertools.chain(lines, [None]), start=1):
             if n % _YIELD_EVERY == 0:
                 # the insert task moves on only when this loop yields: it takes a turn per
                 # statement, and the database runs each in its own thread while this one parses
                 await asyncio.sleep(0)
             if raw is not None:
-                target = _parse_line(raw, report, on_reject)
-                if target is not None:
-                    batch.append(target)
+                job = _read_line(raw, n, limits, defaults, report, on_reject)
+                if job is not None:
+                    numbers.append(n)
+                    batch.append(job)
             if len(batch) >= chunk or (raw is None and batch):
                 if inserting is not None:
-                    report.queued += await inserting
-                inserting = asyncio.create_task(queue.submit(batch))
-                offered += len(batch)
-                batch = []
+                    await inserting
+                inserting = asyncio.create_task(insert(numbers, batch))
+                numbers, batch = [], []
         if inserting is not None:
-            report.queued += await inserting
+            await inserting
             inserting = None
     finally:
-        if inserting is not None:  # an error while parsing: the chunk under way still lands
+        if inserting is not None:  # an error while reading: the chunk under way still lands
             await asyncio.wait([inserting])
-    report.duplicates = offered - report.queued
     return report
 
 
-def _parse_line(
-    raw: str | bytes, report: SubmitReport, on_reject: Callable[[str, str], None]
-) -> Target | None:
+def _read_line(
+    raw: str | bytes,
+    number: int,
+    limits: JobLimits,
+    defaults: JobDefaults,
+    report: SubmitReport,
+    on_reject: OnReject,
+) -> JobRequest | None:
+    """The job of one line; None for a blank line, a comment, or a line rejected."""
     if isinstance(raw, bytes):
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             report.rejected += 1
-            on_reject(printable(raw), f"not UTF-8 (byte {raw[exc.start]:#04x} at {exc.start})")
+            reason = f"not UTF-8 (byte {raw[exc.start]:#04x} at {exc.start})"
+            on_reject(number, None if raw.lstrip()[:1] == b"{" else printable(raw), reason)
             return None
     else:
         text = raw
@@ -93,14 +122,36 @@ def _parse_line(
         line.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates: bytes that were not UTF-8, escaped by Python
         report.rejected += 1
-        on_reject(printable(line), "not UTF-8")
+        on_reject(number, printable(line), "not UTF-8")
         return None
     try:
-        return parse_url(line)
-    except InvalidURL as exc:
+        if line.startswith("{"):
+            return read_job(_json(line), limits, defaults)
+        if defaults is PLAIN:
+            return JobRequest(parse_url(line))
+        return _bare(parse_url(line), defaults)
+    except (InvalidJob, InvalidURL) as exc:
         report.rejected += 1
-        on_reject(printable(line), exc.reason)
+        on_reject(number, None if line.startswith("{") else printable(line), exc.reason)
         return None
+
+
+def _json(line: str) -> object:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJob(f"not JSON: {str(exc).splitlines()[0][:80]}") from None
+
+
+def _bare(target: Target, defaults: JobDefaults) -> JobRequest:
+    """A bare URL's job: the `--method`, `--header`, … of the command, or a plain GET."""
+    return JobRequest(
+        target,
+        defaults.method,
+        defaults.headers,
+        priority=defaults.priority,
+        metadata=defaults.metadata,
+    )
 
 
 def printable(raw: str | bytes) -> str:

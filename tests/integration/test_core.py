@@ -33,7 +33,7 @@ def test_global_and_host_caps_are_reached_and_never_exceeded(
     # previous minute already past if they straddled a minute's turn
     assert status.pop("requests_per_s") == pytest.approx(1.2, abs=0.1)
     assert status == {
-        "queued": 0, "retrying": 0, "running": 0, "done": 72, "failed": 0,
+        "queued": 0, "retrying": 0, "running": 0, "done": 72, "failed": 0, "cancelled": 0,
         "oldest_queued_s": None,
     }  # fmt: skip
 
@@ -144,7 +144,8 @@ def test_submit_rejects_a_line_that_is_not_utf8_and_queues_the_rest(
     fetcher: Fetcher, origin: Origin
 ) -> None:
     """A line of bytes that are not UTF-8, in a file, on stdin or as an argument, is rejected
-    by itself with its bytes shown escaped (no traceback); the lines around it are queued."""
+    by itself with its number and its bytes shown escaped (no traceback); the lines around it
+    are queued."""
     good = [origin.url(f"ok/{n}") for n in range(4)]
     bad = b"http://bad.example/\xff\xfeq"
     path = fetcher.workdir / "urls.txt"
@@ -160,13 +161,13 @@ def test_submit_rejects_a_line_that_is_not_utf8_and_queues_the_rest(
         capture_output=True, env=fetcher.env, timeout=60, check=False,
     )  # fmt: skip
     assert from_file.returncode == from_stdin.returncode == from_args.returncode == 1
-    assert "rejected: http://bad.example/\\xff\\xfeq: not UTF-8 (byte 0xff at 19)" in (
+    assert "rejected: line 2: http://bad.example/\\xff\\xfeq: not UTF-8 (byte 0xff at 19)" in (
         from_file.stderr
     )
     assert "queued 2, already queued 0, rejected 1" in from_file.stderr
     stdin_err, args_err = from_stdin.stderr.decode(), from_args.stderr.decode()
     assert "not UTF-8" in stdin_err and "queued 1, already queued 0, rejected 1" in stdin_err
-    assert "rejected: http://arg.example/\\xff: not UTF-8" in args_err
+    assert "rejected: line 2: http://arg.example/\\xff: not UTF-8" in args_err
     assert "queued 1, already queued 0, rejected 1" in args_err
     for err in (from_file.stderr, stdin_err, args_err):
         assert "Traceback" not in err

@@ -21,6 +21,7 @@ from fetcher.guard import Guard
 from fetcher.model import JobState
 from fetcher.transport import build_transport
 from fetcher.urls import parse_url
+from tests.jobs import job_for
 from tests.memory_queue import MemoryQueue
 
 PUBLIC = "127.0.0.21"
@@ -112,7 +113,7 @@ async def test_a_redirect_from_a_public_host_to_an_internal_one_is_refused(
     public.redirect_to = location.format(internal=INTERNAL, port=public.port)
     guard = Guard(allow_private=False, treat_as_public=frozenset({PUBLIC}))
     queue = MemoryQueue()
-    await queue.submit([parse_url(f"http://{PUBLIC}:{public.port}/go")])
+    await queue.submit([job_for(f"http://{PUBLIC}:{public.port}/go")])
     settings = Settings(db=tmp_path / "unused.db", allow_private=False, timeout=5, robots="ignore")
     fetcher = Fetcher(settings, build_transport(settings, guard), None)
     service = build_service(settings, queue, fetcher, drain=True, install_signal_handlers=False)

@@ -120,9 +120,9 @@ def test_the_feeder_shares_its_room_among_the_hosts_of_a_walk() -> None:
     assert allot(0, [("a", 5)]) == [] and allot(5, []) == []
 
 
-def _job(n: int, url: str) -> Job:
+def _job(n: int, url: str, priority: int = 0) -> Job:
     target = parse_url(url)
-    return Job(n, target.url, target.host_key, 0, target)
+    return Job(n, target.url, target.host_key, 0, target, priority=priority)
 
 
 def test_each_finish_gives_back_one_place() -> None:
@@ -364,3 +364,37 @@ def test_a_host_handed_over_goes_on_with_its_schedule_and_pause() -> None:
     b.resume("fresh.example", HostRate())
     assert b.host("fresh.example").ready_at(there.now) == there.now
     assert "never.example" not in a._hosts
+
+
+async def test_a_host_s_higher_priority_jobs_go_first_whenever_they_come() -> None:
+    """Within a host: the highest priority first, the first come among equals; a better job
+    added later still goes before those already waiting."""
+    clock = Clock()
+    scheduler = Scheduler(Limits(9, HostLimits(rate=0, burst=1, concurrency=1), {}, clock), clock)
+    for n, priority in enumerate([0, 5, 0, 5]):
+        scheduler.add(_job(n, f"http://h.example/{n}", priority))
+    order = []
+    while (ready := await scheduler.next_ready(0)) is not None:
+        order.append(ready[0].id)
+        if len(order) == 2:
+            scheduler.add(_job(9, "http://h.example/9", 100))
+        ready[1].release()
+    assert order == [1, 3, 9, 0, 2]
+
+
+async def test_a_ready_host_whose_best_job_ranks_higher_gets_the_global_slot() -> None:
+    """Across hosts, when the global cap is what limits: of the hosts ready, the one whose best
+    job ranks highest goes first; among equals, the one ready first. A host already ready
+    moves up when a better job arrives for it."""
+    clock = Clock()
+    scheduler = Scheduler(Limits(1, HostLimits(rate=0, burst=1, concurrency=9), {}, clock), clock)
+    scheduler.add(_job(1, "http://low.example/1", 0))
+    scheduler.add(_job(2, "http://other.example/2", 0))
+    scheduler.add(_job(3, "http://high.example/3", 10))
+    order = []
+    while (ready := await scheduler.next_ready(0)) is not None:
+        order.append(ready[0].id)
+        if ready[0].id == 3:
+            scheduler.add(_job(4, "http://other.example/4", 20))  # other: ready, now ranks 20
+        ready[1].release()
+    assert order == [3, 4, 1, 2]  # other's 4 before its own 2; then low, ready before other

@@ -12,7 +12,15 @@ import pytest
 from fetcher.config import Settings
 from fetcher.errors import BlockedDestination
 from fetcher.model import Exchange, Hop, Job, JobState, Outcome
-from fetcher.policy import Decision, backoff_delay, decide, exchanges_of, retry_after_delay
+from fetcher.policy import (
+    Decision,
+    backoff_delay,
+    carried_on,
+    decide,
+    exchanges_of,
+    redirected,
+    retry_after_delay,
+)
 from fetcher.urls import parse_url
 
 NOW = 1_700_000_000.0
@@ -211,3 +219,85 @@ def test_a_retry_after_date_is_counted_from_now(settings: Settings) -> None:
     """An HTTP date 30 s ahead of `now` pauses the host 30 s."""
     said = hop(503, retry_after=formatdate(NOW + 30, usegmt=True))
     assert decide(job(), said, settings, now=NOW, rand=lambda: 0).pause_s == 30
+
+
+def _request(method: str, *, retry: bool = False, max_attempts: int | None = None) -> Job:
+    j = job()
+    j.method = j.first_method = method
+    j.retry, j.max_attempts = retry, max_attempts
+    return j
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+def test_an_unsafe_request_that_was_sent_is_not_sent_again(settings: Settings, method: str) -> None:
+    """A POST or PATCH that reached the server (a 503, a reset, a timeout) ends failed: a
+    second one could do twice what it asks; with `retry: true` it is retried as any job."""
+    for answer in (hop(503), hop(None, error="connection reset")):
+        outcome = decide(_request(method), answer, settings, now=NOW).outcome
+        assert outcome is not None and outcome.state is JobState.FAILED
+        assert outcome.error is not None and outcome.error.startswith(f"{method} not retried")
+        asked = decide(_request(method, retry=True), answer, settings, now=NOW).outcome
+        assert asked is not None and asked.state is JobState.RETRYING
+    kept = decide(_request(method), hop(200, local_error="body not kept: full"), settings, now=NOW)
+    assert kept.outcome is not None and kept.outcome.state is JobState.FAILED
+
+
+def test_an_unsafe_request_that_never_went_out_is_retried(settings: Settings) -> None:
+    """Nothing sent (no connection): a POST is safe to send, and is retried."""
+    outcome = decide(
+        _request("POST"), hop(None, error="connect error: refused", unsent=True), settings, now=NOW
+    ).outcome
+    assert outcome is not None and outcome.state is JobState.RETRYING
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "HEAD", "OPTIONS"])
+def test_idempotent_methods_are_retried(settings: Settings, method: str) -> None:
+    outcome = decide(_request(method), hop(503), settings, now=NOW).outcome
+    assert outcome is not None and outcome.state is JobState.RETRYING
+
+
+def test_a_job_s_own_attempts_end_it_sooner(settings: Settings) -> None:
+    """max_attempts of the job (at most the global one) is when it gives up."""
+    outcome = decide(_request("GET", max_attempts=1), hop(503), settings, now=NOW).outcome
+    assert outcome is not None and outcome.state is JobState.FAILED
+    assert outcome.error == "gave up after 1 attempts: HTTP 503"
+
+
+@pytest.mark.parametrize(
+    ("status", "method", "after"),
+    [(303, "POST", "GET"), (303, "PUT", "GET"), (303, "HEAD", "HEAD"), (302, "POST", "GET"),
+     (301, "POST", "GET"), (301, "PUT", "PUT"), (307, "POST", "POST"), (308, "PATCH", "PATCH")],
+)  # fmt: skip
+def test_a_redirect_keeps_or_changes_the_method_as_browsers_do(
+    status: int, method: str, after: str
+) -> None:
+    """303 (and 302, and a POST's 301) go on as GET without the body; 307/308 keep both."""
+    j = _request(method)
+    j.body = b"payload"
+    redirected(j, status, parse_url("http://a.example/next"))
+    assert (j.method, j.body) == (after, b"payload" if after == method else None)
+    assert j.first_method == method and j.target.url == "http://a.example/next"
+
+
+def test_credentials_stay_with_their_origin() -> None:
+    """To another origin (host, port or scheme) a request goes without Authorization,
+    Proxy-Authorization and Cookie; on the same origin it keeps them."""
+    secrets = (("Authorization", "Bearer s"), ("Cookie", "c=1"), ("Proxy-Authorization", "p"))
+    for url, kept in (
+        ("http://a.example/same", True),
+        ("https://a.example/x", False),
+        ("http://a.example:81/x", False),
+        ("http://b.example/x", False),
+    ):
+        j = _request("GET")
+        j.headers = (*secrets, ("X-Other", "1"))
+        redirected(j, 302, parse_url(url))
+        assert j.headers == ((*secrets, ("X-Other", "1")) if kept else (("X-Other", "1"),))
+
+
+def test_a_moved_job_goes_on_without_credentials_and_without_a_dropped_body() -> None:
+    j = _request("POST")
+    j.headers, j.body = (("Cookie", "c"), ("Accept", "x")), b"b"
+    assert carried_on(j) == ((("Accept", "x"),), b"b")  # a 307 kept the method
+    j.method = "GET"  # a 303 made it a GET before it moved
+    assert carried_on(j) == ((("Accept", "x"),), None)

@@ -15,6 +15,7 @@ from fetcher.batch import Batch
 from fetcher.model import Exchange, HostRate, JobState, Outcome
 from fetcher.postgres.store import PostgresQueue
 from fetcher.urls import parse_url
+from tests.jobs import job_for
 
 H1, H2 = "h1.example", "h2.example"
 
@@ -50,7 +51,7 @@ async def test_a_late_commit_after_a_takeover_changes_nothing(
     counter; B's jobs are the same ones, back in the queue, and B's commit counts. A learns
     at its next renewal that the host is lost: no request may start there any more."""
     a, b = daemons
-    await a.submit([parse_url(u) for u in urls(H1, 3)])
+    await a.submit([job_for(u) for u in urls(H1, 3)])
     [lease] = await a.turn_hosts({}, want=10)
     assert lease.host == H1 and a.lease_end(H1) > time.monotonic() + 25
     assert b.lease_end(H1) == -math.inf
@@ -87,7 +88,7 @@ async def test_a_dead_holders_host_with_nothing_queued_is_freed_by_the_reaper(
     """A claimed every job of its host, then its lease ran out: no one would acquire a host with
     nothing queued, so the next renewal of any daemon frees it and puts its jobs back."""
     a, b = daemons
-    await a.submit([parse_url(u) for u in urls(H1, 2)])
+    await a.submit([job_for(u) for u in urls(H1, 2)])
     await a.turn_hosts({}, want=10)
     assert len(await a.claim([(H1, 2)], lease_s=30)) == 2
     await sql(postgres_url, "UPDATE hosts SET lease_until = 0")
@@ -103,7 +104,7 @@ async def test_a_daemon_taken_for_dead_keeps_its_hosts_until_their_leases_end(
     is leased further: B's renewal removes A's row, not that host nor its jobs. Once the host's
     own lease ends, the next renewal frees it and puts its jobs back. A, back, is live again."""
     a, b = daemons
-    await a.submit([parse_url(u) for u in urls(H1, 2)])
+    await a.submit([job_for(u) for u in urls(H1, 2)])
     await a.turn_hosts({}, want=10)
     assert len(await a.claim([(H1, 2)], lease_s=30)) == 2
     await sql(postgres_url, "UPDATE daemons SET heartbeat_at = 0 WHERE id = $1", a.owner)
@@ -123,7 +124,7 @@ async def test_a_handed_over_host_keeps_its_schedule_and_pause(
 ) -> None:
     """A hands its host back (shutdown) with its GCRA time and pause: B acquires it with them."""
     a, b = daemons
-    await a.submit([parse_url(u) for u in urls(H1, 2)])
+    await a.submit([job_for(u) for u in urls(H1, 2)])
     await a.turn_hosts({}, want=10)
     now = time.time()
     schedule = HostRate(tat=now + 3.0, paused_until=now + 7.0)
@@ -138,7 +139,7 @@ async def test_an_expired_lease_is_taken_over_no_sooner_than_its_end(
     """A takeover (the holder's lease ran out) starts the host's schedule no earlier than the
     end of that lease: its last requests may not be in the stored schedule."""
     a, b = daemons
-    await a.submit([parse_url(u) for u in urls(H1, 2)])
+    await a.submit([job_for(u) for u in urls(H1, 2)])
     await a.turn_hosts({}, want=10)
     ended = time.time() - 0.5
     await sql(postgres_url, "UPDATE hosts SET lease_until = $1, tat = 0", ended)
@@ -154,7 +155,7 @@ async def test_the_hosts_are_shared_fairly_and_the_excess_is_handed_back(
     acquires them."""
     a, b = daemons
     hosts = [f"h{i}.example" for i in range(4)]
-    await a.submit([parse_url(u) for h in hosts for u in urls(h, 3)])
+    await a.submit([job_for(u) for h in hosts for u in urls(h, 3)])
     await b.unregister()
     assert [len(await a.turn_hosts({}, want=10)) for _ in range(2)] == [4, 0]
     await b.register()
@@ -174,14 +175,21 @@ async def test_counts_add_up_across_daemons_and_closed_shards(
     """Each daemon counts jobs in its own shard; the `queue` view sums them, also after a
     daemon's shard was folded into the shared one at close."""
     a, b = daemons
-    await a.submit([parse_url(u) for u in urls(H1, 4) + urls(H2, 4)])
+    await a.submit([job_for(u) for u in urls(H1, 4) + urls(H2, 4)])
     await a.turn_hosts({}, want=1)
     await b.turn_hosts({}, want=1)
     for queue in daemons:
         [host] = queue.held_hosts()
         jobs = await queue.claim([(host, 4)], lease_s=30)
         await queue.record(Batch([Outcome(j.id, JobState.DONE, 1, status=200) for j in jobs]))
-    assert await a.counts() == {"queued": 0, "retrying": 0, "running": 0, "done": 8, "failed": 0}
+    assert await a.counts() == {
+        "queued": 0,
+        "retrying": 0,
+        "running": 0,
+        "done": 8,
+        "failed": 0,
+        "cancelled": 0,
+    }
     await b.close()
     shards = {row["shard"] for row in await sql(postgres_url, "SELECT shard FROM job_counts")}
     assert not any(shard.startswith(b.owner) for shard in shards)
@@ -194,8 +202,8 @@ async def test_a_redirect_to_another_daemons_host_moves_the_job_there(
     """A job redirected to a host another daemon holds is queued at that host, with its hop
     and its count of hops: that host's holder claims it and goes on from there."""
     a, b = daemons
-    await a.submit([parse_url("http://h1.example/start")])
-    await a.submit([parse_url("http://h2.example/other")])
+    await a.submit([job_for("http://h1.example/start")])
+    await a.submit([job_for("http://h2.example/other")])
     await a.turn_hosts({}, want=1)
     await b.turn_hosts({}, want=1)
     holder = a if H1 in a.held_hosts() else b
@@ -214,7 +222,7 @@ async def test_concurrent_commits_of_two_daemons_lose_no_update(
     """The seed's pattern at cluster scale: both daemons commit requests for one host at once,
     each batch a read-modify-write of its counters under the host's row lock; none is lost."""
     a, b = daemons
-    await a.submit([parse_url(u) for u in urls(H1, 1)])
+    await a.submit([job_for(u) for u in urls(H1, 1)])
     await a.turn_hosts({}, want=1)
     n = 50
 
@@ -236,7 +244,7 @@ async def test_claims_and_commits_of_one_daemon_run_side_by_side_without_a_deadl
     wait on each other in a cycle (a deadlock costs a second and a retry: here, an error)."""
     a, _ = daemons
     total = 2000
-    await a.submit([parse_url(u) for u in urls(H1, total)])
+    await a.submit([job_for(u) for u in urls(H1, total)])
     await a.turn_hosts({}, want=1)
     claimed: asyncio.Queue[list[int]] = asyncio.Queue()
 

@@ -22,6 +22,7 @@ from fetcher.service import Service
 from fetcher.systemd import Notifier
 from fetcher.transport import HttpxTransport
 from fetcher.urls import parse_url
+from tests.jobs import job_for
 from tests.memory_queue import MemoryQueue
 
 WALL = 1_700_000_000.0
@@ -92,7 +93,7 @@ def make_service(
 
 async def submit(queue: MemoryQueue, hosts: list[str], per_host: int) -> list[str]:
     urls = [f"http://{host}/{i}" for host in hosts for i in range(per_host)]
-    await queue.submit([parse_url(url) for url in urls])
+    await queue.submit([job_for(url) for url in urls])
     return urls
 
 

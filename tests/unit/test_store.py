@@ -11,7 +11,7 @@ from fetcher.batch import Batch
 from fetcher.model import Exchange, HostLease, HostRate, JobState, Outcome
 from fetcher.sqlite import schema
 from fetcher.sqlite.store import SqliteQueue as Store
-from fetcher.urls import parse_url
+from tests.jobs import job_for
 
 TASKS = 200
 
@@ -42,7 +42,7 @@ async def test_locked_record_loses_no_update(tmp_path: Path) -> None:
     """`Store.record` does the same read-modify-write under its lock: every request counts,
     and the row adds up, however many batches commit at once."""
     store = await Store.open(tmp_path / "f.db")
-    await store.submit([parse_url(f"http://h.example/{i}") for i in range(TASKS)])
+    await store.submit([job_for(f"http://h.example/{i}") for i in range(TASKS)])
     jobs = await store.claim([("h.example", TASKS)], lease_s=60)
     assert len(jobs) == TASKS
 
@@ -76,20 +76,22 @@ async def test_submit_does_not_queue_an_active_url_twice(tmp_path: Path) -> None
     The database file is readable by its owner only."""
     store = await Store.open(tmp_path / "f.db")
     assert (tmp_path / "f.db").stat().st_mode & 0o077 == 0
-    url = parse_url("http://h.example/a")
-    assert await store.submit([url, url]) == 1
-    assert await store.submit([url]) == 0
-    [job] = await store.claim([("h.example", 5)], lease_s=60)
-    assert await store.submit([url]) == 0
-    await store.record(Batch([Outcome(job.id, JobState.DONE, 1, status=200)]))
-    assert await store.submit([url]) == 1
+    url = job_for("http://h.example/a")
+    first, again = await store.submit([url, url])
+    assert (first.duplicate, again) == (False, (first.id, True))
+    assert await store.submit([url]) == [(first.id, True)]  # the answer names the job
+    [claimed] = await store.claim([("h.example", 5)], lease_s=60)
+    assert await store.submit([url]) == [(first.id, True)]
+    await store.record(Batch([Outcome(claimed.id, JobState.DONE, 1, status=200)]))
+    [later] = await store.submit([url])
+    assert not later.duplicate and later.id != first.id
     await store.close()
 
 
 async def test_claims_walk_hosts_and_leases_expire(tmp_path: Path) -> None:
     """Hosts are found by an index walk; a lease that runs out puts the job back in the queue."""
     store = await Store.open(tmp_path / "f.db")
-    await store.submit([parse_url(f"http://h{i % 3}.example/{i}") for i in range(9)])
+    await store.submit([job_for(f"http://h{i % 3}.example/{i}") for i in range(9)])
     assert await store.hosts_with_queued("", 10) == (
         ["h0.example", "h1.example", "h2.example"],
         None,
@@ -110,7 +112,7 @@ async def test_prune_removes_old_results_and_minutes_but_never_counters(tmp_path
     """Retention deletes old results, finished jobs and minute rows, names bodies no result
     uses any more, and leaves the cumulative counters alone."""
     store = await Store.open(tmp_path / "f.db")
-    await store.submit([parse_url(f"http://h.example/{i}") for i in range(4)])
+    await store.submit([job_for(f"http://h.example/{i}") for i in range(4)])
     jobs = await store.claim([("h.example", 4)], lease_s=60)
     old = Exchange("h.example", 200, 1, 1.0, 100.0)
     outcomes = [
@@ -135,7 +137,7 @@ async def test_record_writes_each_outcome_to_its_own_job_and_result(tmp_path: Pa
     """A batch goes in as one statement per table: every field lands on its own job and
     result, retries get no result, and a job whose lease another daemon took is left alone."""
     store = await Store.open(tmp_path / "f.db")
-    await store.submit([parse_url(f"http://h.example/{i}") for i in range(4)])
+    await store.submit([job_for(f"http://h.example/{i}") for i in range(4)])
     a, b, c, d = await store.claim([("h.example", 4)], lease_s=60)
     await store._db.execute("UPDATE jobs SET lease_owner = 'other' WHERE id = ?", (d.id,))
     await store.record(Batch(
@@ -165,7 +167,7 @@ async def test_record_writes_each_outcome_to_its_own_job_and_result(tmp_path: Pa
         (b.id, b.url, None, "failed", None, 0, "it's \"broken\" — ünïcode", 3, None, None, None),
     ]  # fmt: skip
     assert (await store.counts()) == {
-        "queued": 0, "retrying": 1, "running": 1, "done": 1, "failed": 1
+        "queued": 0, "retrying": 1, "running": 1, "done": 1, "failed": 1, "cancelled": 0
     }  # fmt: skip
     await store.close()
 
@@ -191,7 +193,7 @@ async def test_a_version_1_database_is_migrated_and_claims_use_the_queued_index(
     assert await cursor.fetchone() == (schema.SCHEMA_VERSION,)
     cursor = await store._db.execute(
         "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE state = 'queued' AND host = ?"
-        " ORDER BY id LIMIT 5",
+        " ORDER BY priority DESC, id LIMIT 5",
         ("h.example",),
     )
     assert "jobs_queued" in str(await cursor.fetchall())
@@ -205,7 +207,7 @@ async def test_host_pauses_are_kept_with_their_batch_and_end_when_over(tmp_path:
     """A pause is written in the outcome batch that brought it; the longer of two pauses for
     a host wins; a pause that is over is gone the next time the pauses are read."""
     store = await Store.open(tmp_path / "f.db")
-    await store.submit([parse_url("http://a.example/1")])
+    await store.submit([job_for("http://a.example/1")])
     [job] = await store.claim([("a.example", 1)], lease_s=60)
     now = time.time()
     outcome = Outcome(job.id, JobState.RETRYING, 1, status=503, next_attempt_at=now + 60)

@@ -4,14 +4,16 @@ run on a private event loop, so the commands keep their shape whatever the backe
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Coroutine, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import asyncpg
 
-from fetcher.errors import StoreUnavailable
+from fetcher.errors import SchemaTooOld, StoreUnavailable
 from fetcher.locations import masked
 from fetcher.postgres.connection import unavailable
+from fetcher.postgres.schema import SCHEMA_VERSION
 
 if TYPE_CHECKING:  # the read commands load no more than they read
     from fetcher.jobqueue import HostStatsRow, MinuteRow, ResultRow
@@ -48,6 +50,10 @@ class PostgresReader:
             raise FileNotFoundError(
                 f"no fetcher queue in {masked(url)} (set FETCHER_DB, or submit URLs first)"
             )
+        version = self._run("open", self._db.fetchval("SELECT max(version) FROM fetcher_schema"))
+        if version < SCHEMA_VERSION:
+            self.close()
+            raise SchemaTooOld(version, SCHEMA_VERSION)
 
     def _run(self, operation: str, coro: Coroutine[Any, Any, _T]) -> _T:
         try:
@@ -89,25 +95,32 @@ class PostgresReader:
         )
         return float(rows[0]["at"]) if rows and rows[0]["at"] is not None else None
 
-    def results(self, state: str | None, since: float | None) -> Iterator[ResultRow]:
+    def results(
+        self, state: str | None, since: float | None, job_id: int | None = None
+    ) -> Iterator[ResultRow]:
         """Finished jobs, oldest first, a page at a time (keyset: no offset to skip)."""
         after: tuple[float, int] = (-1.0, -1)
         if since is not None:
             after = (since - 1e-9, -1)
         while True:
             page = self._rows(
-                "SELECT job_id, url, final_url, host, state, status, bytes, error, attempts,"
-                " latency_ms, body_sha256, body_path, fetcher_iso(finished_at) AS finished_at,"
-                " finished_at AS at"
-                " FROM results WHERE (finished_at, job_id) > ($1, $2)"
-                " AND ($3::text IS NULL OR state = $3) ORDER BY finished_at, job_id LIMIT $4",
+                "SELECT r.job_id AS id, r.job_id, r.url, r.method, r.final_url, r.host, r.state,"
+                " r.status, r.bytes, r.error, r.attempts, r.latency_ms, r.body_sha256,"
+                " r.body_path, fetcher_iso(r.finished_at) AS finished_at, j.metadata,"
+                " r.finished_at AS at FROM results r LEFT JOIN jobs j ON j.id = r.job_id"
+                " WHERE (r.finished_at, r.job_id) > ($1, $2)"
+                " AND ($3::text IS NULL OR r.state = $3) AND ($5::bigint IS NULL OR r.job_id = $5)"
+                " ORDER BY r.finished_at, r.job_id LIMIT $4",
                 after[0],
                 after[1],
                 state,
                 _PAGE,
+                job_id,
             )
             for row in page:
                 at = row.pop("at")  # the page's place, unrounded
+                if row["metadata"] is not None:
+                    row["metadata"] = json.loads(row["metadata"])
                 yield cast("ResultRow", row)
             if len(page) < _PAGE:
                 return

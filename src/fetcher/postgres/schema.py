@@ -226,6 +226,47 @@ _MIGRATIONS: list[str] = [
     SELECT origin, fetcher_iso(fetched_at) AS fetched_at, status, crawl_delay, size
     FROM robots_txt;
     """,
+    # 2: jobs are requests: a method, a body's sha256 (with the URL, the fingerprint of the
+    # duplicate rule), a priority, a schedule, per-job limits, metadata, the state
+    # `cancelled`, and the method a moved job goes on with. The fingerprint's index holds the
+    # URL's first 1,000 characters and its md5: a btree entry has room for no more than
+    # 2,704 bytes, and URLs may have 4,096 characters
+    """
+    ALTER TABLE jobs DROP CONSTRAINT jobs_state_check;
+    ALTER TABLE jobs ADD CONSTRAINT jobs_state_check CHECK (state IN
+        ('queued', 'retrying', 'running', 'done', 'failed', 'cancelled'));
+    ALTER TABLE jobs ALTER COLUMN state SET DEFAULT 'queued';
+    ALTER TABLE jobs
+        ADD COLUMN method text NOT NULL DEFAULT 'GET',
+        ADD COLUMN body_sha256 text NOT NULL DEFAULT '',
+        ADD COLUMN priority integer NOT NULL DEFAULT 0,
+        ADD COLUMN max_attempts integer,
+        ADD COLUMN timeout_s double precision,
+        ADD COLUMN retry boolean NOT NULL DEFAULT false,
+        ADD COLUMN metadata text,
+        ADD COLUMN cancel boolean NOT NULL DEFAULT false,
+        ADD COLUMN resume_method text;
+    DROP INDEX jobs_queued;
+    CREATE INDEX jobs_queued ON jobs (host, priority DESC, id) WHERE state = 'queued';
+    DROP INDEX jobs_active_url;
+    CREATE UNIQUE INDEX jobs_active_request
+        ON jobs (left(url, 1000), md5(url), method, body_sha256)
+        WHERE state IN ('queued', 'retrying', 'running');
+
+    CREATE TABLE job_requests (
+        job_id bigint PRIMARY KEY,
+        headers text NOT NULL,
+        body bytea
+    );
+    ALTER TABLE results ADD COLUMN method text NOT NULL DEFAULT 'GET';
+
+    CREATE OR REPLACE VIEW queue AS
+    SELECT s.state, coalesce(sum(c.n), 0)::bigint AS jobs
+    FROM (VALUES (1, 'queued'), (2, 'retrying'), (3, 'running'), (4, 'done'), (5, 'failed'),
+                 (6, 'cancelled')) AS s(i, state)
+    LEFT JOIN job_counts c ON c.state = s.state
+    GROUP BY s.i, s.state ORDER BY s.i;
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)

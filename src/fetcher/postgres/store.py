@@ -21,15 +21,29 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, suppress
+from typing import Any
 
 import asyncpg
+import orjson
 
 from fetcher.batch import Batch, Pruned, write
 from fetcher.clocks import Clocks
 from fetcher.daemons import new_owner
 from fetcher.errors import StoreUnavailable
+from fetcher.intake import COLUMNS, Key, SubmissionPlan, submission_plan
 from fetcher.locations import masked
-from fetcher.model import HostLease, HostRate, HostWalk, Job, Validators, Verdict
+from fetcher.model import (
+    HostLease,
+    HostRate,
+    HostWalk,
+    Job,
+    JobRequest,
+    JobState,
+    Submitted,
+    Validators,
+    Verdict,
+)
+from fetcher.policy import carried_on
 from fetcher.postgres.connection import (
     Channel,
     commits_shard,
@@ -42,7 +56,7 @@ from fetcher.postgres.connection import (
 from fetcher.postgres.leases import HostLeases
 from fetcher.postgres.schema import migrate
 from fetcher.postgres.tables import PostgresTables
-from fetcher.urls import Target, stored_target
+from fetcher.urls import stored_target
 
 __all__ = ["PostgresQueue"]
 
@@ -123,20 +137,82 @@ class PostgresQueue:
 
     # -- submission ------------------------------------------------------------------------
 
-    async def submit(self, targets: Sequence[Target]) -> int:
-        """Queue `targets` in one statement; how many were new."""
-        now = self._wall()
-        ordered = sorted(targets, key=lambda t: t.host_key)  # host rows are locked in order
+    async def submit(self, jobs: Sequence[JobRequest]) -> list[Submitted]:
+        """Queue `jobs` in one transaction; for each, its new id, or the id of the same request
+        already queued, retrying or running."""
+        plan = submission_plan(jobs, self._wall())
+        order = plan.by_host()
         async with self._transaction("submit") as db:
-            status = await db.execute(
-                "INSERT INTO jobs (url, host, state, created_at, updated_at)"
-                " SELECT u, h, 'queued', $3, $3 FROM unnest($1::text[], $2::text[]) AS v(u, h)"
-                " ON CONFLICT (url) WHERE state IN ('queued', 'retrying', 'running') DO NOTHING",
-                [t.url for t in ordered],
-                [t.host_key for t in ordered],
+            new = await self._insert(db, plan, order)
+            # each statement sees what committed before it: a duplicate's job may have ended
+            # since the insert met it; the next insert queues it then
+            for _ in range(3):
+                existing = await self._existing(db, plan.others(new))
+                missing = [i for i in order if plan.keys[i] not in new | existing]
+                if not missing:
+                    break
+                new |= await self._insert(db, plan, missing)
+            if plan.requests:
+                await db.executemany(
+                    "INSERT INTO job_requests VALUES ($1, $2, $3)", plan.request_rows(new)
+                )
+        return plan.answers(new, existing)
+
+    async def _insert(
+        self, db: asyncpg.Connection, plan: SubmissionPlan, order: Sequence[int]
+    ) -> dict[Key, int]:
+        rows = [row[1:] for row in _full(plan, order)]
+        columns = [list(c) for c in zip(*rows, strict=True)] if rows else [[]] * 11
+        added = await db.fetch(
+            "INSERT INTO jobs (url, host, method, body_sha256, priority, state, next_attempt_at,"
+            " max_attempts, timeout_s, retry, metadata, created_at, updated_at)"
+            " SELECT u, h, m, b, p, s, n, a, t, r <> 0, d, $12, $12 FROM unnest($1::text[],"
+            " $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::float8[],"
+            " $8::int[], $9::float8[], $10::int[], $11::text[]) AS v(u, h, m, b, p, s, n, a, t,"
+            " r, d) ON CONFLICT (left(url, 1000), md5(url), method, body_sha256)"
+            " WHERE state IN ('queued', 'retrying', 'running') DO NOTHING"
+            " RETURNING id, url, method, body_sha256",
+            *columns,
+            plan.now,
+        )
+        return {(row[1], row[2], row[3]): row[0] for row in added}
+
+    async def _existing(self, db: asyncpg.Connection, keys: list[Key]) -> dict[Key, int]:
+        """The active jobs with these fingerprints."""
+        if not keys:
+            return {}
+        rows = await db.fetch(
+            "SELECT j.id, v.u, v.m, v.b FROM unnest($1::text[], $2::text[], $3::text[])"
+            " AS v(u, m, b) JOIN jobs j ON left(j.url, 1000) = left(v.u, 1000)"
+            " AND md5(j.url) = md5(v.u) AND j.method = v.m AND j.body_sha256 = v.b"
+            " WHERE j.state IN ('queued', 'retrying', 'running')",
+            *(list(c) for c in zip(*keys, strict=True)),
+        )
+        return {(row[1], row[2], row[3]): row[0] for row in rows}
+
+    async def cancel(self, ids: Sequence[int]) -> dict[int, JobState]:
+        """Cancel jobs: a queued or retrying one ends `cancelled` now (with its result), a
+        running one is marked to end after its current request. The state each known job was
+        in before (a final one is left as it is)."""
+        now = self._wall()
+        async with self._transaction("cancel") as db:
+            rows = await db.fetch(
+                "SELECT id, state FROM jobs WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
+                list(ids),
+            )
+            before = {row[0]: JobState(row[1]) for row in rows}
+            now_cancelled = await db.fetch(
+                "UPDATE jobs SET state = 'cancelled', next_attempt_at = NULL, updated_at = $2"
+                " WHERE id = ANY($1::bigint[]) AND state IN ('queued', 'retrying') RETURNING id",
+                list(ids),
                 now,
             )
-        return row_count(status)
+            await PostgresTables(db, self.owner, now).cancelled([r[0] for r in now_cancelled])
+            await db.execute(
+                "UPDATE jobs SET cancel = true WHERE id = ANY($1::bigint[]) AND state = 'running'",
+                list(ids),
+            )
+        return before
 
     # -- host leases (fetcher.postgres.leases) ------------------------------------------------
 
@@ -174,8 +250,9 @@ class PostgresQueue:
         )
 
     async def claim(self, wants: Sequence[tuple[str, int]], lease_s: float) -> list[Job]:
-        """Up to n queued jobs for each (host, n) this daemon holds, oldest first, each stamped
-        with the host's epoch; with their validators."""
+        """Up to n queued jobs for each (host, n) this daemon holds, the highest priority
+        first, then the oldest, each stamped with the host's epoch; with their requests and
+        validators."""
         wants = [(host, n) for host, n in wants if self._leases.holds(host)]
         if not wants:
             return []
@@ -188,40 +265,53 @@ class PostgresQueue:
                     JOIN hosts h ON h.host = w.host AND h.owner = $3
                     CROSS JOIN LATERAL (
                         SELECT id FROM jobs WHERE state = 'queued' AND host = w.host
-                        ORDER BY id LIMIT w.n FOR UPDATE SKIP LOCKED
+                        ORDER BY priority DESC, id LIMIT w.n FOR UPDATE SKIP LOCKED
                     ) AS j
                 )
                 UPDATE jobs SET state = 'running', lease_owner = $3, lease_epoch = picked.epoch,
                     updated_at = $4
                 FROM picked WHERE jobs.id = picked.id
                 RETURNING jobs.id, jobs.url, jobs.host, jobs.attempts, jobs.resume_url,
-                    jobs.hops, jobs.lease_epoch
+                    jobs.hops, jobs.lease_epoch, jobs.method, jobs.resume_method, jobs.priority,
+                    jobs.max_attempts, jobs.timeout_s, jobs.retry
                 """,
                 [h for h, _ in wants],
                 [n for _, n in wants],
                 self.owner,
                 self._wall(),
             )
-            jobs = []
-            for row in sorted(rows, key=lambda r: r["id"]):
-                resume = row["resume_url"] or row["url"]
-                jobs.append(
-                    Job(
-                        row["id"], row["url"], row["host"], row["attempts"],
-                        stored_target(resume, row["host"]), hops=row["hops"],
-                    )
-                )  # fmt: skip
+            jobs = [_claimed(row) for row in rows]
+            for row in rows:
                 self._leases.claimed(row["id"], row["host"], row["lease_epoch"])
             if jobs:
-                kept = await db.fetch(
-                    "SELECT url, etag, last_modified, body_sha256, body_path FROM validators"
-                    " WHERE url = ANY($1::text[])",
-                    [job.url for job in jobs],
-                )
-                validators = {row[0]: Validators(*row[1:]) for row in kept}
-                for job in jobs:
-                    job.validators = validators.get(job.url)
+                await self._attach(db, jobs, {r["id"] for r in rows if r["resume_url"]})
+        jobs.sort(key=lambda job: (job.host, -job.priority, job.id))
         return jobs
+
+    async def _attach(self, db: asyncpg.Connection, jobs: list[Job], moved: set[int]) -> None:
+        """The requests of the jobs that carry one (as a moved job goes on with it), and the
+        validators of their URLs."""
+        requests = {
+            row[0]: row[1:]
+            for row in await db.fetch(
+                "SELECT job_id, headers, body FROM job_requests WHERE job_id = ANY($1::bigint[])",
+                [job.id for job in jobs],
+            )
+        }
+        kept = await db.fetch(
+            "SELECT url, etag, last_modified, body_sha256, body_path FROM validators"
+            " WHERE url = ANY($1::text[])",
+            [job.url for job in jobs if job.method == "GET" and job.id not in moved],
+        )
+        validators = {row[0]: Validators(*row[1:]) for row in kept}
+        for job in jobs:
+            if job.id in requests:
+                headers, body = requests[job.id]
+                job.headers = tuple(map(tuple, orjson.loads(headers)))
+                job.body = body
+            if job.id in moved:  # past a redirect to another origin: as policy.redirected
+                job.headers, job.body = carried_on(job)
+            job.validators = validators.get(job.url)
 
     async def promote_due(self) -> int:
         async with self._transaction("promote_due") as db:
@@ -321,3 +411,23 @@ class PostgresQueue:
                 "DELETE FROM host_minutes WHERE minute < $1", int(before // 60)
             )
         return Pruned(len(rows), len(rows) + row_count(status), [row[0] for row in orphans])
+
+
+def _claimed(row: asyncpg.Record) -> Job:
+    method = row["resume_method"] or row["method"]
+    return Job(
+        row["id"], row["url"], row["host"], row["attempts"],
+        stored_target(row["resume_url"] or row["url"], row["host"]), hops=row["hops"],
+        method=method, priority=row["priority"], max_attempts=row["max_attempts"],
+        timeout_s=row["timeout_s"], retry=row["retry"], first_method=row["method"],
+    )  # fmt: skip
+
+
+def _full(plan: SubmissionPlan, order: Sequence[int]) -> list[tuple[Any, ...]]:
+    """Every column of each row (PostgreSQL takes them as arrays, at no cost per column)."""
+    names, rows = plan.table(order, 0)
+    at = {name: 3 + n for n, name in enumerate(names)}
+    return [
+        (*row[:3], *(row[at[name]] if name in at else default for name, default in COLUMNS.items()))
+        for row in rows
+    ]

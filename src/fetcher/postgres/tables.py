@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import asyncpg
 
 from fetcher.counters import COUNTER_FIELDS, MINUTE_FIELDS, Tally
-from fetcher.model import Outcome, Verdict
+from fetcher.model import CANCELLED, Outcome, Verdict
 
 __all__ = ["PostgresTables"]
 
@@ -26,9 +26,9 @@ class PostgresTables:
     async def insert_results(self, finals: Sequence[Outcome]) -> None:
         await self._db.execute(
             "INSERT INTO results (job_id, url, host, final_url, state, status, bytes,"
-            " error, attempts, latency_ms, body_sha256, body_path, finished_at)"
+            " error, attempts, latency_ms, body_sha256, body_path, finished_at, method)"
             " SELECT jobs.id, jobs.url, jobs.host, v.final_url, v.state, v.status,"
-            " v.bytes, v.error, v.attempts, v.latency_ms, v.sha, v.path, $11"
+            " v.bytes, v.error, v.attempts, v.latency_ms, v.sha, v.path, $11, jobs.method"
             " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::bigint[],"
             " $6::text[], $7::int[], $8::float8[], $9::text[], $10::text[])"
             " AS v(id, final_url, state, status, bytes, error, attempts, latency_ms,"
@@ -52,17 +52,41 @@ class PostgresTables:
             self._owner,
         )
 
+    async def cancel_requested(self, job_ids: Sequence[int]) -> set[int]:
+        rows = await self._db.fetch(
+            "SELECT id FROM jobs WHERE id = ANY($1::bigint[]) AND cancel AND lease_owner = $2",
+            list(job_ids),
+            self._owner,
+        )
+        return {row[0] for row in rows}
+
+    async def cancelled(self, job_ids: Sequence[int]) -> None:
+        """The results of jobs cancelled before they were claimed."""
+        await self._db.execute(
+            "INSERT INTO results (job_id, url, host, final_url, state, status, bytes, error,"
+            " attempts, latency_ms, body_sha256, body_path, finished_at, method)"
+            " SELECT id, url, host, NULL, 'cancelled', NULL, 0, $3, attempts, NULL, NULL,"
+            " NULL, $2, method FROM jobs WHERE id = ANY($1::bigint[])"
+            " ON CONFLICT (job_id) DO UPDATE SET state = excluded.state,"
+            " error = excluded.error, finished_at = excluded.finished_at",
+            list(job_ids),
+            self._now,
+            CANCELLED,
+        )
+
     async def settle_jobs(self, outcomes: Sequence[Outcome]) -> None:
         """Each job to its new state; a moved one (a redirect to a host another daemon holds)
-        to its new host's queue, with the URL and hop count it goes on from."""
+        to its new host's queue, with the URL, hop count and method it goes on with."""
         await self._db.execute(
             "UPDATE jobs SET state = v.state, attempts = v.attempts,"
             " next_attempt_at = v.next_at, lease_owner = NULL, lease_epoch = NULL,"
             " updated_at = $7, host = coalesce(v.host, jobs.host),"
             " resume_url = CASE WHEN v.host IS NULL THEN jobs.resume_url ELSE v.resume END,"
-            " hops = coalesce(v.hops, jobs.hops)"
+            " resume_method = CASE WHEN v.host IS NULL THEN jobs.resume_method"
+            " ELSE v.method END, hops = coalesce(v.hops, jobs.hops)"
             " FROM unnest($1::bigint[], $2::text[], $3::int[], $4::float8[], $5::text[],"
-            " $6::text[], $8::int[]) AS v(id, state, attempts, next_at, host, resume, hops)"
+            " $6::text[], $8::int[], $10::text[])"
+            " AS v(id, state, attempts, next_at, host, resume, hops, method)"
             " WHERE jobs.id = v.id AND jobs.lease_owner = $9",
             [o.job_id for o in outcomes],
             [o.state.value for o in outcomes],
@@ -73,6 +97,7 @@ class PostgresTables:
             self._now,
             [o.hops if o.moved_to else None for o in outcomes],
             self._owner,
+            [o.moved_method for o in outcomes],
         )
 
     async def read_counters(self, hosts: Sequence[str]) -> dict[str, Tally]:

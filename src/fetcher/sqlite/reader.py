@@ -3,13 +3,14 @@ the daemon and never creates or changes anything."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from fetcher.errors import StoreUnavailable
-from fetcher.sqlite.schema import BUSY_TIMEOUT_MS
+from fetcher.errors import SchemaTooOld, StoreUnavailable
+from fetcher.sqlite.schema import BUSY_TIMEOUT_MS, SCHEMA_VERSION
 
 if TYPE_CHECKING:  # the read commands load no more than they read
     from fetcher.jobqueue import HostStatsRow, MinuteRow, ResultRow
@@ -28,6 +29,10 @@ class SqliteReader:
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable("open", f"{path}: {exc}") from exc
         self._db.row_factory = sqlite3.Row
+        found = int(self._rows("PRAGMA user_version")[0][0])
+        if found < SCHEMA_VERSION:
+            self._db.close()
+            raise SchemaTooOld(found, SCHEMA_VERSION)
 
     def close(self) -> None:
         self._db.close()
@@ -61,25 +66,31 @@ class SqliteReader:
         )
         return float(rows[0][0]) if rows else None
 
-    def results(self, state: str | None, since: float | None) -> Iterator[ResultRow]:
+    def results(
+        self, state: str | None, since: float | None, job_id: int | None = None
+    ) -> Iterator[ResultRow]:
         clauses: list[str] = []
         params: list[object] = []
         if state:
-            clauses.append("state = ?")
+            clauses.append("r.state = ?")
             params.append(state)
         if since is not None:
-            clauses.append("finished_at >= ?")
+            clauses.append("r.finished_at >= ?")
             params.append(since)
+        if job_id is not None:
+            clauses.append("r.job_id = ?")
+            params.append(job_id)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = (
-            "SELECT job_id, url, final_url, host, state, status, bytes, error, attempts,"
-            " latency_ms, body_sha256, body_path,"
-            " strftime('%Y-%m-%dT%H:%M:%fZ', finished_at, 'unixepoch') AS finished_at"
-            f" FROM results {where} ORDER BY finished_at, job_id"
+            "SELECT r.job_id AS id, r.job_id, r.url, r.method, r.final_url, r.host, r.state,"
+            " r.status, r.bytes, r.error, r.attempts, r.latency_ms, r.body_sha256, r.body_path,"
+            " strftime('%Y-%m-%dT%H:%M:%fZ', r.finished_at, 'unixepoch') AS finished_at,"
+            " j.metadata FROM results r LEFT JOIN jobs j ON j.id = r.job_id"
+            f" {where} ORDER BY r.finished_at, r.job_id"
         )
         try:
             for row in self._db.execute(sql, params):
-                yield cast("ResultRow", dict(row))
+                yield _result(dict(row))
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable("results", str(exc)) from exc
 
@@ -105,3 +116,10 @@ class SqliteReader:
             tuple(origins),
         )
         return [Verdict(*row) for row in rows]
+
+
+def _result(row: dict[str, object]) -> ResultRow:
+    """A result row, its metadata (JSON text in the table) as the object it was."""
+    if isinstance(row["metadata"], str):
+        row["metadata"] = json.loads(row["metadata"])
+    return cast("ResultRow", row)

@@ -174,6 +174,61 @@ _MIGRATIONS: list[str] = [
         body_path TEXT
     ) WITHOUT ROWID;
     """,
+    # 5: jobs are requests: a method, a body's sha256 (with the URL, the fingerprint of the
+    # duplicate rule), a priority, a schedule, per-job limits, metadata, and the new final
+    # state `cancelled`. SQLite cannot change a CHECK in place: the table is built again,
+    # every row kept.
+    """
+    CREATE TABLE jobs_v5 (
+        id INTEGER PRIMARY KEY,
+        url TEXT NOT NULL,
+        host TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'queued' CHECK (state IN
+            ('queued', 'retrying', 'running', 'done', 'failed', 'cancelled')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL,
+        lease_owner TEXT,
+        lease_until REAL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        method TEXT NOT NULL DEFAULT 'GET',
+        body_sha256 TEXT NOT NULL DEFAULT '',
+        priority INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER,
+        timeout_s REAL,
+        retry INTEGER NOT NULL DEFAULT 0,
+        metadata TEXT,
+        cancel INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO jobs_v5 (id, url, host, state, attempts, next_attempt_at, lease_owner,
+                         lease_until, created_at, updated_at)
+        SELECT id, url, host, state, attempts, next_attempt_at, lease_owner, lease_until,
+               created_at, updated_at FROM jobs;
+    DROP TABLE jobs;
+    ALTER TABLE jobs_v5 RENAME TO jobs;
+    CREATE INDEX jobs_queued ON jobs (host, priority DESC, id) WHERE state = 'queued';
+    CREATE INDEX jobs_due ON jobs (next_attempt_at) WHERE state = 'retrying';
+    CREATE INDEX jobs_lease ON jobs (lease_owner, lease_until) WHERE state = 'running';
+    CREATE UNIQUE INDEX jobs_active_request ON jobs (url, method, body_sha256)
+        WHERE state IN ('queued', 'retrying', 'running');
+    CREATE TRIGGER jobs_count_update AFTER UPDATE OF state ON jobs
+        WHEN OLD.state <> NEW.state BEGIN
+        UPDATE job_counts SET n = n - 1 WHERE state = OLD.state;
+        UPDATE job_counts SET n = n + 1 WHERE state = NEW.state;
+    END;
+    CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs BEGIN
+        UPDATE job_counts SET n = n - 1 WHERE state = OLD.state;
+    END;
+    INSERT INTO job_counts VALUES ('cancelled', 0);
+
+    -- what only the sender reads: headers (secrets among them) and bodies
+    CREATE TABLE job_requests (
+        job_id INTEGER PRIMARY KEY,
+        headers TEXT NOT NULL,
+        body BLOB
+    );
+    ALTER TABLE results ADD COLUMN method TEXT NOT NULL DEFAULT 'GET';
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -13,9 +13,9 @@ import aiosqlite
 import orjson
 
 from fetcher.counters import COUNTER_FIELDS, MINUTE_FIELDS, Tally
-from fetcher.model import Outcome, Verdict
+from fetcher.model import CANCELLED, Outcome, Verdict
 
-__all__ = ["SqliteTables", "field", "json_array"]
+__all__ = ["SqliteTables", "field", "fields", "json_array"]
 
 
 def json_array(items: Iterable[object]) -> str:
@@ -29,7 +29,8 @@ def field(i: int) -> str:
     return f"json_extract(v.value, '$[{i}]')"
 
 
-def _fields(first: int, last: int) -> str:
+def fields(first: int, last: int) -> str:
+    """Columns `first` … `last` of a row of `json_each(?) AS v`."""
     return ", ".join(field(i) for i in range(first, last + 1))
 
 
@@ -50,10 +51,29 @@ class SqliteTables:
         )  # fmt: skip
         await self._db.execute(
             "INSERT OR REPLACE INTO results (job_id, url, host, final_url, state, status,"
-            " bytes, error, attempts, latency_ms, body_sha256, body_path, finished_at)"
-            f" SELECT jobs.id, jobs.url, jobs.host, {_fields(1, 9)}, ? FROM json_each(?) AS v"
-            f" JOIN jobs ON jobs.id = {field(0)} WHERE jobs.lease_owner = ?",
+            " bytes, error, attempts, latency_ms, body_sha256, body_path, finished_at, method)"
+            f" SELECT jobs.id, jobs.url, jobs.host, {fields(1, 9)}, ?, jobs.method"
+            f" FROM json_each(?) AS v JOIN jobs ON jobs.id = {field(0)}"
+            " WHERE jobs.lease_owner = ?",
             (self._now, rows, self._owner),
+        )
+
+    async def cancel_requested(self, job_ids: Sequence[int]) -> set[int]:
+        cursor = await self._db.execute(
+            "SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(?)) AND cancel"
+            " AND lease_owner = ?",
+            (json_array(job_ids), self._owner),
+        )
+        return {row[0] for row in await cursor.fetchall()}
+
+    async def cancelled(self, job_ids: Sequence[int]) -> None:
+        """The results of jobs cancelled before they were claimed."""
+        await self._db.execute(
+            "INSERT OR REPLACE INTO results (job_id, url, host, final_url, state, status, bytes,"
+            " error, attempts, latency_ms, body_sha256, body_path, finished_at, method)"
+            " SELECT id, url, host, NULL, 'cancelled', NULL, 0, ?, attempts, NULL, NULL, NULL,"
+            " ?, method FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
+            (CANCELLED, self._now, json_array(job_ids)),
         )
 
     async def settle_jobs(self, outcomes: Sequence[Outcome]) -> None:
@@ -108,7 +128,7 @@ class SqliteTables:
             (o.job_id, o.etag, o.last_modified, o.body_sha256, o.body_path) for o in validated
         )
         await self._db.execute(
-            f"INSERT OR REPLACE INTO validators SELECT jobs.url, {_fields(1, 4)}"
+            f"INSERT OR REPLACE INTO validators SELECT jobs.url, {fields(1, 4)}"
             f" FROM json_each(?) AS v JOIN jobs ON jobs.id = {field(0)}"
             " JOIN results ON results.job_id = jobs.id WHERE results.final_url = jobs.url",
             (rows,),

@@ -1,0 +1,126 @@
+"""The rules of a submission, which both backends follow (each brings its SQL): a job's
+fingerprint (URL, method, body sha256: the same request already queued, retrying or running is
+not queued again), the state it starts in (`retrying` until its `not_before`), which jobs keep a
+request row (headers, body: what only the sender reads), and the answer for each job in the
+order given: its new id, or the id of the job it repeats.
+
+A chunk's rows carry only the columns some job of it sets; the others take their defaults (a
+bulk submit of bare URLs writes (id, url, host) a row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import orjson
+
+from fetcher.model import JobRequest, JobState, Submitted
+
+__all__ = ["COLUMNS", "Key", "SubmissionPlan", "submission_plan"]
+
+Key = tuple[str, str, str]  # (url, method, body sha256): a request's fingerprint
+# the columns a submit may write, after (id, url, host), with their defaults
+COLUMNS: dict[str, Any] = {
+    "method": "GET", "body_sha256": "", "priority": 0, "state": "queued",
+    "next_attempt_at": None, "max_attempts": None, "timeout_s": None, "retry": 0,
+    "metadata": None,
+}  # fmt: skip
+
+
+@dataclass  # not slots: `keys` is cached on the instance
+class SubmissionPlan:
+    jobs: Sequence[JobRequest]
+    now: float
+    requests: list[int] = field(init=False)  # the jobs with headers or a body
+
+    def __post_init__(self) -> None:
+        self.requests = [i for i, job in enumerate(self.jobs) if job.headers or job.body]
+
+    @cached_property
+    def keys(self) -> list[Key]:
+        """Each job's fingerprint (wanted only when a duplicate was met, or a request kept)."""
+        return [job.fingerprint for job in self.jobs]
+
+    def by_host(self) -> list[int]:
+        """The jobs' indexes, host by host (a stable sort keeps each host's order): the index
+        inserts then touch each page once per batch instead of once per URL, and PostgreSQL's
+        host rows are locked in order."""
+        hosts = [job.target.host_key for job in self.jobs]
+        return sorted(range(len(hosts)), key=hosts.__getitem__)
+
+    def table(self, order: Sequence[int], first_id: int) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """The columns some job sets (after id, url, host) and the rows of the jobs in `order`,
+        numbered from `first_id`."""
+        jobs = self.jobs
+        if all(job.plain for job in jobs):  # bare URLs: the common case of a bulk submit
+            ids = range(first_id, first_id + len(order))
+            return [], [
+                (job_id, jobs[i].target.url, jobs[i].target.host_key)
+                for job_id, i in zip(ids, order, strict=True)
+            ]
+        values = [self._values(self.jobs[i]) for i in order]
+        used = [n for n, name in enumerate(COLUMNS) if any(v[n] != COLUMNS[name] for v in values)]
+        names = [list(COLUMNS)[n] for n in used]
+        rows = [
+            (job_id, self.jobs[i].target.url, self.jobs[i].target.host_key, *(v[n] for n in used))
+            for job_id, i, v in zip(
+                range(first_id, first_id + len(order)), order, values, strict=True
+            )
+        ]
+        return names, rows
+
+    def _values(self, job: JobRequest) -> tuple[Any, ...]:
+        """A job's values of COLUMNS."""
+        if job.plain:
+            return _PLAIN
+        due = job.not_before is not None and job.not_before > self.now
+        return (
+            job.method, job.body_sha256, job.priority,
+            (JobState.RETRYING if due else JobState.QUEUED).value, job.not_before if due else None,
+            job.max_attempts, job.timeout_s, int(job.retry), job.metadata,
+        )  # fmt: skip
+
+    def request_rows(self, new: Mapping[Key, int]) -> list[tuple[int, str, bytes | None]]:
+        """(job id, headers as JSON, body) of the new jobs that carry a request."""
+        rows, seen = [], set()
+        for i in self.requests:
+            key = self.keys[i]
+            if key in new and key not in seen:
+                seen.add(key)
+                job = self.jobs[i]
+                rows.append((new[key], orjson.dumps(job.headers).decode(), job.body))
+        return rows
+
+    def numbered(self, order: Sequence[int], first_id: int) -> list[Submitted]:
+        """Every job new, numbered from `first_id` in `order`: the answers in the order given."""
+        ids = [0] * len(order)
+        for n, i in enumerate(order, start=first_id):
+            ids[i] = n
+        return [Submitted(job_id, False) for job_id in ids]
+
+    def others(self, new: Mapping[Key, int]) -> list[Key]:
+        """The fingerprints that were not inserted: duplicates of jobs already there."""
+        return sorted({key for key in self.keys if key not in new})
+
+    def answers(self, new: Mapping[Key, int], existing: Mapping[Key, int]) -> list[Submitted]:
+        """Each job's answer, in the order given: the first of a fingerprint inserted is new,
+        the rest (and those already there) are duplicates."""
+        answered: set[Key] = set()
+        out = []
+        for key in self.keys:
+            if key in new and key not in answered:
+                answered.add(key)
+                out.append(Submitted(new[key], False))
+            else:
+                out.append(Submitted(new.get(key) or existing[key], True))
+        return out
+
+
+_PLAIN = tuple(COLUMNS.values())
+
+
+def submission_plan(jobs: Sequence[JobRequest], now: float) -> SubmissionPlan:
+    return SubmissionPlan(jobs, now)
