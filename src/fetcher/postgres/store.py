@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, suppress
-from typing import Any
 
 import asyncpg
 import orjson
@@ -30,7 +29,6 @@ from fetcher.batch import Batch, Pruned, write
 from fetcher.clocks import Clocks
 from fetcher.daemons import new_owner
 from fetcher.errors import StoreUnavailable
-from fetcher.intake import COLUMNS, Key, SubmissionPlan, submission_plan
 from fetcher.locations import masked
 from fetcher.model import (
     HostLease,
@@ -44,6 +42,7 @@ from fetcher.model import (
     Verdict,
 )
 from fetcher.policy import carried_on
+from fetcher.postgres import submits
 from fetcher.postgres.connection import (
     Channel,
     commits_shard,
@@ -139,80 +138,15 @@ class PostgresQueue:
 
     async def submit(self, jobs: Sequence[JobRequest]) -> list[Submitted]:
         """Queue `jobs` in one transaction; for each, its new id, or the id of the same request
-        already queued, retrying or running."""
-        plan = submission_plan(jobs, self._wall())
-        order = plan.by_host()
+        already queued, retrying or running (`fetcher.postgres.submits`)."""
         async with self._transaction("submit") as db:
-            new = await self._insert(db, plan, order)
-            # each statement sees what committed before it: a duplicate's job may have ended
-            # since the insert met it; the next insert queues it then
-            for _ in range(3):
-                existing = await self._existing(db, plan.others(new))
-                missing = [i for i in order if plan.keys[i] not in new | existing]
-                if not missing:
-                    break
-                new |= await self._insert(db, plan, missing)
-            if plan.requests:
-                await db.executemany(
-                    "INSERT INTO job_requests VALUES ($1, $2, $3)", plan.request_rows(new)
-                )
-        return plan.answers(new, existing)
-
-    async def _insert(
-        self, db: asyncpg.Connection, plan: SubmissionPlan, order: Sequence[int]
-    ) -> dict[Key, int]:
-        rows = [row[1:] for row in _full(plan, order)]
-        columns = [list(c) for c in zip(*rows, strict=True)] if rows else [[]] * 11
-        added = await db.fetch(
-            "INSERT INTO jobs (url, host, method, body_sha256, priority, state, next_attempt_at,"
-            " max_attempts, timeout_s, retry, metadata, created_at, updated_at)"
-            " SELECT u, h, m, b, p, s, n, a, t, r <> 0, d, $12, $12 FROM unnest($1::text[],"
-            " $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::float8[],"
-            " $8::int[], $9::float8[], $10::int[], $11::text[]) AS v(u, h, m, b, p, s, n, a, t,"
-            " r, d) ON CONFLICT (left(url, 1000), md5(url), method, body_sha256)"
-            " WHERE state IN ('queued', 'retrying', 'running') DO NOTHING"
-            " RETURNING id, url, method, body_sha256",
-            *columns,
-            plan.now,
-        )
-        return {(row[1], row[2], row[3]): row[0] for row in added}
-
-    async def _existing(self, db: asyncpg.Connection, keys: list[Key]) -> dict[Key, int]:
-        """The active jobs with these fingerprints."""
-        if not keys:
-            return {}
-        rows = await db.fetch(
-            "SELECT j.id, v.u, v.m, v.b FROM unnest($1::text[], $2::text[], $3::text[])"
-            " AS v(u, m, b) JOIN jobs j ON left(j.url, 1000) = left(v.u, 1000)"
-            " AND md5(j.url) = md5(v.u) AND j.method = v.m AND j.body_sha256 = v.b"
-            " WHERE j.state IN ('queued', 'retrying', 'running')",
-            *(list(c) for c in zip(*keys, strict=True)),
-        )
-        return {(row[1], row[2], row[3]): row[0] for row in rows}
+            return await submits.submit(db, jobs, self._wall())
 
     async def cancel(self, ids: Sequence[int]) -> dict[int, JobState]:
-        """Cancel jobs: a queued or retrying one ends `cancelled` now (with its result), a
-        running one is marked to end after its current request. The state each known job was
-        in before (a final one is left as it is)."""
-        now = self._wall()
+        """Cancel jobs: a queued or retrying one ends `cancelled` now, a running one after its
+        current request; the state each known job was in before."""
         async with self._transaction("cancel") as db:
-            rows = await db.fetch(
-                "SELECT id, state FROM jobs WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
-                list(ids),
-            )
-            before = {row[0]: JobState(row[1]) for row in rows}
-            now_cancelled = await db.fetch(
-                "UPDATE jobs SET state = 'cancelled', next_attempt_at = NULL, updated_at = $2"
-                " WHERE id = ANY($1::bigint[]) AND state IN ('queued', 'retrying') RETURNING id",
-                list(ids),
-                now,
-            )
-            await PostgresTables(db, self.owner, now).cancelled([r[0] for r in now_cancelled])
-            await db.execute(
-                "UPDATE jobs SET cancel = true WHERE id = ANY($1::bigint[]) AND state = 'running'",
-                list(ids),
-            )
-        return before
+            return await submits.cancel(db, ids, self.owner, self._wall())
 
     # -- host leases (fetcher.postgres.leases) ------------------------------------------------
 
@@ -421,13 +355,3 @@ def _claimed(row: asyncpg.Record) -> Job:
         method=method, priority=row["priority"], max_attempts=row["max_attempts"],
         timeout_s=row["timeout_s"], retry=row["retry"], first_method=row["method"],
     )  # fmt: skip
-
-
-def _full(plan: SubmissionPlan, order: Sequence[int]) -> list[tuple[Any, ...]]:
-    """Every column of each row (PostgreSQL takes them as arrays, at no cost per column)."""
-    names, rows = plan.table(order, 0)
-    at = {name: 3 + n for n, name in enumerate(names)}
-    return [
-        (*row[:3], *(row[at[name]] if name in at else default for name, default in COLUMNS.items()))
-        for row in rows
-    ]

@@ -18,7 +18,6 @@ import asyncio
 import math
 import os
 import sqlite3
-from collections import Counter
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -31,7 +30,6 @@ from fetcher.batch import Batch, Pruned, write
 from fetcher.clocks import Clocks
 from fetcher.daemons import dead_here, new_owner, this_machine
 from fetcher.errors import ConfigError, StoreUnavailable
-from fetcher.intake import Key, SubmissionPlan, submission_plan
 from fetcher.model import (
     HostLease,
     HostRate,
@@ -43,8 +41,9 @@ from fetcher.model import (
     Validators,
     Verdict,
 )
+from fetcher.sqlite import submits
 from fetcher.sqlite.schema import connect_pragmas, migrate, prepare_path
-from fetcher.sqlite.tables import SqliteTables, field, fields, json_array
+from fetcher.sqlite.tables import SqliteTables, json_array
 from fetcher.urls import stored_target
 
 __all__ = ["SqliteQueue"]
@@ -133,30 +132,15 @@ class SqliteQueue:
 
     async def submit(self, jobs: Sequence[JobRequest]) -> list[Submitted]:
         """Queue `jobs` in one transaction; for each, its new id, or the id of the same request
-        already queued, retrying or running (a duplicate is not queued again). The ids are
-        the submit's own to give: one after the largest, host by host (the transaction holds
-        the write lock), so only a batch with duplicates asks which went in."""
-        plan = submission_plan(jobs, self._clocks.wall())
-        order = plan.by_host()
+        already queued, retrying or running (`fetcher.sqlite.submits`)."""
         async with self._transaction("submit") as db:
-            cursor = await db.execute("SELECT coalesce(max(id), 0) FROM jobs")
-            first = (await cursor.fetchone() or (0,))[0] + 1
-            inserted = await _insert(db, plan, order, first)
-            if inserted == len(jobs):
-                if plan.requests:
-                    new = {plan.keys[i]: n for n, i in enumerate(order, start=first)}
-                    await db.executemany(
-                        "INSERT INTO job_requests VALUES (?, ?, ?)", plan.request_rows(new)
-                    )
-                return plan.numbered(order, first)
-            cursor = await db.execute("SELECT id FROM jobs WHERE id >= ?", (first,))
-            went_in = {row[0] for row in await cursor.fetchall()}
-            new = {plan.keys[i]: n for n, i in enumerate(order, start=first) if n in went_in}
-            if plan.requests:
-                await db.executemany(
-                    "INSERT INTO job_requests VALUES (?, ?, ?)", plan.request_rows(new)
-                )
-            return plan.answers(new, await _existing(db, plan.others(new)))
+            return await submits.submit(db, jobs, self._clocks.wall())
+
+    async def cancel(self, ids: Sequence[int]) -> dict[int, JobState]:
+        """Cancel jobs: a queued or retrying one ends `cancelled` now, a running one after its
+        current request; the state each known job was in before."""
+        async with self._transaction("cancel") as db:
+            return await submits.cancel(db, ids, self.owner, self._clocks.wall())
 
     async def hosts_with_queued(self, after: str, limit: int) -> HostWalk:
         """Up to `limit` hosts with queued jobs, in key order after `after` (an index walk)."""
@@ -216,33 +200,6 @@ class SqliteQueue:
                 headers, job.body = requests[job.id]
                 job.headers = tuple(map(tuple, orjson.loads(headers)))
             job.validators = kept.get(job.url) if job.method == "GET" else None
-
-    async def cancel(self, ids: Sequence[int]) -> dict[int, JobState]:
-        """Cancel jobs: a queued or retrying one ends `cancelled` now (with its result), a
-        running one is marked to end after its current request. The state each known job was
-        in before (a final one is left as it is)."""
-        now, chosen = self._clocks.wall(), json_array(ids)
-        async with self._transaction("cancel") as db:
-            cursor = await db.execute(
-                "SELECT id, state FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
-                (chosen,),
-            )
-            before = {job_id: JobState(state) for job_id, state in await cursor.fetchall()}
-            cursor = await db.execute(
-                "UPDATE jobs SET state = 'cancelled', next_attempt_at = NULL, updated_at = ?"
-                " WHERE id IN (SELECT value FROM json_each(?))"
-                " AND state IN ('queued', 'retrying') RETURNING id",
-                (now, chosen),
-            )
-            await SqliteTables(db, self.owner, now).cancelled(
-                [row[0] for row in await cursor.fetchall()]
-            )
-            await db.execute(
-                "UPDATE jobs SET cancel = 1 WHERE id IN (SELECT value FROM json_each(?))"
-                " AND state = 'running'",
-                (chosen,),
-            )
-        return before
 
     async def promote_due(self) -> int:
         """Jobs whose retry time has come go back to `queued`."""
@@ -396,41 +353,3 @@ def _claimed(row: Sequence[Any]) -> Job:
         job_id, url, host, attempts, stored_target(url, host), method=method, priority=priority,
         max_attempts=max_attempts, timeout_s=timeout_s, retry=bool(retry), first_method=method,
     )  # fmt: skip
-
-
-async def _insert(
-    db: aiosqlite.Connection, plan: SubmissionPlan, order: list[int], first: int
-) -> int:
-    """Insert the jobs of `plan` in `order`, numbered from `first`, a duplicate of an active
-    job left out; how many went in. The job counts move on with them."""
-    names, rows = plan.table(order, first)
-    # One statement, its rows a JSON array: SQLite inserts them all without the GIL, while
-    # `fetcher submit` parses the next chunk. With executemany the GIL came back to this
-    # thread row by row and the two took turns (bench/insert_cost.py). Each column is a
-    # json_extract of its row (SQLite 3.40 parses the row again for each): only the columns
-    # some job of the chunk sets are given.
-    cursor = await db.execute(
-        f"INSERT INTO jobs (id, url, host, {''.join(n + ', ' for n in names)}created_at,"
-        f" updated_at) SELECT {fields(0, len(names) + 2)}, ?, ? FROM json_each(?) AS v"
-        " WHERE true ON CONFLICT DO NOTHING"  # WHERE: how SQLite tells an upsert apart
-        + (" RETURNING state" if "state" in names else ""),
-        (plan.now, plan.now, json_array(rows)),
-    )
-    if "state" in names:
-        states = Counter(row[0] for row in await cursor.fetchall())
-    else:
-        states = Counter({"queued": cursor.rowcount})
-    for state, n in states.items():
-        await db.execute("UPDATE job_counts SET n = n + ? WHERE state = ?", (n, state))
-    return sum(states.values())
-
-
-async def _existing(db: aiosqlite.Connection, keys: list[Key]) -> dict[Key, int]:
-    """The active jobs with these fingerprints."""
-    cursor = await db.execute(
-        f"SELECT jobs.id, v.key FROM json_each(?) AS v JOIN jobs ON jobs.url = {field(0)}"
-        f" AND jobs.method = {field(1)} AND jobs.body_sha256 = {field(2)}"
-        " AND jobs.state IN ('queued', 'retrying', 'running')",
-        (json_array(keys),),
-    )
-    return {keys[key]: job_id for job_id, key in await cursor.fetchall()}
