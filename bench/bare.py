@@ -1,7 +1,9 @@
 """The baselines: a bare httpx + asyncio.Semaphore loop over the same URLs, over httpx's
 default transport, over fetcher's own aiohttp transport, or over httpx-aiohttp's (when the bench
 extra installed it); or a bare aiohttp + Semaphore loop (`aiohttp`). Each reads every body
-whole. Prints how many 200s it got."""
+whole. Prints how many 200s it got. With --post, the aiohttp loop sends each URL a POST of a
+1 kB body and the three headers of `POST_HEADERS` (what `make bench`'s requests case has
+fetcher send)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,11 @@ import httpx
 from fetcher.transport import AiohttpTransport
 
 TRANSPORTS = ("default", "fetcher", "httpx-aiohttp", "aiohttp")
+POST_BODY = b"k=" + b"v" * 1022
+POST_HEADERS = {
+    "Content-Type": "application/x-www-form-urlencoded", "X-Request-Id": "bench",
+    "Authorization": "Bearer bench-token",
+}  # fmt: skip
 
 
 def transport_for(name: str, limits: httpx.Limits) -> httpx.AsyncBaseTransport | None:
@@ -33,13 +40,16 @@ def transport_for(name: str, limits: httpx.Limits) -> httpx.AsyncBaseTransport |
     return None
 
 
-async def fetch_all_aiohttp(urls: list[str], concurrency: int) -> int:
+async def fetch_all_aiohttp(urls: list[str], concurrency: int, post: bool = False) -> int:
     semaphore = asyncio.Semaphore(concurrency)
     ok = 0
 
     async def one(session: aiohttp.ClientSession, url: str) -> None:
         nonlocal ok
-        async with semaphore, session.get(url) as response:
+        asked = (
+            session.post(url, data=POST_BODY, headers=POST_HEADERS) if post else session.get(url)
+        )
+        async with semaphore, asked as response:
             await response.read()
             ok += response.status == 200
 
@@ -49,9 +59,9 @@ async def fetch_all_aiohttp(urls: list[str], concurrency: int) -> int:
     return ok
 
 
-async def fetch_all(urls: list[str], concurrency: int, transport: str) -> int:
+async def fetch_all(urls: list[str], concurrency: int, transport: str, post: bool) -> int:
     if transport == "aiohttp":
-        return await fetch_all_aiohttp(urls, concurrency)
+        return await fetch_all_aiohttp(urls, concurrency, post)
     semaphore = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     client = httpx.AsyncClient(transport=transport_for(transport, limits), limits=limits)
@@ -73,10 +83,11 @@ def main() -> int:
     parser.add_argument("transport", choices=TRANSPORTS)
     parser.add_argument("concurrency", type=int)
     parser.add_argument("urls")
+    parser.add_argument("--post", action="store_true", help="a 1 kB POST with 3 headers (aiohttp)")
     args = parser.parse_args()
     with open(args.urls) as f:
         urls = [line.strip() for line in f if line.strip()]
-    print(asyncio.run(fetch_all(urls, args.concurrency, args.transport)))
+    print(asyncio.run(fetch_all(urls, args.concurrency, args.transport, args.post)))
     return 0
 
 

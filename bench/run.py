@@ -12,6 +12,8 @@
                  head-of-line scenario (11 hosts x 20 URLs at 2/s each, global cap 4).
     large        100 kB answers (a distinct body per URL): 5,000 URLs, C=64, one host; fetcher with
                  bodies saved and with FETCHER_SAVE_BODIES=false against the bare aiohttp loop.
+    requests     jobs that are requests: a 1 kB POST body and three headers a job, against the
+                 bare aiohttp loop sending the same; beside the bare GET of the same URLs.
     polite       10,000 URLs over 2,000 host keys (127.0.1-8.1-250), 5 a host, each at 2/s, burst
                  1, 4 in flight, C=64, the demo origin answering in 50 ms: `run --drain` wall time
                  against the ideal (64 slots x 50 ms = 1,280 req/s, or a host's own rate if
@@ -187,14 +189,18 @@ def fresh_db(db: Path) -> Path:
     return db
 
 
-def run_fetcher(urls: Path, concurrency: int, workdir: Path, **variables: object) -> float:
+def run_fetcher(
+    urls: Path, concurrency: int, workdir: Path, jobs_file: Path | None = None, **variables: object
+) -> float:
+    """`fetcher run --drain` of `urls` (or of the job objects of `jobs_file`, as many)."""
     db = fresh_db(workdir / "bench.db")
     shutil.rmtree(workdir / "bodies", ignore_errors=True)
     env = fetcher_env(
         db, max_concurrency=concurrency, host_concurrency=concurrency, host_rate=0, **variables
     )
     fetcher = [sys.executable, "-m", "fetcher"]
-    subprocess.run([*fetcher, "submit", "-f", str(urls)], env=env, check=True, capture_output=True)
+    submitted = str(jobs_file or urls)
+    subprocess.run([*fetcher, "submit", "-f", submitted], env=env, check=True, capture_output=True)
     elapsed = timed([*pinned(1), *fetcher, "run", "--drain"], env, workdir / "fetcher.log")
     done = stats.status(open_reader(db))["done"]
     if done != count_lines(urls):
@@ -280,6 +286,47 @@ def compare(
         rows.append(f"| {label} | {name} | {median:,.0f} | {runs} | {ours / median:.2f} |")
     print("\n".join(rows), flush=True)
     return rows
+
+
+def requests_with_bodies(workdir: Path, n: int, concurrency: int, reps: int) -> list[str]:
+    """Does a job with headers and a body cost more per request than a bare GET? fetcher's
+    ratio to the bare aiohttp loop, each sending the same requests, for both."""
+    from bare import POST_BODY, POST_HEADERS
+
+    urls = workdir / "urls-get.txt"
+    urls.write_text("".join(f"http://{ADDRESSES[0]}:{PORT}/r{i}\n" for i in range(n)))
+    jobs = workdir / "jobs-post.jsonl"
+    body = POST_BODY.decode()
+    jobs.write_text(
+        "".join(
+            json.dumps({"url": f"http://{ADDRESSES[0]}:{PORT}/r{i}", "method": "POST",
+                        "body": body, "headers": POST_HEADERS}) + "\n"
+            for i in range(n)
+        )
+    )  # fmt: skip
+
+    def bare_post(urls: Path, concurrency: int, workdir: Path) -> float:
+        script = str(HERE / "bare.py")
+        cmd = [*pinned(1), sys.executable, script, "aiohttp", str(concurrency), str(urls), "--post"]
+        return timed_client(cmd, urls)
+
+    get = compare(
+        {"fetcher, GET": run_fetcher, "bare aiohttp loop, GET": run_bare("aiohttp")},
+        urls, concurrency, reps, workdir, "GET",
+    )  # fmt: skip
+    post = compare(
+        {"fetcher, POST 1 kB + 3 headers": functools.partial(run_fetcher, jobs_file=jobs),
+         "bare aiohttp loop, the same POST": bare_post},
+        urls, concurrency, reps, workdir, "POST",
+    )  # fmt: skip
+    return [
+        f"### Jobs that are requests: {n:,} jobs, one host, C={concurrency}, median of {reps}",
+        "",
+        "| request | client | req/s (median) | runs | fetcher ÷ client |",
+        "|---|---|---|---|---|",
+        *get,
+        *post,
+    ]
 
 
 def large_bodies(workdir: Path, n: int, concurrency: int, reps: int) -> list[str]:
@@ -515,7 +562,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--scale", action="store_true", help="also the million-job figures")
-    parser.add_argument("--only", choices=["throughput", "large", "polite", "politeness", "scale"])
+    parser.add_argument(
+        "--only", choices=["throughput", "requests", "large", "polite", "politeness", "scale"]
+    )
     parser.add_argument(
         "--robots", choices=["obey", "ignore"], default="obey",
         help="FETCHER_ROBOTS for the scale run (obey, the default, asks each host's robots.txt)",
@@ -534,6 +583,8 @@ def main() -> int:
     with origin:
         if args.only in (None, "throughput"):
             report += ["", *throughput(workdir, args.urls, args.concurrency, args.reps)]
+        if args.only in (None, "requests"):
+            report += ["", *requests_with_bodies(workdir, args.urls, args.concurrency, args.reps)]
         if args.only in (None, "large") and use_nginx:
             n = 200 if args.smoke else 5_000
             report += ["", *large_bodies(workdir, n, args.concurrency, args.reps)]

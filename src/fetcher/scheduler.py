@@ -224,7 +224,7 @@ class Scheduler:
         job = self._pop_job(key, queue)
         limiter.start(now)
         if queue:
-            self._push(key, limiter.ready_at(now))
+            self._push(key, limiter.ready_at(now), now)
         return job
 
     def _pop_job(self, key: str, queue: list[tuple[int, int, Job]]) -> Job:
@@ -243,11 +243,16 @@ class Scheduler:
 
     def _schedule(self, key: str) -> None:
         if key not in self._in_heap:
-            self._push(key, self._limits.host(key).ready_at(self._clock()))
+            now = self._clock()
+            self._push(key, self._limits.host(key).ready_at(now), now)
 
-    def _push(self, key: str, ready_at: float) -> None:
+    def _push(self, key: str, ready_at: float, now: float = -math.inf) -> None:
+        """`key` waits until `ready_at`; straight to the ready heap when that is `now`."""
         if ready_at == math.inf:
             return  # at its in-flight cap: `finished` puts it back
+        if ready_at <= now and self._pending.get(key):
+            self._make_ready(key)
+            return
         self._seq += 1
         heapq.heappush(self._waiting, (ready_at, self._seq, key))
         self._in_heap.add(key)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fetcher.cli import main
-from fetcher.config import HostLimits, load_hosts_file, load_settings
+from fetcher.config import HostLimits, Settings, load_hosts_file, load_settings
 from fetcher.errors import ConfigError
 
 
@@ -147,3 +147,15 @@ def test_a_lease_too_short_for_the_timeout_is_a_configuration_error(
     monkeypatch.setenv("FETCHER_DB", "var/fetcher.db")  # one daemon: no host lease to outlast
     if named == "FETCHER_LEASE_S":
         assert main(["config"]) == 0
+
+
+def test_every_variable_is_documented_in_the_readme_and_the_example_env_file() -> None:
+    """An operator finds every FETCHER_* variable in the README's configuration table and,
+    commented out with its default, in config/fetcher.env."""
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    example = (root / "config" / "fetcher.env").read_text()
+    for field in Settings.model_fields:
+        name = f"FETCHER_{field.upper()}"
+        assert f"| `{name}` |" in readme, name
+        assert f"{name}=" in example, name
