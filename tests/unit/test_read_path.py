@@ -14,7 +14,8 @@ import pytest
 # what a read command must not import: each costs tens of milliseconds, none is needed to read
 # a few rows (the layout of the house: the read side sits below the daemon and the settings)
 HEAVY = (
-    "pydantic", "pydantic_settings", "protego", "httpx", "aiohttp", "aiosqlite", "asyncpg",
+    "asyncio", "pydantic", "pydantic_settings", "protego", "httpx", "aiohttp", "aiosqlite",
+    "asyncpg",
     "structlog", "fetcher.config", "fetcher.robots", "fetcher.service", "fetcher.fetch",
     "fetcher.transport", "fetcher.model", "fetcher.batch", "fetcher.jobqueue",
 )  # fmt: skip

@@ -1,10 +1,10 @@
 """The commands that change the queue: `submit` (URLs and job objects, line by line) and
-`cancel`. They open the queue as the daemon does, and commit before they return."""
+`cancel`. They open the queue as the daemon does, and commit before they return. (asyncio is
+imported where it runs: the parser loads this module for every command, the read ones too.)"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import itertools
 import json
@@ -41,6 +41,8 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     # A bulk submit holds a million small tuples at a time and makes no reference cycle: the
     # cyclic collector would scan them all again and again for nothing (BENCHMARKS.md, "submit")
     gc.disable()
+    import asyncio
+
     return asyncio.run(_submit(settings, lines, defaults, as_json=args.json))
 
 
@@ -118,6 +120,8 @@ async def _open(settings: Settings) -> JobQueue:
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     """Cancel jobs by id: queued or retrying ones end `cancelled` at once; running ones end
     after their current request. Exit 1 if one was unknown or had already ended."""
+    import asyncio
+
     return asyncio.run(_cancel(settings, args.ids, as_json=args.json))
 
 
