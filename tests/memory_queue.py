@@ -12,7 +12,8 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from fetcher.batch import Batch, Pruned
-from fetcher.errors import StoreUnavailable
+from fetcher.errors import IdempotencyKeyReused, StoreUnavailable
+from fetcher.jobqueue import Delivery, Once, Settled
 from fetcher.model import (
     ACTIVE_STATES,
     CANCELLED,
@@ -62,6 +63,7 @@ class MemoryQueue:
         self.bug_in: str | None = None  # an operation that raises a plain bug
         self._wall = wall
         self._restored = False
+        self.keys: dict[str, tuple[str, str]] = {}  # Idempotency-Key → (request hash, answer)
 
     def _in(self, state: JobState) -> list[Row]:
         return [row for row in self.rows.values() if row.state is state]
@@ -222,6 +224,31 @@ class MemoryQueue:
     async def prune(self, before: float, limit: int) -> Pruned:
         await self._enter("prune")
         return Pruned(0, 0, [])
+
+    async def expire(self, now: float) -> int:
+        await self._enter("expire")
+        return 0
+
+    async def submit_once(self, jobs: Sequence[JobRequest], once: Once) -> tuple[str, bool]:
+        await self._enter("submit")
+        if once.key in self.keys:
+            sha, answer = self.keys[once.key]
+            if sha != once.request_sha256:
+                raise IdempotencyKeyReused(once.key)
+            return answer, True
+        answer = once.answer(await self.submit(jobs))
+        self.keys[once.key] = (once.request_sha256, answer)
+        return answer, False
+
+    async def claim_webhooks(self, limit: int, lease_s: float) -> list[Delivery]:
+        await self._enter("claim_webhooks")
+        return []  # webhooks are tested on the real backends
+
+    async def settle_webhooks(self, settled: Sequence[Settled]) -> None:
+        await self._enter("settle_webhooks")
+
+    async def watch_results(self, wake: Callable[[], None]) -> None:
+        return None
 
     def states(self) -> Counter[str]:
         return Counter(row.state.value for row in self.rows.values())

@@ -22,20 +22,30 @@ async def open_queue(
     busy_timeout_s: float = 10.0,
     lease_s: float = 90.0,
     clocks: Clocks | None = None,
+    webhook_url: str | None = None,
 ) -> JobQueue:
     """The queue in database `db`, created or migrated as needed. `lease_s`: how long a host
-    stays leased without a renewal (PostgreSQL)."""
+    stays leased without a renewal (PostgreSQL); `webhook_url`: told of every job that names
+    no webhook of its own (FETCHER_WEBHOOK_URL)."""
     clocks = clocks or Clocks()
     if not isinstance(db, Path):
         from fetcher.postgres.store import PostgresQueue
 
         return await PostgresQueue.open(
-            db, busy_timeout_s=busy_timeout_s, lease_s=lease_s, clocks=clocks
+            db,
+            busy_timeout_s=busy_timeout_s,
+            lease_s=lease_s,
+            clocks=clocks,
+            webhook_url=webhook_url,
         )
     from fetcher.sqlite.store import SqliteQueue
 
     return await SqliteQueue.open(
-        db, cache_mib=cache_mib, busy_timeout_s=busy_timeout_s, clocks=clocks
+        db,
+        cache_mib=cache_mib,
+        busy_timeout_s=busy_timeout_s,
+        clocks=clocks,
+        webhook_url=webhook_url,
     )
 
 

@@ -85,6 +85,8 @@ class Tables(Protocol):
 
     async def cancel_requested(self, job_ids: Sequence[int]) -> set[int]: ...
     async def insert_results(self, finals: Sequence[Outcome]) -> None: ...
+    async def enqueue_webhooks(self, job_ids: Sequence[int]) -> None: ...
+    async def stamp_feed(self) -> None: ...
     async def settle_jobs(self, outcomes: Sequence[Outcome]) -> None: ...
     async def read_counters(self, hosts: Sequence[str]) -> dict[str, Tally]: ...
     async def write_counters(self, counters: Mapping[str, Tally]) -> None: ...
@@ -97,7 +99,8 @@ class Tables(Protocol):
 async def write(tables: Tables, batch: Batch) -> None:
     """A batch's steps in order, in the caller's transaction. A job cancelled while it ran
     ends here instead of going on; results go first: both they and the jobs skip a job this
-    daemon no longer holds, and the validators read the results."""
+    daemon no longer holds, and the validators read the results; a result's webhook event is
+    written with it; the results take their places in commit order (the feed's) at the end."""
     going_on = [o.job_id for o in batch.outcomes if not o.final]
     if going_on:
         cancelled = await tables.cancel_requested(going_on)
@@ -105,6 +108,7 @@ async def write(tables: Tables, batch: Batch) -> None:
             batch = batch.cancelling(cancelled)
     if batch.finals:
         await tables.insert_results(batch.finals)
+        await tables.enqueue_webhooks([o.job_id for o in batch.finals])
     if batch.outcomes:  # a batch may hold only requests: the hops of redirect chains
         await tables.settle_jobs(batch.outcomes)
     if batch.exchanges:
@@ -115,6 +119,8 @@ async def write(tables: Tables, batch: Batch) -> None:
         await tables.keep_validators(batch.validated)
     if batch.robots:
         await tables.keep_robots(batch.robots)
+    if batch.finals:  # last: on PostgreSQL it holds the other daemons' results back till commit
+        await tables.stamp_feed()
 
 
 async def count(tables: Tables, exchanges: Sequence[Exchange]) -> None:

@@ -4,6 +4,7 @@ FetcherError
  ├── ConfigError        a wrong variable or hosts file: exit 78, the message names it
  ├── InvalidURL         refused at submit (or when a redirect names one)
  ├── InvalidJob         a job object refused at submit (a field named, a secret never shown)
+ ├── IdempotencyKeyReused  an Idempotency-Key sent again with another request (422)
  ├── BodyNotKept        the body could not be written (disk full): fetcher's fault, not the
  │                      host's; the job tries again later without using up an attempt
  └── Refused            a job ends `failed` without (more) requests: reason stored in results
@@ -21,6 +22,7 @@ __all__ = [
     "BodyTooLarge",
     "ConfigError",
     "FetcherError",
+    "IdempotencyKeyReused",
     "InvalidJob",
     "InvalidURL",
     "Refused",
@@ -51,6 +53,10 @@ class InvalidJob(FetcherError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class IdempotencyKeyReused(FetcherError):
+    """An Idempotency-Key already answered another request (within a day)."""
 
 
 class BodyNotKept(FetcherError):

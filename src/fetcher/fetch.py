@@ -27,7 +27,7 @@ from fetcher.model import REDIRECT_STATUSES, Hop, Validators
 from fetcher.transport import Request, Transport, count_sends
 from fetcher.urls import Target
 
-__all__ = ["Fetcher"]
+__all__ = ["Fetcher", "reason_of"]
 
 _NOT_URL_TEXT = re.compile(r"[^\x21-\x7e]")  # a normal-form URL is printable ASCII, no space
 # no connection was made: the request never went out (a POST may be sent again)
@@ -92,12 +92,12 @@ class Fetcher:
         except BodyNotKept as exc:
             hop.local_error = exc.reason
         except aiohttp.ServerTimeoutError as exc:  # a connect or read timeout: before the
-            hop.error = _reason(exc)  # deadline's TimeoutError, which it also is
+            hop.error = reason_of(exc)  # deadline's TimeoutError, which it also is
             hop.unsent = isinstance(exc, aiohttp.ConnectionTimeoutError)
         except TimeoutError:
             hop.error = f"timeout: no complete response within {deadline_s:g}s"
         except (httpx.HTTPError, aiohttp.ClientError, OSError, ValueError) as exc:
-            hop.error = _reason(exc)
+            hop.error = reason_of(exc)
             hop.unsent = hop.unsent or isinstance(exc, _NOTHING_SENT)
         finally:
             hop.sends = sends[0]
@@ -168,6 +168,8 @@ def _read_headers(hop: Hop, raw: list[tuple[bytes, bytes]]) -> str:
             hop.etag = value.decode("latin-1")
         elif name == b"last-modified" and hop.last_modified is None:
             hop.last_modified = value.decode("latin-1")
+        elif name == b"content-type" and hop.content_type is None:
+            hop.content_type = value.decode("latin-1")[:200]
     return ", ".join(encodings)
 
 
@@ -193,7 +195,7 @@ class _Collector:
         self._into += piece
 
 
-def _reason(exc: BaseException) -> str:
+def reason_of(exc: BaseException) -> str:
     """One line for an exception from the client stack, most specific cause first."""
     cause: BaseException = exc
     if not isinstance(exc, aiohttp.ClientError) and isinstance(

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Concatenate, ParamSpec, TypeVar
 
 from fetcher.batch import Batch, Pruned
-from fetcher.jobqueue import JobQueue
+from fetcher.jobqueue import Delivery, JobQueue, Once, Settled
 from fetcher.model import (
     HostLease,
     HostRate,
@@ -130,3 +130,22 @@ class GuardedQueue:
     @_retried
     async def prune(self, before: float, limit: int) -> Pruned:
         return await self.queue.prune(before, limit)
+
+    @_retried
+    async def expire(self, now: float) -> int:
+        return await self.queue.expire(now)
+
+    @_retried
+    async def submit_once(self, jobs: Sequence[JobRequest], once: Once) -> tuple[str, bool]:
+        return await self.queue.submit_once(jobs, once)
+
+    @_retried
+    async def claim_webhooks(self, limit: int, lease_s: float) -> list[Delivery]:
+        return await self.queue.claim_webhooks(limit, lease_s)
+
+    @_retried
+    async def settle_webhooks(self, settled: Sequence[Settled]) -> None:
+        await self.queue.settle_webhooks(settled)
+
+    async def watch_results(self, wake: Callable[[], None]) -> None:
+        await self.queue.watch_results(wake)

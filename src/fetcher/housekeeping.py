@@ -67,6 +67,7 @@ class Housekeeping:
         ]
         if self._retention_days > 0:  # a first prune at start: a restart may find much to do
             chores.append(("prune", PRUNE_EVERY_S, self.prune, True))
+        chores.append(("expire", PRUNE_EVERY_S, self.expire, False))
         if self._metrics is not None:
             chores.append(("metrics", METRICS_EVERY_S, self.gauge_queue, False))
         for name, every_s, chore, first_now in chores:
@@ -99,6 +100,12 @@ class Housekeeping:
     async def gauge_queue(self) -> None:
         assert self._metrics is not None
         self._metrics.queue(await self._queue.counts())
+
+    async def expire(self) -> None:
+        """Idempotency-Keys past their day, webhook deliveries that ended a week ago."""
+        gone = await self._queue.expire(self._wall())
+        if gone:
+            _log.info("retention.expired", rows=gone)
 
     async def prune(self) -> None:
         """FETCHER_RETENTION_DAYS: old results, finished jobs, minute rows and the bodies no

@@ -26,7 +26,7 @@ Key = tuple[str, str, str]  # (url, method, body sha256): a request's fingerprin
 COLUMNS: dict[str, Any] = {
     "method": "GET", "body_sha256": "", "priority": 0, "state": "queued",
     "next_attempt_at": None, "max_attempts": None, "timeout_s": None, "retry": 0,
-    "metadata": None,
+    "metadata": None, "webhook": None,
 }  # fmt: skip
 
 
@@ -80,7 +80,7 @@ class SubmissionPlan:
         return (
             job.method, job.body_sha256, job.priority,
             (JobState.RETRYING if due else JobState.QUEUED).value, job.not_before if due else None,
-            job.max_attempts, job.timeout_s, int(job.retry), job.metadata,
+            job.max_attempts, job.timeout_s, int(job.retry), job.metadata, job.webhook,
         )  # fmt: skip
 
     def request_rows(self, new: Mapping[Key, int]) -> list[tuple[int, str, bytes | None]]:

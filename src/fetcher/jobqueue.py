@@ -23,8 +23,8 @@ anything else through as the bug it is.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping, Sequence
-from typing import Protocol, TypedDict
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from typing import NamedTuple, Protocol, TypedDict
 
 from fetcher.batch import Batch, Pruned
 from fetcher.model import (
@@ -38,7 +38,12 @@ from fetcher.model import (
     Verdict,
 )
 
-__all__ = ["HostStatsRow", "JobQueue", "MinuteRow", "QueueReader", "ResultRow"]
+__all__ = [
+    "KEY_TTL_S", "Delivery", "HostStatsRow", "JobQueue", "JobRow", "MinuteRow", "Once",
+    "QueueReader", "ResultRow", "Settled", "WebhookRow",
+]  # fmt: skip
+
+KEY_TTL_S = 86_400.0  # an Idempotency-Key answers the same for a day
 
 
 class JobQueue(Protocol):
@@ -137,6 +142,34 @@ class JobQueue(Protocol):
         time), their finished jobs, and the minute rows before it."""
         ...
 
+    # -- the service: idempotent submits, the webhook outbox, the feed's wake-ups
+    async def submit_once(self, jobs: Sequence[JobRequest], once: Once) -> tuple[str, bool]:
+        """`submit` under an Idempotency-Key, in one transaction: the answer the key gave
+        within `KEY_TTL_S` and True (nothing queued), or `once.answer` of this submit, kept
+        with the key, and False. Raises `IdempotencyKeyReused` for the same key with another
+        request."""
+        ...
+
+    async def claim_webhooks(self, limit: int, lease_s: float) -> list[Delivery]:
+        """Up to `limit` deliveries that are due, leased to this daemon for `lease_s`, each
+        with the result it tells of; one to a URL that answered 410 ends `failed` instead."""
+        ...
+
+    async def settle_webhooks(self, settled: Sequence[Settled]) -> None:
+        """What became of deliveries: delivered, due again later, or given up; a URL that
+        answered 410 is remembered, and its pending deliveries fail."""
+        ...
+
+    async def expire(self, now: float) -> int:
+        """Forget Idempotency-Keys older than `KEY_TTL_S` and deliveries that ended more than
+        a week ago; how many rows."""
+        ...
+
+    async def watch_results(self, wake: Callable[[], None]) -> None:
+        """Call `wake` whenever another process commits results, until cancelled; a backend
+        with no way to tell returns at once (a long poll then reads again each second)."""
+        ...
+
 
 class HostStatsRow(TypedDict):
     """A row of the `host_stats` view."""
@@ -157,11 +190,14 @@ class HostStatsRow(TypedDict):
 
 
 class ResultRow(TypedDict):
-    """A finished job, as `fetcher results` prints it (`finished_at` in ISO 8601; `id` and
-    `job_id` are the same, `job_id` its older name)."""
+    """A finished run of a job, as `fetcher results` prints it (`finished_at` in ISO 8601;
+    `id` and `job_id` are the job's, `job_id` its older name; `cursor` its place in commit
+    order, the API feed's)."""
 
     id: int
     job_id: int
+    run: int
+    cursor: int
     url: str
     method: str
     metadata: dict[str, object] | None
@@ -176,6 +212,82 @@ class ResultRow(TypedDict):
     body_sha256: str | None
     body_path: str | None
     finished_at: str
+
+
+class JobRow(TypedDict):
+    """A job as the API shows it: its request (a secret header's value as `***`; the body by
+    its size), its state, and its latest result."""
+
+    id: int
+    url: str
+    method: str
+    host: str
+    headers: dict[str, str]
+    body_bytes: int
+    priority: int
+    max_attempts: int | None
+    timeout: float | None
+    retry: bool
+    metadata: dict[str, object] | None
+    webhook: str | None
+    state: str
+    attempts: int
+    run: int
+    next_attempt_at: str | None
+    created_at: str
+    updated_at: str
+    result: ResultRow | None
+
+
+class WebhookRow(TypedDict):
+    """One webhook delivery (`fetcher webhooks`): an event of a job's run, to one URL."""
+
+    id: int
+    event_id: str
+    job_id: int
+    run: int
+    url: str
+    state: str  # pending, delivered, failed
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    next_attempt_at: str | None
+    created_at: str
+    ended_at: str | None
+
+
+class Once(NamedTuple):
+    """A submit under an Idempotency-Key: `answer` renders what the key answers (kept with it,
+    in the submit's transaction)."""
+
+    key: str
+    request_sha256: str
+    answer: Callable[[list[Submitted]], str]
+
+
+class Delivery(NamedTuple):
+    """A webhook delivery leased to this daemon, with the result it tells of (None if that
+    was pruned meanwhile)."""
+
+    id: int
+    event_id: str
+    url: str
+    attempts: int  # made before this one
+    created_at: float
+    result: ResultRow | None
+
+
+class Settled(NamedTuple):
+    """What became of a delivery attempt: `state` delivered, pending (again at
+    `next_attempt_at`) or failed (given up); `gone`: the URL answered 410."""
+
+    id: int
+    url: str
+    state: str
+    status: int | None
+    error: str | None
+    next_attempt_at: float | None = None
+    gone: bool = False
 
 
 class MinuteRow(TypedDict):
@@ -219,6 +331,22 @@ class QueueReader(Protocol):
         self, state: str | None, since: float | None, job_id: int | None = None
     ) -> Iterator[ResultRow]:
         """Finished jobs, oldest first (or the result of job `job_id`)."""
+        ...
+
+    def feed(
+        self, after: int, limit: int, state: str | None = None, host: str | None = None
+    ) -> list[ResultRow]:
+        """Up to `limit` results after cursor `after`, in commit order (`host`: a glob)."""
+        ...
+
+    def job(self, job_id: int) -> JobRow | None: ...
+
+    def body(self, job_id: int) -> tuple[str | None, str | None] | None:
+        """(body_path, content type) of the job's latest result; None without a result."""
+        ...
+
+    def webhooks(self, states: Sequence[str], limit: int) -> list[WebhookRow]:
+        """Webhook deliveries in these states, oldest first."""
         ...
 
     def minute_rows(self, since_minute: int) -> list[MinuteRow]:

@@ -30,7 +30,7 @@ __all__ = ["FIELDS", "PLAIN", "JobDefaults", "JobLimits", "read_headers", "read_
 
 FIELDS = frozenset({
     "url", "method", "headers", "body", "body_base64", "priority", "not_before", "max_attempts",
-    "timeout", "retry", "metadata",
+    "timeout", "retry", "metadata", "webhook",
 })  # fmt: skip
 MAX_METADATA_BYTES = 4096
 MAX_HEADERS = 100
@@ -51,6 +51,7 @@ class JobLimits:
     max_attempts: int
     timeout_s: float
     max_request_body: int
+    webhooks: bool = False  # a secret is set (FETCHER_WEBHOOK_SECRET): jobs may name a webhook
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,7 @@ def read_job(obj: Any, limits: JobLimits, defaults: JobDefaults = PLAIN) -> JobR
         None if (s := get("timeout")) is None else _timeout(s, limits.timeout_s),
         False if (r := get("retry")) is None else _flag(r),
         defaults.metadata if "metadata" not in obj else _metadata(obj["metadata"]),
+        None if (w := get("webhook")) is None else _webhook(w, limits.webhooks),
     )
 
 
@@ -177,6 +179,17 @@ def _flag(value: object) -> bool:
     if not isinstance(value, bool):
         raise InvalidJob("retry: true or false")
     return value
+
+
+def _webhook(value: object, signed: bool) -> str:
+    if not signed:
+        raise InvalidJob("webhook: FETCHER_WEBHOOK_SECRET is not set, and webhooks are signed")
+    if not isinstance(value, str):
+        raise InvalidJob("webhook: an http(s) URL")
+    try:
+        return parse_url(value).url
+    except InvalidURL as exc:
+        raise InvalidJob(f"webhook: {exc.reason}") from None
 
 
 def _metadata(value: object) -> str | None:

@@ -5,12 +5,13 @@ their validators, when a queue is idle): written here once, read by each backend
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
 
 from fetcher.errors import Refused
+from fetcher.secrets import is_secret, shown_headers
 from fetcher.urls import Target
 
 __all__ = [
@@ -27,8 +28,6 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 # retried only when nothing was sent, unless the job says `"retry": true`: sent twice, they
 # could do twice what they ask (GET, HEAD, OPTIONS, PUT and DELETE may be repeated)
 UNSAFE_METHODS = frozenset({"POST", "PATCH"})
-_SECRET_NAMES = frozenset({"authorization", "proxy-authorization", "cookie"})
-_SECRET_PARTS = ("token", "key", "secret")
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})  # followed when Location is usable
 
@@ -52,18 +51,6 @@ def active_jobs(counts: Mapping[str, int]) -> int:
     return sum(counts.get(state, 0) for state in ACTIVE_STATES)
 
 
-def is_secret(name: str) -> bool:
-    """Whether a header's value is never shown (logs, results, the API, errors): credentials,
-    cookies, and any name with `token`, `key` or `secret` in it."""
-    lowered = name.lower()
-    return lowered in _SECRET_NAMES or any(part in lowered for part in _SECRET_PARTS)
-
-
-def shown_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """Headers as they may be shown: a secret one's value as `***`."""
-    return {name: "***" if is_secret(name) else value for name, value in headers}
-
-
 class JobRequest(NamedTuple):
     """A job as submitted: what to send, and how the queue should treat it. (A named tuple:
     immutable, and made in C: a bulk submit makes a million.)"""
@@ -78,6 +65,7 @@ class JobRequest(NamedTuple):
     timeout_s: float | None = None  # None: FETCHER_TIMEOUT
     retry: bool = False  # a POST or PATCH retried even once it was sent
     metadata: str | None = None  # a JSON object's text, returned with every result
+    webhook: str | None = None  # told when the job ends (None: FETCHER_WEBHOOK_URL, if set)
 
     @property
     def body_sha256(self) -> str:
@@ -97,7 +85,7 @@ class JobRequest(NamedTuple):
         return self[1:] == _PLAIN_FIELDS
 
 
-_PLAIN_FIELDS = ("GET", (), None, 0, None, None, None, False, None)
+_PLAIN_FIELDS = ("GET", (), None, 0, None, None, None, False, None, None)
 
 
 class Submitted(NamedTuple):
@@ -165,6 +153,7 @@ class Hop:
     body_path: str | None = None
     etag: str | None = None
     last_modified: str | None = None
+    content_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +189,7 @@ class Outcome:
     body_path: str | None = None
     etag: str | None = None  # the response's validators, kept for a conditional GET next time
     last_modified: str | None = None
+    content_type: str | None = None  # the response's, served with its kept body
     # state `queued`: the job goes on at this hop (`hops` made), queued under the hop's host
     # (a redirect to a host another daemon holds: that daemon sends the next request), with
     # this method (a 303 made it GET)

@@ -144,6 +144,7 @@ def _final(job: Job, hop: Hop, state: JobState, error: str | None) -> Outcome:
         body_path=hop.body_path,
         etag=hop.etag,
         last_modified=hop.last_modified,
+        content_type=hop.content_type,
         method=job.first_method,
     )
 

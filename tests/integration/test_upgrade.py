@@ -22,19 +22,22 @@ from .conftest import Fetcher, wait_until
 
 pytestmark = pytest.mark.integration
 
-PREVIOUS_RELEASE = "5575480"  # schema 4 (SQLite) / 1 (PostgreSQL): URLs only, GET only
+# schema 4 (SQLite) / 1 (PostgreSQL): URLs only, GET only; schema 5 / 2: jobs that are
+# requests, before the API (results one per job, no feed cursor, no outbox)
+PREVIOUS_RELEASES = ["5575480", "8e7ae8a"]
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def previous_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The previous release's `src/`, from git (a clean clone has the history)."""
+@pytest.fixture(scope="module", params=PREVIOUS_RELEASES)
+def previous_src(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    """A previous release's `src/`, from git (a clean clone has the history)."""
+    release = request.param
     archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", PREVIOUS_RELEASE, "src"],
+        ["git", "-C", str(REPO), "archive", release, "src"],
         capture_output=True, check=False, timeout=60,
     )  # fmt: skip
     if archive.returncode != 0:
-        pytest.fail(f"git archive {PREVIOUS_RELEASE} failed: {archive.stderr.decode()[-500:]}")
+        pytest.fail(f"git archive {release} failed: {archive.stderr.decode()[-500:]}")
     into = tmp_path_factory.mktemp("previous")
     with tarfile.open(fileobj=BytesIO(archive.stdout)) as tar:
         tar.extractall(into, filter="data")
@@ -85,7 +88,9 @@ def test_a_database_of_the_previous_release_is_taken_over_with_nothing_lost(
     jobs = {row[0] for row in fetcher.sql("SELECT id FROM jobs")}
     assert len(results) == total and {row[0] for row in results} == jobs  # each job ends once
     assert set(old_results) <= set(results)  # kept as they were
-    assert all(row["method"] == "GET" and row["state"] == "done" for row in fetcher.results())
+    shown = fetcher.results()
+    assert all(row["method"] == "GET" and row["state"] == "done" for row in shown)
+    assert sorted(row["cursor"] for row in shown) == list(range(1, total + 1))  # each its place
     assert fetcher.sql("SELECT sum(requests) FROM host_stats")[0][0] > old_requests
     # the old counts and the new, added up: every request the origin saw, but the two the
     # killed daemon had in flight (a crash loses what was not committed; they were sent again)

@@ -113,7 +113,10 @@ async def _open(settings: Settings) -> JobQueue:
 
     # a 32 MiB page cache: the fingerprint index of a big queue
     return await open_queue(
-        settings.db_location, cache_mib=32, busy_timeout_s=settings.db_busy_timeout
+        settings.db_location,
+        cache_mib=32,
+        busy_timeout_s=settings.db_busy_timeout,
+        webhook_url=settings.webhook_url,
     )
 
 

@@ -5,7 +5,7 @@ own in `job_counts`, so no two connections of any daemons wait on one count row)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 
 import asyncpg
@@ -13,7 +13,8 @@ import asyncpg
 from fetcher.errors import StoreUnavailable
 
 __all__ = [
-    "Channel", "commits_shard", "connect", "fold_shards", "row_count", "shards_of", "unavailable",
+    "Channel", "commits_shard", "connect", "fold_shards", "listen", "row_count", "shards_of",
+    "unavailable",
 ]  # fmt: skip
 
 # SQLSTATE classes of trouble that passes: connection exception, transaction rollback
@@ -124,3 +125,27 @@ async def fold_shards(db: asyncpg.Connection, shards: list[str]) -> None:
 def row_count(status: str) -> int:
     """The rows a command changed, from its status (`UPDATE 3`, `INSERT 0 5`)."""
     return int(status.rsplit(" ", 1)[1])
+
+
+async def listen(url: str, channel: str, wake: Callable[[], None]) -> None:
+    """`wake()` at each NOTIFY on `channel`, on a connection of its own, opened again after
+    it broke (and `wake()` then too: what was said meanwhile went unheard); until cancelled."""
+    while True:
+        try:
+            await _listen_once(url, channel, wake)
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+        await asyncio.sleep(2.0)
+
+
+async def _listen_once(url: str, channel: str, wake: Callable[[], None]) -> None:
+    lost = asyncio.Event()
+    db = await asyncpg.connect(url, timeout=10.0)
+    try:
+        db.add_termination_listener(lambda _db: lost.set())
+        await db.add_listener(channel, lambda *_: wake())
+        wake()
+        await lost.wait()
+    finally:
+        db.terminate()

@@ -4,7 +4,6 @@ run on a private event loop, so the commands keep their shape whatever the backe
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Coroutine, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -14,12 +13,13 @@ from fetcher.errors import SchemaTooOld, StoreUnavailable
 from fetcher.locations import masked
 from fetcher.postgres.connection import unavailable
 from fetcher.postgres.schema import SCHEMA_VERSION
+from fetcher.rows import glob_to_like, job_row, result_row
 
 if TYPE_CHECKING:  # the read commands load no more than they read
-    from fetcher.jobqueue import HostStatsRow, MinuteRow, ResultRow
+    from fetcher.jobqueue import HostStatsRow, JobRow, MinuteRow, ResultRow, WebhookRow
     from fetcher.model import Verdict
 
-__all__ = ["PostgresReader"]
+__all__ = ["RESULT_COLUMNS", "PostgresReader"]
 
 _T = TypeVar("_T")
 _PAGE = 5000  # results rows per query: `fetcher results` streams, whatever the table's size
@@ -98,33 +98,81 @@ class PostgresReader:
     def results(
         self, state: str | None, since: float | None, job_id: int | None = None
     ) -> Iterator[ResultRow]:
-        """Finished jobs, oldest first, a page at a time (keyset: no offset to skip)."""
-        after: tuple[float, int] = (-1.0, -1)
+        """Finished runs, oldest first, a page at a time (keyset: no offset to skip)."""
+        after: tuple[float, int, int] = (-1.0, -1, -1)
         if since is not None:
-            after = (since - 1e-9, -1)
+            after = (since - 1e-9, -1, -1)
         while True:
             page = self._rows(
-                "SELECT r.job_id AS id, r.job_id, r.url, r.method, r.final_url, r.host, r.state,"
-                " r.status, r.bytes, r.error, r.attempts, r.latency_ms, r.body_sha256,"
-                " r.body_path, fetcher_iso(r.finished_at) AS finished_at, j.metadata,"
-                " r.finished_at AS at FROM results r LEFT JOIN jobs j ON j.id = r.job_id"
-                " WHERE (r.finished_at, r.job_id) > ($1, $2)"
-                " AND ($3::text IS NULL OR r.state = $3) AND ($5::bigint IS NULL OR r.job_id = $5)"
-                " ORDER BY r.finished_at, r.job_id LIMIT $4",
+                f"{_RESULTS}, r.finished_at AS at {_FROM}"
+                " WHERE (r.finished_at, r.job_id, r.run) > ($1, $2, $6)"
+                " AND ($3::text IS NULL OR r.state = $3)"
+                " AND ($5::bigint IS NULL OR r.job_id = $5)"
+                " ORDER BY r.finished_at, r.job_id, r.run LIMIT $4",
                 after[0],
                 after[1],
                 state,
                 _PAGE,
                 job_id,
+                after[2],
             )
             for row in page:
                 at = row.pop("at")  # the page's place, unrounded
-                if row["metadata"] is not None:
-                    row["metadata"] = json.loads(row["metadata"])
-                yield cast("ResultRow", row)
+                yield result_row(row)
             if len(page) < _PAGE:
                 return
-            after = (at, page[-1]["job_id"])
+            after = (at, page[-1]["job_id"], page[-1]["run"])
+
+    def feed(
+        self, after: int, limit: int, state: str | None = None, host: str | None = None
+    ) -> list[ResultRow]:
+        rows = self._rows(
+            f"{_RESULTS} {_FROM} WHERE r.seq > $1 AND ($2::text IS NULL OR r.state = $2)"
+            " AND ($3::text IS NULL OR r.host LIKE $3 ESCAPE '\\')"
+            " ORDER BY r.seq LIMIT $4",
+            after,
+            state,
+            None if host is None else glob_to_like(host),
+            limit,
+        )
+        return [result_row(row) for row in rows]
+
+    def job(self, job_id: int) -> JobRow | None:
+        rows = self._rows(
+            "SELECT j.id, j.url, j.method, j.host, j.state, j.attempts, j.priority,"
+            " j.max_attempts, j.timeout_s AS timeout, j.retry, j.metadata, j.webhook, j.run,"
+            " fetcher_iso(j.next_attempt_at) AS next_attempt_at,"
+            " fetcher_iso(j.created_at) AS created_at, fetcher_iso(j.updated_at) AS updated_at,"
+            " q.headers, length(q.body) AS body_bytes FROM jobs j"
+            " LEFT JOIN job_requests q ON q.job_id = j.id WHERE j.id = $1",
+            job_id,
+        )
+        if not rows:
+            return None
+        latest = self._rows(
+            f"{_RESULTS} {_FROM} WHERE r.job_id = $1 ORDER BY r.run DESC LIMIT 1",
+            job_id,
+        )
+        return job_row(rows[0], result_row(latest[0]) if latest else None)
+
+    def body(self, job_id: int) -> tuple[str | None, str | None] | None:
+        rows = self._rows(
+            "SELECT body_path, content_type FROM results WHERE job_id = $1"
+            " ORDER BY run DESC LIMIT 1",
+            job_id,
+        )
+        return (rows[0]["body_path"], rows[0]["content_type"]) if rows else None
+
+    def webhooks(self, states: Sequence[str], limit: int) -> list[WebhookRow]:
+        rows = self._rows(
+            "SELECT id, event_id, job_id, run, url, state, attempts, last_status, last_error,"
+            " fetcher_iso(next_attempt_at) AS next_attempt_at,"
+            " fetcher_iso(created_at) AS created_at, fetcher_iso(ended_at) AS ended_at"
+            " FROM webhooks WHERE state = ANY($1::text[]) ORDER BY id LIMIT $2",
+            list(states),
+            limit,
+        )
+        return cast("list[WebhookRow]", rows)
 
     def minute_rows(self, since_minute: int) -> list[MinuteRow]:
         rows = self._rows(
@@ -149,3 +197,12 @@ class PostgresReader:
             ),
         )
         return [Verdict(*row) for row in rows]
+
+
+RESULT_COLUMNS = (
+    "r.job_id AS id, r.job_id, r.run, r.seq AS cursor, r.url, r.method, r.final_url, r.host,"
+    " r.state, r.status, r.bytes, r.error, r.attempts, r.latency_ms, r.body_sha256,"
+    " r.body_path, fetcher_iso(r.finished_at) AS finished_at, j.metadata"
+)
+_RESULTS = f"SELECT {RESULT_COLUMNS}"
+_FROM = "FROM results r LEFT JOIN jobs j ON j.id = r.job_id"

@@ -19,7 +19,7 @@ until it commits.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, suppress
 
 import asyncpg
@@ -29,6 +29,7 @@ from fetcher.batch import Batch, Pruned, write
 from fetcher.clocks import Clocks
 from fetcher.daemons import new_owner
 from fetcher.errors import StoreUnavailable
+from fetcher.jobqueue import Delivery, Once, Settled
 from fetcher.locations import masked
 from fetcher.model import (
     HostLease,
@@ -42,12 +43,13 @@ from fetcher.model import (
     Verdict,
 )
 from fetcher.policy import carried_on
-from fetcher.postgres import submits
+from fetcher.postgres import outbox, retention, submits
 from fetcher.postgres.connection import (
     Channel,
     commits_shard,
     connect,
     fold_shards,
+    listen,
     row_count,
     shards_of,
     unavailable,
@@ -72,9 +74,11 @@ class PostgresQueue:
         lock_s: float,
         lease_s: float,
         clocks: Clocks,
+        webhook_url: str | None = None,
     ) -> None:
         self._url = url
         self.owner = owner
+        self._webhook = webhook_url  # FETCHER_WEBHOOK_URL: told of the jobs that name none
         self._wall = clocks.wall
         # Two connections, each one transaction at a time under its lock: the batch commits
         # (`record`: above all the read-modify-write of the hosts' counters, which awaits
@@ -93,6 +97,7 @@ class PostgresQueue:
         busy_timeout_s: float = 10.0,
         lease_s: float = 90.0,
         clocks: Clocks | None = None,
+        webhook_url: str | None = None,
     ) -> PostgresQueue:
         owner = new_owner()
         try:
@@ -113,6 +118,7 @@ class PostgresQueue:
             lock_s=busy_timeout_s,
             lease_s=lease_s,
             clocks=clocks or Clocks(),
+            webhook_url=webhook_url,
         )
 
     def about(self) -> dict[str, str]:
@@ -146,7 +152,7 @@ class PostgresQueue:
         """Cancel jobs: a queued or retrying one ends `cancelled` now, a running one after its
         current request; the state each known job was in before."""
         async with self._transaction("cancel") as db:
-            return await submits.cancel(db, ids, self.owner, self._wall())
+            return await submits.cancel(db, ids, self.owner, self._wall(), self._webhook)
 
     # -- host leases (fetcher.postgres.leases) ------------------------------------------------
 
@@ -307,7 +313,7 @@ class PostgresQueue:
                 host=lambda host: leases.counts(host, mine),
                 paused=lambda host: host in mine,
             )
-            await write(PostgresTables(db, self.owner, self._wall()), kept)
+            await write(PostgresTables(db, self.owner, self._wall(), self._webhook), kept)
         leases.settled(batch.outcomes)  # committed, or refused for good
 
     async def cached_robots(self, origins: Sequence[str]) -> list[Verdict]:
@@ -322,29 +328,29 @@ class PostgresQueue:
     # -- retention ---------------------------------------------------------------------------
 
     async def prune(self, before: float, limit: int) -> Pruned:
-        """Up to `limit` results finished before `before`, their finished jobs, the minute rows
-        before it; the bodies no result names any more."""
         async with self._transaction("prune") as db:
-            rows = await db.fetch(
-                "DELETE FROM results WHERE job_id IN (SELECT job_id FROM results"
-                " WHERE finished_at < $1 ORDER BY finished_at LIMIT $2)"
-                " RETURNING job_id, body_sha256",
-                before,
-                limit,
-            )
-            await db.execute(
-                "DELETE FROM jobs WHERE id = ANY($1::bigint[]) AND state IN ('done', 'failed')",
-                [row[0] for row in rows],
-            )
-            orphans = await db.fetch(
-                "SELECT sha FROM unnest($1::text[]) AS sha WHERE NOT EXISTS"
-                " (SELECT 1 FROM results WHERE body_sha256 = sha)",
-                sorted({row[1] for row in rows if row[1]}),
-            )
-            status = await db.execute(
-                "DELETE FROM host_minutes WHERE minute < $1", int(before // 60)
-            )
-        return Pruned(len(rows), len(rows) + row_count(status), [row[0] for row in orphans])
+            return await retention.prune(db, before, limit)
+
+    async def expire(self, now: float) -> int:
+        async with self._transaction("expire") as db:
+            return await retention.expire(db, now)
+
+    # -- the service (fetcher.postgres.submits, .outbox, .connection.listen) --------------------
+
+    async def submit_once(self, jobs: Sequence[JobRequest], once: Once) -> tuple[str, bool]:
+        async with self._transaction("submit") as db:
+            return await submits.submit_once(db, jobs, self._wall(), once)
+
+    async def claim_webhooks(self, limit: int, lease_s: float) -> list[Delivery]:
+        async with self._transaction("claim_webhooks") as db:
+            return await outbox.claim(db, self.owner, self._wall(), limit, lease_s)
+
+    async def settle_webhooks(self, settled: Sequence[Settled]) -> None:
+        async with self._transaction("settle_webhooks") as db:
+            await outbox.settle(db, self._wall(), settled)
+
+    async def watch_results(self, wake: Callable[[], None]) -> None:
+        await listen(self._url, "fetcher_results", wake)
 
 
 def _claimed(row: asyncpg.Record) -> Job:

@@ -9,11 +9,13 @@ from typing import Any
 
 import asyncpg
 
+from fetcher.errors import IdempotencyKeyReused
 from fetcher.intake import COLUMNS, Key, SubmissionPlan, submission_plan
+from fetcher.jobqueue import KEY_TTL_S, Once
 from fetcher.model import JobRequest, JobState, Submitted
 from fetcher.postgres.tables import PostgresTables
 
-__all__ = ["cancel", "submit"]
+__all__ = ["cancel", "submit", "submit_once"]
 
 
 async def submit(db: asyncpg.Connection, jobs: Sequence[JobRequest], now: float) -> list[Submitted]:
@@ -35,18 +37,49 @@ async def submit(db: asyncpg.Connection, jobs: Sequence[JobRequest], now: float)
     return plan.answers(new, existing)
 
 
+async def submit_once(
+    db: asyncpg.Connection, jobs: Sequence[JobRequest], now: float, once: Once
+) -> tuple[str, bool]:
+    """`submit` under an Idempotency-Key: a second use of the key, from whichever daemon,
+    waits for the first to commit (a lock on the key's hash for the transaction), then gets
+    its answer; or this submit's answer, kept with the key."""
+    await db.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 2311))", once.key)
+    row = await db.fetchrow(
+        "SELECT request_sha256, answer FROM idempotency WHERE key = $1 AND created_at > $2",
+        once.key,
+        now - KEY_TTL_S,
+    )
+    if row is not None:
+        if row[0] != once.request_sha256:
+            raise IdempotencyKeyReused(once.key)
+        return row[1], True
+    answer = once.answer(await submit(db, jobs, now) if jobs else [])
+    await db.execute(
+        "INSERT INTO idempotency (key, request_sha256, answer, created_at)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO UPDATE SET"
+        " request_sha256 = excluded.request_sha256, answer = excluded.answer,"
+        " created_at = excluded.created_at",
+        once.key,
+        once.request_sha256,
+        answer,
+        now,
+    )
+    return answer, False
+
+
 async def _insert(
     db: asyncpg.Connection, plan: SubmissionPlan, order: Sequence[int]
 ) -> dict[Key, int]:
     rows = [row[1:] for row in _full(plan, order)]
-    columns = [list(c) for c in zip(*rows, strict=True)] if rows else [[]] * 11
+    columns = [list(c) for c in zip(*rows, strict=True)] if rows else [[]] * 12
     added = await db.fetch(
         "INSERT INTO jobs (url, host, method, body_sha256, priority, state, next_attempt_at,"
-        " max_attempts, timeout_s, retry, metadata, created_at, updated_at)"
-        " SELECT u, h, m, b, p, s, n, a, t, r <> 0, d, $12, $12 FROM unnest($1::text[],"
+        " max_attempts, timeout_s, retry, metadata, webhook, created_at, updated_at)"
+        " SELECT u, h, m, b, p, s, n, a, t, r <> 0, d, w, $13, $13 FROM unnest($1::text[],"
         " $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::float8[],"
-        " $8::int[], $9::float8[], $10::int[], $11::text[]) AS v(u, h, m, b, p, s, n, a, t,"
-        " r, d) ON CONFLICT (left(url, 1000), md5(url), method, body_sha256)"
+        " $8::int[], $9::float8[], $10::int[], $11::text[], $12::text[])"
+        " AS v(u, h, m, b, p, s, n, a, t, r, d, w)"
+        " ON CONFLICT (left(url, 1000), md5(url), method, body_sha256)"
         " WHERE state IN ('queued', 'retrying', 'running') DO NOTHING"
         " RETURNING id, url, method, body_sha256",
         *columns,
@@ -80,7 +113,7 @@ async def _existing(db: asyncpg.Connection, keys: list[Key]) -> dict[Key, int]:
 
 
 async def cancel(
-    db: asyncpg.Connection, ids: Sequence[int], owner: str, now: float
+    db: asyncpg.Connection, ids: Sequence[int], owner: str, now: float, webhook: str | None
 ) -> dict[int, JobState]:
     """A queued or retrying job ends `cancelled` now (with its result), a running one is
     marked to end after its current request; the state each known job was in before."""
@@ -95,9 +128,17 @@ async def cancel(
         list(ids),
         now,
     )
-    await PostgresTables(db, owner, now).cancelled([row[0] for row in cancelled])
     await db.execute(
         "UPDATE jobs SET cancel = true WHERE id = ANY($1::bigint[]) AND state = 'running'",
         list(ids),
     )
+    await _cancelled(PostgresTables(db, owner, now, webhook), [row[0] for row in cancelled])
     return before
+
+
+async def _cancelled(tables: PostgresTables, job_ids: list[int]) -> None:
+    """Results for jobs cancelled before they ran, their webhooks, their places in the feed."""
+    if job_ids:
+        await tables.cancelled(job_ids)
+        await tables.enqueue_webhooks(job_ids)
+        await tables.stamp_feed()

@@ -18,22 +18,26 @@ class PostgresTables:
     """One batch's writes, on `db` inside the caller's transaction, for daemon `owner` (whose
     host leases the caller has checked: `Batch.only`)."""
 
-    def __init__(self, db: asyncpg.Connection, owner: str, now: float) -> None:
+    def __init__(
+        self, db: asyncpg.Connection, owner: str, now: float, webhook: str | None = None
+    ) -> None:
         self._db = db
         self._owner = owner
         self._now = now
+        self._webhook = webhook  # FETCHER_WEBHOOK_URL: told of the jobs that name none
 
     async def insert_results(self, finals: Sequence[Outcome]) -> None:
         await self._db.execute(
-            "INSERT INTO results (job_id, url, host, final_url, state, status, bytes,"
-            " error, attempts, latency_ms, body_sha256, body_path, finished_at, method)"
-            " SELECT jobs.id, jobs.url, jobs.host, v.final_url, v.state, v.status,"
-            " v.bytes, v.error, v.attempts, v.latency_ms, v.sha, v.path, $11, jobs.method"
+            "INSERT INTO results (job_id, run, url, host, final_url, state, status, bytes,"
+            " error, attempts, latency_ms, body_sha256, body_path, finished_at, method,"
+            " content_type)"
+            " SELECT jobs.id, jobs.run, jobs.url, jobs.host, v.final_url, v.state, v.status,"
+            " v.bytes, v.error, v.attempts, v.latency_ms, v.sha, v.path, $11, jobs.method, v.ct"
             " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::bigint[],"
-            " $6::text[], $7::int[], $8::float8[], $9::text[], $10::text[])"
+            " $6::text[], $7::int[], $8::float8[], $9::text[], $10::text[], $13::text[])"
             " AS v(id, final_url, state, status, bytes, error, attempts, latency_ms,"
-            " sha, path) JOIN jobs ON jobs.id = v.id AND jobs.lease_owner = $12"
-            " ON CONFLICT (job_id) DO UPDATE SET final_url = excluded.final_url,"
+            " sha, path, ct) JOIN jobs ON jobs.id = v.id AND jobs.lease_owner = $12"
+            " ON CONFLICT (job_id, run) DO UPDATE SET final_url = excluded.final_url,"
             " state = excluded.state, status = excluded.status, bytes = excluded.bytes,"
             " error = excluded.error, attempts = excluded.attempts,"
             " latency_ms = excluded.latency_ms, body_sha256 = excluded.body_sha256,"
@@ -50,7 +54,37 @@ class PostgresTables:
             [o.body_path for o in finals],
             self._now,
             self._owner,
+            [o.content_type for o in finals],
         )
+
+    async def enqueue_webhooks(self, job_ids: Sequence[int]) -> None:
+        """An event for each of these jobs' latest run that names a webhook (or for every job,
+        with FETCHER_WEBHOOK_URL), committed with the result it tells of."""
+        await self._db.execute(
+            "INSERT INTO webhooks (event_id, job_id, run, url, next_attempt_at, created_at)"
+            " SELECT 'msg_job' || id || '_run' || run, id, run, coalesce(webhook, $2), $3, $3"
+            " FROM jobs WHERE id = ANY($1::bigint[]) AND coalesce(webhook, $2) IS NOT NULL"
+            " ON CONFLICT (event_id) DO NOTHING",
+            list(job_ids),
+            self._webhook,
+            self._now,
+        )
+
+    async def stamp_feed(self) -> None:
+        """The results of this transaction take their places in commit order: numbers taken
+        under `feed_clock`'s row lock, held to the commit, so that a transaction that numbers
+        after this one also commits after it (a reader who sees a number has seen every smaller
+        one). Taken last, it holds other daemons' commits back the least. Then a word to the
+        API's long polls, once a batch."""
+        await self._db.execute(
+            "WITH todo AS (SELECT job_id, run, row_number() OVER (ORDER BY job_id, run) AS n"
+            " FROM results WHERE seq IS NULL),"
+            " c AS (UPDATE feed_clock SET n = n + (SELECT count(*) FROM todo)"
+            " RETURNING n - (SELECT count(*) FROM todo) AS base)"
+            " UPDATE results r SET seq = c.base + todo.n FROM todo, c"
+            " WHERE r.job_id = todo.job_id AND r.run = todo.run"
+        )
+        await self._db.execute("NOTIFY fetcher_results")
 
     async def cancel_requested(self, job_ids: Sequence[int]) -> set[int]:
         rows = await self._db.fetch(
@@ -63,11 +97,11 @@ class PostgresTables:
     async def cancelled(self, job_ids: Sequence[int]) -> None:
         """The results of jobs cancelled before they were claimed."""
         await self._db.execute(
-            "INSERT INTO results (job_id, url, host, final_url, state, status, bytes, error,"
+            "INSERT INTO results (job_id, run, url, host, final_url, state, status, bytes, error,"
             " attempts, latency_ms, body_sha256, body_path, finished_at, method)"
-            " SELECT id, url, host, NULL, 'cancelled', NULL, 0, $3, attempts, NULL, NULL,"
+            " SELECT id, run, url, host, NULL, 'cancelled', NULL, 0, $3, attempts, NULL, NULL,"
             " NULL, $2, method FROM jobs WHERE id = ANY($1::bigint[])"
-            " ON CONFLICT (job_id) DO UPDATE SET state = excluded.state,"
+            " ON CONFLICT (job_id, run) DO UPDATE SET state = excluded.state,"
             " error = excluded.error, finished_at = excluded.finished_at",
             list(job_ids),
             self._now,

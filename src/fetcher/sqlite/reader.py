@@ -3,20 +3,21 @@ the daemon and never creates or changes anything."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from fetcher.errors import SchemaTooOld, StoreUnavailable
+from fetcher.rows import glob_to_like, result_row
+from fetcher.rows import job_row as _job
 from fetcher.sqlite.schema import BUSY_TIMEOUT_MS, SCHEMA_VERSION
 
 if TYPE_CHECKING:  # the read commands load no more than they read
-    from fetcher.jobqueue import HostStatsRow, MinuteRow, ResultRow
+    from fetcher.jobqueue import HostStatsRow, JobRow, MinuteRow, ResultRow, WebhookRow
     from fetcher.model import Verdict
 
-__all__ = ["SqliteReader"]
+__all__ = ["RESULT_COLUMNS", "SqliteReader"]
 
 
 class SqliteReader:
@@ -24,7 +25,10 @@ class SqliteReader:
         if not path.exists():
             raise FileNotFoundError(f"no database at {path} (set FETCHER_DB, or submit URLs first)")
         try:
-            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            # one thread at a time, not always the one that opened it (the API's read threads)
+            self._db = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+            )
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable("open", f"{path}: {exc}") from exc
@@ -81,18 +85,59 @@ class SqliteReader:
             clauses.append("r.job_id = ?")
             params.append(job_id)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = (
-            "SELECT r.job_id AS id, r.job_id, r.url, r.method, r.final_url, r.host, r.state,"
-            " r.status, r.bytes, r.error, r.attempts, r.latency_ms, r.body_sha256, r.body_path,"
-            " strftime('%Y-%m-%dT%H:%M:%fZ', r.finished_at, 'unixepoch') AS finished_at,"
-            " j.metadata FROM results r LEFT JOIN jobs j ON j.id = r.job_id"
-            f" {where} ORDER BY r.finished_at, r.job_id"
-        )
         try:
-            for row in self._db.execute(sql, params):
-                yield _result(dict(row))
+            for row in self._db.execute(f"{_RESULTS} {where} ORDER BY r.seq", params):
+                yield _result(row)
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable("results", str(exc)) from exc
+
+    def feed(
+        self, after: int, limit: int, state: str | None = None, host: str | None = None
+    ) -> list[ResultRow]:
+        like = None if host is None else glob_to_like(host)
+        rows = self._rows(
+            f"{_RESULTS} WHERE r.seq > ? AND (? IS NULL OR r.state = ?)"
+            " AND (? IS NULL OR r.host LIKE ? ESCAPE '\\') ORDER BY r.seq LIMIT ?",
+            (after, state, state, host, like, limit),
+        )
+        return [_result(row) for row in rows]
+
+    def job(self, job_id: int) -> JobRow | None:
+        rows = self._rows(
+            "SELECT j.id, j.url, j.method, j.host, j.state, j.attempts, j.priority,"
+            " j.max_attempts, j.timeout_s AS timeout, j.retry, j.metadata, j.webhook, j.run,"
+            f" {_iso('j.next_attempt_at')} AS next_attempt_at,"
+            f" {_iso('j.created_at')} AS created_at, {_iso('j.updated_at')} AS updated_at,"
+            " q.headers, length(q.body) AS body_bytes FROM jobs j"
+            " LEFT JOIN job_requests q ON q.job_id = j.id WHERE j.id = ?",
+            (job_id,),
+        )
+        if not rows:
+            return None
+        job = dict(rows[0])
+        results = self._rows(
+            f"{_RESULTS} WHERE r.job_id = ? ORDER BY r.run DESC LIMIT 1", (job_id,)
+        )
+        return _job(job, _result(results[0]) if results else None)
+
+    def body(self, job_id: int) -> tuple[str | None, str | None] | None:
+        rows = self._rows(
+            "SELECT body_path, content_type FROM results WHERE job_id = ?"
+            " ORDER BY run DESC LIMIT 1",
+            (job_id,),
+        )
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def webhooks(self, states: Sequence[str], limit: int) -> list[WebhookRow]:
+        marks = ", ".join("?" * len(states))
+        rows = self._rows(
+            "SELECT id, event_id, job_id, run, url, state, attempts, last_status, last_error,"
+            f" {_iso('next_attempt_at')} AS next_attempt_at,"
+            f" {_iso('created_at')} AS created_at, {_iso('ended_at')} AS ended_at"
+            f" FROM webhooks WHERE state IN ({marks}) ORDER BY id LIMIT ?",
+            (*states, limit),
+        )
+        return cast("list[WebhookRow]", [dict(row) for row in rows])
 
     def minute_rows(self, since_minute: int) -> list[MinuteRow]:
         rows = self._rows(
@@ -118,8 +163,17 @@ class SqliteReader:
         return [Verdict(*row) for row in rows]
 
 
-def _result(row: dict[str, object]) -> ResultRow:
-    """A result row, its metadata (JSON text in the table) as the object it was."""
-    if isinstance(row["metadata"], str):
-        row["metadata"] = json.loads(row["metadata"])
-    return cast("ResultRow", row)
+def _result(row: sqlite3.Row) -> ResultRow:
+    return result_row(dict(row))
+
+
+def _iso(column: str) -> str:
+    return f"strftime('%Y-%m-%dT%H:%M:%fZ', {column}, 'unixepoch')"
+
+
+RESULT_COLUMNS = (
+    "r.job_id AS id, r.job_id, r.run, r.seq AS cursor, r.url, r.method, r.final_url, r.host,"
+    " r.state, r.status, r.bytes, r.error, r.attempts, r.latency_ms, r.body_sha256,"
+    f" r.body_path, {_iso('r.finished_at')} AS finished_at, j.metadata"
+)
+_RESULTS = f"SELECT {RESULT_COLUMNS} FROM results r LEFT JOIN jobs j ON j.id = r.job_id"

@@ -229,6 +229,70 @@ _MIGRATIONS: list[str] = [
     );
     ALTER TABLE results ADD COLUMN method TEXT NOT NULL DEFAULT 'GET';
     """,
+    # 6: a service other programs use: results in commit order (`seq`, the feed's cursor), one
+    # a run of a job; the response's Content-Type; the webhook outbox, written with the result
+    # it tells of; the URLs that answered 410; the API's Idempotency-Key answers
+    """
+    ALTER TABLE jobs ADD COLUMN webhook TEXT;
+    ALTER TABLE jobs ADD COLUMN run INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE results_v6 (
+        job_id INTEGER NOT NULL,
+        run INTEGER NOT NULL DEFAULT 1,
+        seq INTEGER,  -- commit order, the feed's cursor: set as the transaction ends
+        url TEXT NOT NULL,
+        method TEXT NOT NULL DEFAULT 'GET',
+        host TEXT NOT NULL,
+        final_url TEXT,
+        state TEXT NOT NULL,
+        status INTEGER,
+        bytes INTEGER NOT NULL,
+        error TEXT,
+        attempts INTEGER NOT NULL,
+        latency_ms REAL,
+        body_sha256 TEXT,
+        body_path TEXT,
+        content_type TEXT,
+        finished_at REAL NOT NULL,
+        PRIMARY KEY (job_id, run)
+    ) WITHOUT ROWID;
+    INSERT INTO results_v6 (job_id, run, seq, url, method, host, final_url, state, status, bytes,
+                            error, attempts, latency_ms, body_sha256, body_path, finished_at)
+        SELECT job_id, 1, row_number() OVER (ORDER BY finished_at, job_id), url, method, host,
+               final_url, state, status, bytes, error, attempts, latency_ms, body_sha256,
+               body_path, finished_at FROM results;
+    DROP TABLE results;
+    ALTER TABLE results_v6 RENAME TO results;
+    CREATE UNIQUE INDEX results_seq ON results (seq);
+    CREATE INDEX results_finished ON results (finished_at);
+    CREATE INDEX results_host ON results (host, finished_at);
+    CREATE INDEX results_body ON results (body_sha256) WHERE body_sha256 IS NOT NULL;
+
+    CREATE TABLE webhooks (
+        id INTEGER PRIMARY KEY,
+        event_id TEXT NOT NULL UNIQUE,
+        job_id INTEGER NOT NULL,
+        run INTEGER NOT NULL,
+        url TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending'
+            CHECK (state IN ('pending', 'delivered', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        created_at REAL NOT NULL,
+        lease_owner TEXT,
+        lease_until REAL,
+        last_status INTEGER,
+        last_error TEXT,
+        ended_at REAL
+    );
+    CREATE INDEX webhooks_due ON webhooks (next_attempt_at) WHERE state = 'pending';
+    CREATE TABLE webhook_gone (url TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
+    CREATE TABLE idempotency (
+        key TEXT PRIMARY KEY,
+        request_sha256 TEXT NOT NULL,
+        answer TEXT NOT NULL,
+        created_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -18,7 +18,7 @@ import asyncio
 import math
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from fetcher.batch import Batch, Pruned, write
 from fetcher.clocks import Clocks
 from fetcher.daemons import dead_here, new_owner, this_machine
 from fetcher.errors import ConfigError, StoreUnavailable
+from fetcher.jobqueue import Delivery, Once, Settled
 from fetcher.model import (
     HostLease,
     HostRate,
@@ -41,7 +42,7 @@ from fetcher.model import (
     Validators,
     Verdict,
 )
-from fetcher.sqlite import submits
+from fetcher.sqlite import outbox, retention, submits
 from fetcher.sqlite.schema import connect_pragmas, migrate, prepare_path
 from fetcher.sqlite.tables import SqliteTables, json_array
 from fetcher.urls import stored_target
@@ -53,7 +54,14 @@ _MIN_SQLITE = (3, 35, 0)
 class SqliteQueue:
     """The queue and the counters, as the daemon (and `fetcher submit`) write them."""
 
-    def __init__(self, connection: aiosqlite.Connection, path: Path, clocks: Clocks) -> None:
+    def __init__(
+        self,
+        connection: aiosqlite.Connection,
+        path: Path,
+        clocks: Clocks,
+        webhook_url: str | None = None,
+    ) -> None:
+        self._webhook = webhook_url  # FETCHER_WEBHOOK_URL: told of the jobs that name none
         self._db = connection
         self.path = path
         self.owner = new_owner()
@@ -71,6 +79,7 @@ class SqliteQueue:
         cache_mib: int = 8,
         busy_timeout_s: float = 10.0,
         clocks: Clocks | None = None,
+        webhook_url: str | None = None,
     ) -> SqliteQueue:
         if sqlite3.sqlite_version_info < _MIN_SQLITE:
             raise ConfigError(
@@ -88,7 +97,7 @@ class SqliteQueue:
             await connection.executescript(pragmas)
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable("open", f"{path}: {exc}") from exc
-        return cls(connection, path, clocks or Clocks())
+        return cls(connection, path, clocks or Clocks(), webhook_url)
 
     def about(self) -> dict[str, str]:
         about = {"backend": "sqlite", "sqlite": sqlite3.sqlite_version, "db": str(self.path)}
@@ -140,24 +149,12 @@ class SqliteQueue:
         """Cancel jobs: a queued or retrying one ends `cancelled` now, a running one after its
         current request; the state each known job was in before."""
         async with self._transaction("cancel") as db:
-            return await submits.cancel(db, ids, self.owner, self._clocks.wall())
+            return await submits.cancel(db, ids, self.owner, self._clocks.wall(), self._webhook)
 
     async def hosts_with_queued(self, after: str, limit: int) -> HostWalk:
         """Up to `limit` hosts with queued jobs, in key order after `after` (an index walk)."""
         async with self._reading("hosts_with_queued") as db:
-            cursor = await db.execute(
-                """
-                WITH RECURSIVE walk(host) AS (
-                    SELECT (SELECT min(host) FROM jobs WHERE state = 'queued' AND host > ?)
-                    UNION ALL
-                    SELECT (SELECT min(host) FROM jobs WHERE state = 'queued' AND host > walk.host)
-                    FROM walk WHERE walk.host IS NOT NULL
-                    LIMIT ?
-                )
-                SELECT host FROM walk WHERE host IS NOT NULL
-                """,
-                (after, limit + 1),
-            )
+            cursor = await db.execute(_HOSTS_WITH_QUEUED, (after, limit + 1))
             hosts = [row[0] for row in await cursor.fetchall()]
         return HostWalk(hosts[:limit], hosts[limit - 1] if len(hosts) > limit else None)
 
@@ -302,7 +299,7 @@ class SqliteQueue:
 
     async def record(self, batch: Batch) -> None:
         async with self._transaction("record") as db:
-            await write(SqliteTables(db, self.owner, self._clocks.wall()), batch)
+            await write(SqliteTables(db, self.owner, self._clocks.wall(), self._webhook), batch)
 
     async def counts(self) -> dict[str, int]:
         async with self._reading("counts") as db:
@@ -321,30 +318,42 @@ class SqliteQueue:
     # -- retention --------------------------------------------------------------------------
 
     async def prune(self, before: float, limit: int) -> Pruned:
-        """Up to `limit` results finished before `before`, their finished jobs, the minute rows
-        before it; the bodies no result names any more. Cumulative counters are never pruned."""
         async with self._transaction("prune") as db:
-            cursor = await db.execute(
-                "DELETE FROM results WHERE job_id IN (SELECT job_id FROM results"
-                " WHERE finished_at < ? LIMIT ?) RETURNING job_id, body_sha256",
-                (before, limit),
-            )
-            rows = list(await cursor.fetchall())
-            await db.execute(
-                "DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?))"
-                " AND state IN ('done', 'failed')",
-                (json_array(row[0] for row in rows),),
-            )
-            cursor = await db.execute(
-                "SELECT value FROM json_each(?) WHERE NOT EXISTS"
-                " (SELECT 1 FROM results WHERE body_sha256 = value)",
-                (json_array(sorted({row[1] for row in rows if row[1]})),),
-            )
-            orphans = [row[0] for row in await cursor.fetchall()]
-            cursor = await db.execute(
-                "DELETE FROM host_minutes WHERE minute < ?", (int(before // 60),)
-            )
-            return Pruned(len(rows), len(rows) + max(cursor.rowcount, 0), orphans)
+            return await retention.prune(db, before, limit)
+
+    async def expire(self, now: float) -> int:
+        async with self._transaction("expire") as db:
+            return await retention.expire(db, now)
+
+    # -- the service (fetcher.sqlite.submits, fetcher.sqlite.outbox) --------------------------
+
+    async def submit_once(self, jobs: Sequence[JobRequest], once: Once) -> tuple[str, bool]:
+        async with self._transaction("submit") as db:
+            return await submits.submit_once(db, jobs, self._clocks.wall(), once)
+
+    async def claim_webhooks(self, limit: int, lease_s: float) -> list[Delivery]:
+        async with self._transaction("claim_webhooks") as db:
+            return await outbox.claim(db, self.owner, self._clocks.wall(), limit, lease_s)
+
+    async def settle_webhooks(self, settled: Sequence[Settled]) -> None:
+        async with self._transaction("settle_webhooks") as db:
+            await outbox.settle(db, self._clocks.wall(), settled)
+
+    async def watch_results(self, wake: Callable[[], None]) -> None:
+        """One daemon per database: no other commits results that its API must hear of at
+        once (a `fetcher cancel` from the shell is read at the next second)."""
+
+
+_HOSTS_WITH_QUEUED = """
+WITH RECURSIVE walk(host) AS (
+    SELECT (SELECT min(host) FROM jobs WHERE state = 'queued' AND host > ?)
+    UNION ALL
+    SELECT (SELECT min(host) FROM jobs WHERE state = 'queued' AND host > walk.host)
+    FROM walk WHERE walk.host IS NOT NULL
+    LIMIT ?
+)
+SELECT host FROM walk WHERE host IS NOT NULL
+"""
 
 
 def _claimed(row: Sequence[Any]) -> Job:

@@ -12,11 +12,13 @@ from collections.abc import Sequence
 
 import aiosqlite
 
+from fetcher.errors import IdempotencyKeyReused
 from fetcher.intake import Key, SubmissionPlan, submission_plan
+from fetcher.jobqueue import KEY_TTL_S, Once
 from fetcher.model import JobRequest, JobState, Submitted
 from fetcher.sqlite.tables import SqliteTables, field, fields, json_array
 
-__all__ = ["cancel", "submit"]
+__all__ = ["cancel", "submit", "submit_once"]
 
 
 async def submit(
@@ -38,6 +40,29 @@ async def submit(
     if plan.requests:
         await _keep_requests(db, plan, new)
     return plan.answers(new, await _existing(db, plan.others(new)))
+
+
+async def submit_once(
+    db: aiosqlite.Connection, jobs: Sequence[JobRequest], now: float, once: Once
+) -> tuple[str, bool]:
+    """`submit` under an Idempotency-Key (the write lock makes a second use of the key wait
+    for the first): the key's answer again, or this submit's, kept with the key."""
+    cursor = await db.execute(
+        "SELECT request_sha256, answer FROM idempotency WHERE key = ? AND created_at > ?",
+        (once.key, now - KEY_TTL_S),
+    )
+    row = await cursor.fetchone()
+    if row is not None:
+        if row[0] != once.request_sha256:
+            raise IdempotencyKeyReused(once.key)
+        return row[1], True
+    answer = once.answer(await submit(db, jobs, now) if jobs else [])
+    await db.execute(
+        "INSERT OR REPLACE INTO idempotency (key, request_sha256, answer, created_at)"
+        " VALUES (?, ?, ?, ?)",
+        (once.key, once.request_sha256, answer, now),
+    )
+    return answer, False
 
 
 async def _insert(
@@ -85,7 +110,7 @@ async def _existing(db: aiosqlite.Connection, keys: list[Key]) -> dict[Key, int]
 
 
 async def cancel(
-    db: aiosqlite.Connection, ids: Sequence[int], owner: str, now: float
+    db: aiosqlite.Connection, ids: Sequence[int], owner: str, now: float, webhook: str | None
 ) -> dict[int, JobState]:
     """A queued or retrying job ends `cancelled` now (with its result), a running one is
     marked to end after its current request; the state each known job was in before."""
@@ -100,10 +125,19 @@ async def cancel(
         " RETURNING id",
         (now, chosen),
     )
-    await SqliteTables(db, owner, now).cancelled([row[0] for row in await cursor.fetchall()])
+    done = [r[0] for r in await cursor.fetchall()]
     await db.execute(
         "UPDATE jobs SET cancel = 1 WHERE id IN (SELECT value FROM json_each(?))"
         " AND state = 'running'",
         (chosen,),
     )
+    await _cancelled(SqliteTables(db, owner, now, webhook), done)
     return before
+
+
+async def _cancelled(tables: SqliteTables, job_ids: list[int]) -> None:
+    """Results for jobs cancelled before they ran, their webhooks, their places in the feed."""
+    if job_ids:
+        await tables.cancelled(job_ids)
+        await tables.enqueue_webhooks(job_ids)
+        await tables.stamp_feed()

@@ -38,24 +38,51 @@ class SqliteTables:
     """One batch's writes, on `db` inside the caller's transaction, for daemon `owner`: a job
     whose lease another daemon took (`jobs.lease_owner`) is left as it is."""
 
-    def __init__(self, db: aiosqlite.Connection, owner: str, now: float) -> None:
+    def __init__(
+        self, db: aiosqlite.Connection, owner: str, now: float, webhook: str | None = None
+    ) -> None:
         self._db = db
         self._owner = owner
         self._now = now
+        self._webhook = webhook  # FETCHER_WEBHOOK_URL: told of the jobs that name none
 
     async def insert_results(self, finals: Sequence[Outcome]) -> None:
         rows = json_array(
             (o.job_id, o.final_url, o.state.value, o.status, o.bytes, o.error, o.attempts,
-             o.latency_ms, o.body_sha256, o.body_path)
+             o.latency_ms, o.body_sha256, o.body_path, o.content_type)
             for o in finals
         )  # fmt: skip
         await self._db.execute(
-            "INSERT OR REPLACE INTO results (job_id, url, host, final_url, state, status,"
-            " bytes, error, attempts, latency_ms, body_sha256, body_path, finished_at, method)"
-            f" SELECT jobs.id, jobs.url, jobs.host, {fields(1, 9)}, ?, jobs.method"
+            "INSERT OR REPLACE INTO results (job_id, run, url, host, final_url, state, status,"
+            " bytes, error, attempts, latency_ms, body_sha256, body_path, content_type,"
+            " finished_at, method)"
+            f" SELECT jobs.id, jobs.run, jobs.url, jobs.host, {fields(1, 10)}, ?, jobs.method"
             f" FROM json_each(?) AS v JOIN jobs ON jobs.id = {field(0)}"
             " WHERE jobs.lease_owner = ?",
             (self._now, rows, self._owner),
+        )
+
+    async def enqueue_webhooks(self, job_ids: Sequence[int]) -> None:
+        """An event for each of these jobs' latest run that names a webhook (or for every job,
+        with FETCHER_WEBHOOK_URL), committed with the result it tells of."""
+        await self._db.execute(
+            "INSERT INTO webhooks (event_id, job_id, run, url, next_attempt_at, created_at)"
+            " SELECT 'msg_job' || id || '_run' || run, id, run, coalesce(webhook, ?), ?, ?"
+            " FROM jobs WHERE id IN (SELECT value FROM json_each(?))"
+            " AND coalesce(webhook, ?) IS NOT NULL ON CONFLICT (event_id) DO NOTHING",
+            (self._webhook, self._now, self._now, json_array(job_ids), self._webhook),
+        )
+
+    async def stamp_feed(self) -> None:
+        """The results of this transaction take their places in commit order (the writer's
+        lock is the transaction's: one after the largest, in job order)."""
+        cursor = await self._db.execute("SELECT coalesce(max(seq), 0) FROM results")
+        base = (await cursor.fetchone() or (0,))[0]
+        await self._db.execute(
+            "UPDATE results SET seq = ? + s.n FROM (SELECT job_id, run,"
+            " row_number() OVER (ORDER BY job_id, run) AS n FROM results WHERE seq IS NULL) AS s"
+            " WHERE results.job_id = s.job_id AND results.run = s.run",
+            (base,),
         )
 
     async def cancel_requested(self, job_ids: Sequence[int]) -> set[int]:
@@ -69,10 +96,10 @@ class SqliteTables:
     async def cancelled(self, job_ids: Sequence[int]) -> None:
         """The results of jobs cancelled before they were claimed."""
         await self._db.execute(
-            "INSERT OR REPLACE INTO results (job_id, url, host, final_url, state, status, bytes,"
-            " error, attempts, latency_ms, body_sha256, body_path, finished_at, method)"
-            " SELECT id, url, host, NULL, 'cancelled', NULL, 0, ?, attempts, NULL, NULL, NULL,"
-            " ?, method FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
+            "INSERT OR REPLACE INTO results (job_id, run, url, host, final_url, state, status,"
+            " bytes, error, attempts, latency_ms, body_sha256, body_path, finished_at, method)"
+            " SELECT id, run, url, host, NULL, 'cancelled', NULL, 0, ?, attempts, NULL, NULL,"
+            " NULL, ?, method FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
             (CANCELLED, self._now, json_array(job_ids)),
         )
 
