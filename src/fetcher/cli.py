@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from fetcher import __version__
 from fetcher.commands.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE
-from fetcher.commands.read import cmd_results, cmd_robots, cmd_stats, cmd_status
+from fetcher.commands.read import cmd_results, cmd_robots, cmd_stats, cmd_status, cmd_webhooks
 from fetcher.commands.write import cmd_cancel, cmd_submit
 from fetcher.errors import ConfigError, SchemaTooOld, StoreUnavailable
 from fetcher.locations import database_location, is_postgres_url, location_of
@@ -152,6 +152,12 @@ def _add_read_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     res.add_argument("--since", help="finished within this long (30m, 1h, 2d)")
     res.add_argument("--limit", type=int)
     res.set_defaults(command=cmd_results, read_only=True)
+
+    hooks = sub.add_parser("webhooks", help="webhook deliveries pending or given up")
+    hooks.add_argument("--state", choices=["pending", "failed", "delivered"])
+    hooks.add_argument("--limit", type=int, default=1000)
+    hooks.add_argument("--json", action="store_true", help="one JSON object a line")
+    hooks.set_defaults(command=cmd_webhooks, read_only=True)
 
     robots = sub.add_parser("robots", help="a site's cached robots.txt, and what it allows")
     robots.add_argument("target", metavar="HOST|URL", help="a host key, or a URL to check")

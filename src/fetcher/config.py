@@ -6,6 +6,7 @@ environment. A wrong value raises `ConfigError` naming the variable (exit 78).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -79,6 +80,12 @@ class Settings(BaseSettings):
     crawl_delay_max: float = Field(30.0, ge=0)
     conditional: bool = True
     max_request_body: int = Field(1_048_576, ge=0, le=1 << 30)
+    api_addr: str | None = None
+    api_token: str | None = Field(None, repr=False)
+    api_max_body: int = Field(16_777_216, ge=1024, le=1 << 31)
+    webhook_url: str | None = None
+    webhook_secret: str | None = Field(None, repr=False)
+    webhook_retry_for: float = Field(86_400.0, ge=0)
 
     @field_validator("host_rate", "backoff_base", "backoff_max", "retry_after_max", "timeout")
     @classmethod
@@ -109,7 +116,7 @@ class Settings(BaseSettings):
         product_token(value)  # robots.txt groups are matched against it: it must have one
         return value
 
-    @field_validator("metrics_addr")
+    @field_validator("metrics_addr", "api_addr")
     @classmethod
     def _host_port(cls, value: str | None) -> str | None:
         if value in (None, ""):
@@ -120,6 +127,31 @@ class Settings(BaseSettings):
             raise ValueError("must be host:port, for example 127.0.0.1:9464")
         return value
 
+    @field_validator("api_token", "webhook_url", "webhook_secret", mode="before")
+    @classmethod
+    def _unset_if_empty(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _whsec(cls, value: str | None) -> str | None:
+        if value is not None and not _WEBHOOK_SECRET.fullmatch(value):
+            raise ValueError("must be whsec_ and the secret's bytes in base64 (24 to 64 bytes)")
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from fetcher.errors import InvalidURL
+        from fetcher.urls import parse_url
+
+        try:
+            return parse_url(value).url
+        except InvalidURL as exc:
+            raise ValueError(exc.reason) from None
+
     @model_validator(mode="after")
     def _defaults_from_db(self) -> Settings:
         if not self.db:
@@ -129,6 +161,16 @@ class Settings(BaseSettings):
             object.__setattr__(self, "body_dir", home.parent / "bodies")
         if self.backoff_max < self.backoff_base:
             raise ValueError("FETCHER_BACKOFF_MAX must be at least FETCHER_BACKOFF_BASE")
+        if self.api_addr and not self.api_token and not is_loopback(self.api_addr):
+            raise ValueError(
+                f"FETCHER_API_ADDR: {self.api_addr} is not a loopback address, and no token is"
+                " set: set FETCHER_API_TOKEN (or the systemd credential api-token), or bind"
+                " 127.0.0.1"
+            )
+        if self.webhook_url and not self.webhook_secret:
+            raise ValueError(
+                "FETCHER_WEBHOOK_URL: webhooks are signed, and FETCHER_WEBHOOK_SECRET is not set"
+            )
         shortest = 2 * self.timeout + LEASE_MARGIN_S
         if self.postgres and self.lease_s <= shortest:
             raise ValueError(
@@ -165,7 +207,9 @@ class Settings(BaseSettings):
     @property
     def job_limits(self) -> JobLimits:
         """What a job's own max_attempts, timeout and body may not pass."""
-        return JobLimits(self.max_attempts, self.timeout, self.max_request_body)
+        return JobLimits(
+            self.max_attempts, self.timeout, self.max_request_body, self.webhook_secret is not None
+        )
 
     @property
     def default_limits(self) -> HostLimits:
@@ -175,6 +219,19 @@ class Settings(BaseSettings):
 
 
 _PRODUCT_TOKEN = re.compile(r"[A-Za-z_-]+")
+_WEBHOOK_SECRET = re.compile(r"whsec_[A-Za-z0-9+/]{32,88}={0,2}")
+SECRET_SETTINGS = frozenset({"api_token", "webhook_secret"})  # shown as *** everywhere
+
+
+def is_loopback(addr: str) -> bool:
+    """Whether `host:port` names a loopback address (127.0.0.0/8, ::1, localhost)."""
+    host = addr.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def product_token(user_agent: str) -> str:
@@ -208,10 +265,26 @@ def load_settings(env_file: Path | None = None) -> Settings:
     env_file = env_file or env_file_from_environment()
     if env_file is not None and not env_file.is_file():
         raise ConfigError(f"{ENV_FILE_VARIABLE}: {env_file} is not a readable file")
+    token = _credential("api-token")  # systemd's LoadCredential=api-token:…
+    if any(k.upper() == "FETCHER_API_TOKEN" for k in os.environ):
+        token = None  # the environment wins
     try:
-        return Settings(_env_file=env_file)
+        if token is None:
+            return Settings(_env_file=env_file)
+        return Settings(_env_file=env_file, api_token=token)
     except ValidationError as exc:
         raise ConfigError(_first_error(exc)) from None
+
+
+def _credential(name: str) -> str | None:
+    """A systemd credential (`$CREDENTIALS_DIRECTORY/name`, LoadCredential= in the unit)."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None
+    try:
+        return (Path(directory) / name).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -219,9 +292,11 @@ def _first_error(exc: ValidationError) -> str:
     message = str(error["msg"]).removeprefix("Value error, ")
     if not error["loc"]:
         return message
-    name = ENV_PREFIX + str(error["loc"][0]).upper()
+    field = str(error["loc"][0])
+    name = ENV_PREFIX + field.upper()
     value = error.get("input")
-    shown = "" if isinstance(value, dict) or value is None else f" (got {str(masked(value))!r})"
+    hidden = isinstance(value, dict) or value is None or field in SECRET_SETTINGS
+    shown = "" if hidden else f" (got {str(masked(value))!r})"
     return f"{name}: {message.lower() if message[:1].isupper() else message}{shown}"
 
 
@@ -239,6 +314,8 @@ def describe(settings: Settings, env_file: Path | None = None) -> list[tuple[str
         else:
             source = "default"
         value = getattr(settings, field)
+        if field in SECRET_SETTINGS and value is not None:
+            value = "***"
         rows.append((name, masked(value) if field == "db" else value, source))
     return rows
 

@@ -11,7 +11,7 @@ import gc
 import os
 import platform
 import resource
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from fetcher import __version__
@@ -39,7 +39,9 @@ from fetcher.systemd import Notifier
 from fetcher.transport import build_transport
 
 if TYPE_CHECKING:
+    from fetcher.api import ApiServer
     from fetcher.metrics import Metrics
+    from fetcher.webhooks import WebhookSender
 
 __all__ = ["build_service", "run_daemon"]
 
@@ -94,7 +96,10 @@ async def _run(
     )
     async with contextlib.AsyncExitStack() as stack:
         queue = await open_queue(
-            settings.db_location, busy_timeout_s=settings.db_busy_timeout, lease_s=settings.lease_s
+            settings.db_location,
+            busy_timeout_s=settings.db_busy_timeout,
+            lease_s=settings.lease_s,
+            webhook_url=settings.webhook_url,
         )
         stack.push_async_callback(queue.close)
         _log.info("store.opened", **queue.about())
@@ -146,26 +151,26 @@ def build_service(
     limits = Limits(settings.max_concurrency, settings.default_limits, overrides or {}, *clocks)
     robots = _robots_gate(settings, limits, clocks)
     scheduler = Scheduler(
-        limits,
-        clocks.monotonic,
-        robots=robots,
-        refuse=lambda job: handler.disallowed(job),
-        lease_end=queue.lease_end,
-        reach_s=settings.timeout + LEASE_MARGIN_S,
+        limits, clocks.monotonic, robots=robots, refuse=lambda job: handler.disallowed(job),
+        lease_end=queue.lease_end, reach_s=settings.timeout + LEASE_MARGIN_S,
         lost=lambda job: handler.not_held(job),
-    )
+    )  # fmt: skip
+    # max_held: what many slow, polite hosts need to keep every slot busy (64 slots over hosts
+    # at 2/s: 640 of them at once), and little memory (BENCHMARKS.md, "polite")
     feeder = Feeder(
-        guarded,
-        scheduler,
-        limits,
-        robots=robots,
-        lease_s=settings.lease_s,
-        # what many slow, polite hosts need to keep every slot busy (64 slots over hosts
-        # at 2/s: 640 of them at once), and little memory (BENCHMARKS.md, "polite")
-        max_held=max(64 * settings.max_concurrency, 4096),
-        clocks=clocks,
-    )
-    recorder = Recorder(guarded, metrics)
+        guarded, scheduler, limits, robots=robots, lease_s=settings.lease_s,
+        max_held=max(64 * settings.max_concurrency, 4096), clocks=clocks,
+    )  # fmt: skip
+    webhooks = _webhook_sender(settings, guarded, clocks)
+    api: ApiServer | None = None
+
+    def told() -> None:  # results committed: whoever waits for them looks now
+        if api is not None:
+            api.wake()
+        if webhooks is not None:
+            webhooks.wake()
+
+    recorder = Recorder(guarded, metrics, told)
     handler = JobHandler(
         settings, fetcher, limits=limits, robots=robots, scheduler=scheduler, feeder=feeder,
         recorder=recorder, clocks=clocks,
@@ -177,10 +182,54 @@ def build_service(
     )  # fmt: skip
     if metrics is not None:
         metrics.in_flight.set_function(lambda: scheduler.in_flight)
+    if settings.api_addr:
+        api = _api_server(settings, queue, guarded.health, submitted=feeder.wake, told=told)
     parts = Parts(
-        guarded, limits, scheduler, feeder, recorder, housekeeping, handler, notifier, stopping
-    )
+        guarded, limits, scheduler, feeder, recorder, housekeeping, handler, notifier, stopping,
+        api, webhooks,
+    )  # fmt: skip
     return Service(settings, parts, drain=drain, install_signal_handlers=install_signal_handlers)
+
+
+def _api_server(
+    settings: Settings,
+    queue: JobQueue,
+    health: StoreHealth,
+    *,
+    submitted: Callable[[], None],
+    told: Callable[[], None],
+) -> ApiServer:
+    """The API on FETCHER_API_ADDR: writes on the daemon's queue itself (a store that is away
+    is a 503 at once, not a wait), reads on connections of their own."""
+    from fetcher.api import ApiServer
+    from fetcher.api.reads import ReadSide
+    from fetcher.api.routes import Api
+
+    assert settings.api_addr is not None
+    api = Api(
+        queue, ReadSide(settings.db_location), limits=settings.job_limits, health=health,
+        bodies=settings.bodies_path, submitted=submitted, told=told,
+    )  # fmt: skip
+    return ApiServer(
+        api, addr=settings.api_addr, token=settings.api_token, max_body=settings.api_max_body
+    )
+
+
+def _webhook_sender(
+    settings: Settings, queue: GuardedQueue, clocks: Clocks
+) -> WebhookSender | None:
+    """With FETCHER_WEBHOOK_SECRET set (jobs may then name webhooks), the outbox's sender, on
+    a transport of its own behind the SSRF guard."""
+    if settings.webhook_secret is None:
+        return None
+    from fetcher.webhooks import WebhookSender
+
+    return WebhookSender(
+        queue, build_transport(settings, Guard(allow_private=settings.allow_private)),
+        secret=settings.webhook_secret, user_agent=settings.user_agent,
+        timeout_s=settings.timeout, backoff=(settings.backoff_base, settings.backoff_max),
+        retry_for_s=settings.webhook_retry_for, wall=clocks.wall,
+    )  # fmt: skip
 
 
 def _robots_gate(settings: Settings, limits: Limits, clocks: Clocks) -> RobotsGate:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fetcher.batch import Batch
@@ -29,9 +30,15 @@ _COMMIT_GAP_S = 0.02  # at most ~50 commits/s: each is several hand-offs to the 
 class Recorder:
     """The batch in the making, and the task that commits it."""
 
-    def __init__(self, queue: GuardedQueue, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        queue: GuardedQueue,
+        metrics: Metrics | None = None,
+        told: Callable[[], None] | None = None,
+    ) -> None:
         self._queue = queue
         self._metrics = metrics
+        self._told = told  # results committed: the API's long polls and the webhooks look now
         self._outcomes: list[Outcome] = []
         # every request as it ends, hops of unfinished redirect chains included: committed in
         # the next batch, so the counters never miss a request the host saw
@@ -89,3 +96,5 @@ class Recorder:
             raise
         if self._metrics is not None:
             self._metrics.count(batch.exchanges)
+        if self._told is not None and batch.finals:
+            self._told()

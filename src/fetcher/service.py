@@ -20,6 +20,7 @@ import dataclasses
 import signal
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fetcher.config import Settings, load_hosts_file
 from fetcher.errors import ConfigError, StoreUnavailable
@@ -34,6 +35,10 @@ from fetcher.recorder import Recorder
 from fetcher.scheduler import Permit, Scheduler
 from fetcher.supervisor import Supervisor
 from fetcher.systemd import Notifier
+
+if TYPE_CHECKING:
+    from fetcher.api import ApiServer
+    from fetcher.webhooks import WebhookSender
 
 __all__ = ["Parts", "Service"]
 
@@ -56,6 +61,8 @@ class Parts:
     handler: JobHandler
     notifier: Notifier
     stopping: asyncio.Event
+    api: ApiServer | None = None  # FETCHER_API_ADDR
+    webhooks: WebhookSender | None = None  # FETCHER_WEBHOOK_SECRET: jobs may name webhooks
 
 
 class Service:
@@ -142,6 +149,9 @@ class Service:
                 stack.push_async_callback(self._closing.unregister)
                 stack.push_async_callback(self._release_all)
                 stack.push_async_callback(self._recorder.flush, self._closing)
+                if self._parts.api is not None:  # up before READY=1; it answers till the end
+                    await self._parts.api.start()
+                    stack.push_async_callback(self._parts.api.stop)
                 self._start_tasks()
                 stack.push_async_callback(self._supervisor.stop)
                 stack.push_async_callback(self._finish_in_flight)
@@ -168,6 +178,8 @@ class Service:
         start("feeder", self._feeder.run(self._stopping))
         start("recorder", self._recorder.run(self._stopping))
         self._parts.housekeeping.start(self._supervisor, self._stopping)
+        if self._parts.webhooks is not None:
+            start("webhooks", self._parts.webhooks.run(self._stopping))
         if self._notifier.watchdog_s:
             start("watchdog", self._watchdog(self._notifier.watchdog_s), cancellable=True)
 
@@ -193,6 +205,8 @@ class Service:
         self._scheduler.close()
         self._feeder.wake()
         self._recorder.soon()  # its loop ends now, not at its next poll
+        if self._parts.webhooks is not None:
+            self._parts.webhooks.wake()
         loop = asyncio.get_running_loop()
         self._grace_timer = loop.call_later(self._settings.shutdown_grace, self._cancel_in_flight)
         loop.call_later(self._settings.shutdown_grace + _STORE_GRACE_S, self._store_deadline.set)

@@ -63,6 +63,7 @@ class Fetcher:
         }
         self._procs: list[subprocess.Popen[bytes]] = []
         self._logs: list[Any] = []
+        self.cleanups: list[Callable[[], object]] = []  # run by stop_all, first of all
 
     def set(self, **variables: object) -> None:
         for name, value in variables.items():
@@ -144,6 +145,8 @@ class Fetcher:
         return asyncio.run(run())
 
     def stop_all(self) -> None:
+        for cleanup in self.cleanups:
+            cleanup()
         for proc in self._procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)

@@ -282,6 +282,34 @@ def test_a_configuration_error_exits_78_and_is_not_restarted(container: Containe
     container.run("systemctl", "start", "fetcher")
 
 
+def test_the_api_token_is_the_credential_the_unit_loads(container: Container) -> None:
+    """The unit's LoadCredential= line, uncommented (a drop-in here): the daemon takes its API
+    token from $CREDENTIALS_DIRECTORY, and the API answers only with it."""
+    container.run("sh", "-c", "umask 077; echo cred-token-123 > /etc/fetcher/api-token")
+    container.run(
+        "sh", "-c", "printf '[Service]\\nLoadCredential=api-token:/etc/fetcher/api-token\\n"
+        "Environment=FETCHER_API_ADDR=127.0.0.1:18090\\n'"
+        " > /etc/systemd/system/fetcher.service.d/api.conf",
+    )  # fmt: skip
+    container.run("systemctl", "daemon-reload")
+    container.run("systemctl", "restart", "fetcher")
+    ask = (
+        "import sys, urllib.request as u\n"
+        "r = u.Request('http://127.0.0.1:18090/v1/status',\n"
+        "              headers={'Authorization': sys.argv[1]})\n"
+        "try: print(u.urlopen(r, timeout=5).status)\n"
+        "except u.HTTPError as e: print(e.code)\n"
+    )
+    answers = [
+        container.run("/opt/fetcher/bin/python", "-c", ask, header).stdout.strip()
+        for header in ("Bearer cred-token-123", "Bearer wrong")
+    ]
+    assert answers == ["200", "401"]
+    container.run("rm", "/etc/systemd/system/fetcher.service.d/api.conf")
+    container.run("systemctl", "daemon-reload")
+    container.run("systemctl", "restart", "fetcher")
+
+
 def test_stop_drains_gracefully_and_the_journal_is_json(container: Container) -> None:
     """`systemctl stop`: in flight requests get the grace, the rest goes back to the queue,
     nothing is left running; every line fetcher wrote to the journal parses as JSON."""

@@ -159,3 +159,64 @@ def test_every_variable_is_documented_in_the_readme_and_the_example_env_file() -
         name = f"FETCHER_{field.upper()}"
         assert f"| `{name}` |" in readme, name
         assert f"{name}=" in example, name
+
+
+SECRET = "whsec_" + "A" * 43 + "="
+
+
+@pytest.mark.parametrize(
+    ("variables", "named"),
+    [
+        ({"FETCHER_API_ADDR": "0.0.0.0:8080"}, "FETCHER_API_TOKEN"),
+        ({"FETCHER_API_ADDR": "[::]:8080"}, "FETCHER_API_TOKEN"),
+        ({"FETCHER_API_ADDR": "localhost"}, "host:port"),
+        ({"FETCHER_WEBHOOK_URL": "https://hooks.example/in"}, "FETCHER_WEBHOOK_SECRET"),
+        ({"FETCHER_WEBHOOK_SECRET": "not-whsec"}, "whsec_"),
+        ({"FETCHER_WEBHOOK_SECRET": "whsec_c2hvcnQ="}, "24 to 64 bytes"),
+        ({"FETCHER_WEBHOOK_URL": "ftp://x", "FETCHER_WEBHOOK_SECRET": SECRET}, "http"),
+    ],
+)
+def test_the_api_and_webhooks_are_configured_safely_or_not_at_all(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], named: str
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=named):
+        load_settings()
+
+
+def test_an_api_on_loopback_needs_no_token_and_a_token_opens_any_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for addr in ("127.0.0.1:8080", "[::1]:8080", "127.0.0.5:1"):
+        monkeypatch.setenv("FETCHER_API_ADDR", addr)
+        assert load_settings().api_addr == addr
+    monkeypatch.setenv("FETCHER_API_ADDR", "0.0.0.0:8080")
+    monkeypatch.setenv("FETCHER_API_TOKEN", "t")
+    assert load_settings().api_token == "t"
+
+
+def test_the_api_token_comes_from_the_systemd_credential_unless_the_environment_says(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "api-token").write_text("from-the-credential\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    monkeypatch.setenv("FETCHER_API_ADDR", "0.0.0.0:8080")
+    assert load_settings().api_token == "from-the-credential"
+    monkeypatch.setenv("FETCHER_API_TOKEN", "from-the-environment")
+    assert load_settings().api_token == "from-the-environment"
+
+
+def test_secrets_are_never_shown(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FETCHER_API_TOKEN", "tok-123-secret")
+    monkeypatch.setenv("FETCHER_WEBHOOK_SECRET", SECRET)
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert "tok-123-secret" not in out and SECRET not in out and out.count("***") >= 2
+    assert "tok-123-secret" not in repr(load_settings())
+    monkeypatch.setenv("FETCHER_WEBHOOK_SECRET", "whsec_!!!!-wrong-but-secret")
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert "wrong-but-secret" not in str(refused.value)

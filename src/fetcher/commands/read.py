@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from fetcher.jobqueue import QueueReader
     from fetcher.locations import Location
 
-__all__ = ["cmd_results", "cmd_robots", "cmd_stats", "cmd_status"]
+__all__ = ["cmd_results", "cmd_robots", "cmd_stats", "cmd_status", "cmd_webhooks"]
 
 
 def cmd_stats(args: argparse.Namespace, path: Location) -> int:
@@ -153,4 +153,30 @@ def cmd_results(args: argparse.Namespace, path: Location) -> int:
         print(f"fetcher results: no result for job {args.job_id} (not ended, or unknown)",
               file=sys.stderr)  # fmt: skip
         return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_webhooks(args: argparse.Namespace, path: Location) -> int:
+    """Webhook deliveries still pending and those given up (`--state` for one of them, or
+    `delivered`), oldest first: one JSON object a line with --json, a table otherwise."""
+    states = [args.state] if args.state else ["pending", "failed"]
+    rows = reader(path).webhooks(states, args.limit)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return EXIT_OK
+    if not rows:
+        print(f"no webhook deliveries {' or '.join(states)}")
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table("event", "url", "state", "tries", "last", "next try", "created")
+    for row in rows:
+        last = row["last_error"] or (str(row["last_status"]) if row["last_status"] else "-")
+        upcoming = row["next_attempt_at"] if row["state"] == "pending" else "-"
+        table.add_row(
+            row["event_id"], row["url"], row["state"], str(row["attempts"]), last,
+            upcoming or "-", row["created_at"],
+        )  # fmt: skip
+    console().print(table)
     return EXIT_OK
