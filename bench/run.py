@@ -12,6 +12,8 @@
                  head-of-line scenario (11 hosts x 20 URLs at 2/s each, global cap 4).
     large        100 kB answers (a distinct body per URL): 5,000 URLs, C=64, one host; fetcher with
                  bodies saved and with FETCHER_SAVE_BODIES=false against the bare aiohttp loop.
+    api          the HTTP API (bench/api.py): aiohttp's server against uvicorn's, submitting
+                 through it against `fetcher submit`, fetching while it is polled.
     requests     jobs that are requests: a 1 kB POST body and three headers a job, against the
                  bare aiohttp loop sending the same; beside the bare GET of the same URLs.
     polite       10,000 URLs over 2,000 host keys (127.0.1-8.1-250), 5 a host, each at 2/s, burst
@@ -563,7 +565,8 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--scale", action="store_true", help="also the million-job figures")
     parser.add_argument(
-        "--only", choices=["throughput", "requests", "large", "polite", "politeness", "scale"]
+        "--only",
+        choices=["throughput", "requests", "large", "polite", "politeness", "scale", "api"],
     )
     parser.add_argument(
         "--robots", choices=["obey", "ignore"], default="obey",
@@ -585,6 +588,10 @@ def main() -> int:
             report += ["", *throughput(workdir, args.urls, args.concurrency, args.reps)]
         if args.only in (None, "requests"):
             report += ["", *requests_with_bodies(workdir, args.urls, args.concurrency, args.reps)]
+        if args.only in (None, "api"):
+            from api import api_figures
+
+            report += ["", *api_figures(workdir, args.smoke, args.reps, args.concurrency)]
         if args.only in (None, "large") and use_nginx:
             n = 200 if args.smoke else 5_000
             report += ["", *large_bodies(workdir, n, args.concurrency, args.reps)]
