@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from fetcher.batch import Batch, Pruned
 from fetcher.errors import IdempotencyKeyReused, StoreUnavailable
-from fetcher.jobqueue import Delivery, Once, Settled
+from fetcher.jobqueue import Delivery, Once, Redrive, Settled
 from fetcher.model import (
     ACTIVE_STATES,
     CANCELLED,
@@ -200,6 +200,9 @@ class MemoryQueue:
                 continue
             row.state, row.attempts, row.owner = outcome.state, outcome.attempts, None
             row.next_attempt_at = outcome.next_attempt_at
+            if outcome.next_run_at is not None:  # a recurring job: due again
+                row.state, row.attempts = JobState.RETRYING, 0
+                row.next_attempt_at = outcome.next_run_at
             if outcome.final:
                 self.results[outcome.job_id] = outcome
         for e in batch.exchanges:
@@ -224,6 +227,18 @@ class MemoryQueue:
     async def prune(self, before: float, limit: int) -> Pruned:
         await self._enter("prune")
         return Pruned(0, 0, [])
+
+    async def waiting_runs(self) -> int:
+        await self._enter("waiting_runs")
+        return sum(1 for row in self._in(JobState.RETRYING) if row.request.recurrence is not None)
+
+    async def redrive(self, which: Redrive, *, dry_run: bool = False) -> int:
+        await self._enter("redrive")
+        chosen = [row for row in self._in(JobState(which.state))]
+        if not dry_run:
+            for row in chosen:
+                row.state, row.attempts = JobState.QUEUED, 0
+        return len(chosen)
 
     async def expire(self, now: float) -> int:
         await self._enter("expire")
@@ -261,4 +276,5 @@ def _claimed(row: Row) -> Job:
         method=request.method, headers=request.headers, body=request.body,
         priority=request.priority, max_attempts=request.max_attempts,
         timeout_s=request.timeout_s, retry=request.retry, first_method=request.method,
+        recurrence=request.recurrence,
     )  # fmt: skip

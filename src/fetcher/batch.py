@@ -46,13 +46,14 @@ class Batch:
 
     def cancelling(self, job_ids: set[int]) -> Batch:
         """The batch with the jobs of `job_ids`, cancelled while they ran, ending `cancelled`
-        instead of being retried (or moved on): their current request was their last."""
+        instead of being retried (or moved on): their current request was their last. A
+        recurring job's run that ended keeps its result and is not scheduled again."""
         outcomes = [
-            dataclasses.replace(o, state=JobState.CANCELLED, error=CANCELLED, moved_to=None)
-            if o.job_id in job_ids and not o.final
-            else o
+            o if o.job_id not in job_ids
+            else dataclasses.replace(o, next_run_at=None) if o.final
+            else dataclasses.replace(o, state=JobState.CANCELLED, error=CANCELLED, moved_to=None)
             for o in self.outcomes
-        ]
+        ]  # fmt: skip
         return Batch(outcomes, self.exchanges, self.pauses, self.robots)
 
     def only(
@@ -101,7 +102,7 @@ async def write(tables: Tables, batch: Batch) -> None:
     ends here instead of going on; results go first: both they and the jobs skip a job this
     daemon no longer holds, and the validators read the results; a result's webhook event is
     written with it; the results take their places in commit order (the feed's) at the end."""
-    going_on = [o.job_id for o in batch.outcomes if not o.final]
+    going_on = [o.job_id for o in batch.outcomes if not o.final or o.next_run_at is not None]
     if going_on:
         cancelled = await tables.cancel_requested(going_on)
         if cancelled:
@@ -109,14 +110,14 @@ async def write(tables: Tables, batch: Batch) -> None:
     if batch.finals:
         await tables.insert_results(batch.finals)
         await tables.enqueue_webhooks([o.job_id for o in batch.finals])
+    if batch.validated:  # before the jobs are settled: a recurring job's run moves on there
+        await tables.keep_validators(batch.validated)
     if batch.outcomes:  # a batch may hold only requests: the hops of redirect chains
         await tables.settle_jobs(batch.outcomes)
     if batch.exchanges:
         await count(tables, batch.exchanges)
     if batch.pauses:
         await tables.pause_hosts(batch.pauses)
-    if batch.validated:
-        await tables.keep_validators(batch.validated)
     if batch.robots:
         await tables.keep_robots(batch.robots)
     if batch.finals:  # last: on PostgreSQL it holds the other daemons' results back till commit

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from fetcher import __version__
 from fetcher.commands.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from fetcher.commands.read import cmd_results, cmd_robots, cmd_stats, cmd_status, cmd_webhooks
-from fetcher.commands.write import cmd_cancel, cmd_submit
+from fetcher.commands.write import cmd_cancel, cmd_retry, cmd_submit
 from fetcher.errors import ConfigError, SchemaTooOld, StoreUnavailable
 from fetcher.locations import database_location, is_postgres_url, location_of
 
@@ -117,6 +117,7 @@ def _add_queue_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     submit.add_argument("--priority", type=int, default=0, help="-1000 … 1000; higher goes first")
     submit.add_argument("--metadata", metavar="JSON", help="a JSON object kept with every job")
+    submit.add_argument("--every", metavar="DURATION", help="every line recurs: 90, 30m, 6h, 1d")
     submit.add_argument(
         "--json", action="store_true", help="one JSON object a line: line, id, duplicate (or error)"
     )
@@ -126,6 +127,15 @@ def _add_queue_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     cancel.add_argument("ids", nargs="+", type=int, metavar="ID")
     cancel.add_argument("--json", action="store_true")
     cancel.set_defaults(command=cmd_cancel)
+
+    retry = sub.add_parser("retry", help="queue finished jobs again as new runs (re-drive)")
+    retry.add_argument("--state", required=True, choices=["failed", "cancelled", "done"])
+    retry.add_argument("--host", metavar="GLOB", help="only hosts matching GLOB (*, ?)")
+    retry.add_argument("--since", metavar="DURATION", help="only runs finished within, e.g. 1h")
+    retry.add_argument("--error", metavar="TEXT", help="only runs whose error contains TEXT")
+    retry.add_argument("--dry-run", action="store_true", help="count them, queue nothing")
+    retry.add_argument("--json", action="store_true")
+    retry.set_defaults(command=cmd_retry)
 
 
 def _add_read_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     webhook_url: str | None = None
     webhook_secret: str | None = Field(None, repr=False)
     webhook_retry_for: float = Field(86_400.0, ge=0)
+    min_interval: float = Field(60.0, gt=0)
 
     @field_validator("host_rate", "backoff_base", "backoff_max", "retry_after_max", "timeout")
     @classmethod
@@ -208,8 +209,9 @@ class Settings(BaseSettings):
     def job_limits(self) -> JobLimits:
         """What a job's own max_attempts, timeout and body may not pass."""
         return JobLimits(
-            self.max_attempts, self.timeout, self.max_request_body, self.webhook_secret is not None
-        )
+            self.max_attempts, self.timeout, self.max_request_body,
+            self.webhook_secret is not None, self.min_interval,
+        )  # fmt: skip
 
     @property
     def default_limits(self) -> HostLimits:

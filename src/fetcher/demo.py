@@ -20,6 +20,7 @@ and hostile endpoints; the first path segment says which:
     /bigheader/…       a 64 kB header line           /nolocation/…     302 without Location
     /etag/…            200 with an ETag, 304 to a request that names it in If-None-Match
     /lastmod/…         200 with Last-Modified, 304 to a request with that If-Modified-Since
+    /changes/<n>/…     as /etag/, but from the path's <n>th request on a new body and ETag
     /robots.txt        what `Origin.robots[host]` says (a `RobotsFile`); 404 when nothing
 Every method is answered; each request's method, path, headers and body are kept in
 `stats.received`.
@@ -225,6 +226,12 @@ class Origin:
             return await self._robots_txt(request)
         if kind in ("etag", "lastmod"):
             return _validated(request, kind)
+        if kind == "changes":
+            version = 2 if seen >= int(arg) else 1
+            etag = f'"v{version}-{request.path}"'
+            if request.headers.get("If-None-Match") == etag:
+                return web.Response(status=304, headers={"ETag": etag})
+            return web.Response(text=f"version {version}\n", headers={"ETag": etag})
         if kind == "slow":
             await asyncio.sleep(int(arg) / 1000)
         elif kind in ("limited", "throttle") and seen == 1:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Concatenate, ParamSpec, TypeVar
 
 from fetcher.batch import Batch, Pruned
-from fetcher.jobqueue import Delivery, JobQueue, Once, Settled
+from fetcher.jobqueue import Delivery, JobQueue, Once, Redrive, Settled
 from fetcher.model import (
     HostLease,
     HostRate,
@@ -94,6 +94,14 @@ class GuardedQueue:
     @_retried
     async def promote_due(self) -> int:
         return await self.queue.promote_due()
+
+    @_retried
+    async def waiting_runs(self) -> int:
+        return await self.queue.waiting_runs()
+
+    @_retried
+    async def redrive(self, which: Redrive, *, dry_run: bool = False) -> int:
+        return await self.queue.redrive(which, dry_run=dry_run)
 
     @_retried
     async def register(self) -> int:

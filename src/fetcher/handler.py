@@ -27,6 +27,7 @@ from fetcher.log import get_logger
 from fetcher.model import DISALLOWED, Exchange, Hop, Job, JobState, Outcome, Verdict
 from fetcher.policy import decide, exchanges_of, redirected
 from fetcher.recorder import Recorder
+from fetcher.recurrence import changed, next_run
 from fetcher.robots import RobotsGate, fetch_robots, host_of
 from fetcher.scheduler import Scheduler
 
@@ -209,6 +210,12 @@ class JobHandler:
         return self._scheduler.has_pending(key) or (key == job.host and self._feeder.refilling(key))
 
     def _settle(self, job: Job, outcome: Outcome) -> None:
+        if outcome.final:  # a run ends: did it change anything, and when is the next one?
+            outcome.changed = changed(outcome, job.last_sha256)
+            if job.recurrence is not None:
+                outcome.next_run_at, outcome.interval_s = next_run(
+                    job.recurrence, outcome.changed, self._wall()
+                )
         self._recorder.outcome(outcome)
         self._feeder.settled(job)
         state = outcome.state

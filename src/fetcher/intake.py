@@ -26,7 +26,8 @@ Key = tuple[str, str, str]  # (url, method, body sha256): a request's fingerprin
 COLUMNS: dict[str, Any] = {
     "method": "GET", "body_sha256": "", "priority": 0, "state": "queued",
     "next_attempt_at": None, "max_attempts": None, "timeout_s": None, "retry": 0,
-    "metadata": None, "webhook": None,
+    "metadata": None, "webhook": None, "every_s": None, "adaptive": 0, "min_every_s": None,
+    "max_every_s": None, "notify_changed": 0,
 }  # fmt: skip
 
 
@@ -81,6 +82,9 @@ class SubmissionPlan:
             job.method, job.body_sha256, job.priority,
             (JobState.RETRYING if due else JobState.QUEUED).value, job.not_before if due else None,
             job.max_attempts, job.timeout_s, int(job.retry), job.metadata, job.webhook,
+            *(_NO_RECURRENCE if (r := job.recurrence) is None else
+              (r.every_s, int(r.adaptive), r.min_s, r.max_s)),
+            int(job.notify_changed),
         )  # fmt: skip
 
     def request_rows(self, new: Mapping[Key, int]) -> list[tuple[int, str, bytes | None]]:
@@ -120,6 +124,7 @@ class SubmissionPlan:
 
 
 _PLAIN = tuple(COLUMNS.values())
+_NO_RECURRENCE = (None, 0, None, None)
 
 
 def submission_plan(jobs: Sequence[JobRequest], now: float) -> SubmissionPlan:

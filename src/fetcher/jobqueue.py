@@ -40,7 +40,7 @@ from fetcher.model import (
 
 __all__ = [
     "KEY_TTL_S", "Delivery", "HostStatsRow", "JobQueue", "JobRow", "MinuteRow", "Once",
-    "QueueReader", "ResultRow", "Settled", "WebhookRow",
+    "QueueReader", "Redrive", "ResultRow", "Settled", "WebhookRow",
 ]  # fmt: skip
 
 KEY_TTL_S = 86_400.0  # an Idempotency-Key answers the same for a day
@@ -82,7 +82,20 @@ class JobQueue(Protocol):
         ...
 
     async def promote_due(self) -> int:
-        """Jobs whose retry time has come go back to `queued`; how many."""
+        """Jobs whose retry time (or next run) has come go back to `queued`; how many. Runs
+        of recurring jobs overdue past `recurrence.overdue_after` (the daemons were away) are
+        spread over their jitter window first."""
+        ...
+
+    async def waiting_runs(self) -> int:
+        """Recurring jobs waiting for a run (`retrying`): what `run --drain` does not wait
+        for."""
+        ...
+
+    async def redrive(self, which: Redrive, *, dry_run: bool = False) -> int:
+        """Queue the finished jobs `which` selects again, as a new run each (their results
+        kept); one of a fingerprint, and none whose request is already active. How many (with
+        `dry_run`, how many it would)."""
         ...
 
     # -- daemons
@@ -211,6 +224,7 @@ class ResultRow(TypedDict):
     latency_ms: float | None
     body_sha256: str | None
     body_path: str | None
+    changed: bool | None  # the content differs from the job's last done run (None: not done)
     finished_at: str
 
 
@@ -230,6 +244,11 @@ class JobRow(TypedDict):
     retry: bool
     metadata: dict[str, object] | None
     webhook: str | None
+    every: float | None  # the interval now (it moves when adaptive)
+    adaptive: bool
+    min_every: float | None
+    max_every: float | None
+    notify: str  # all, changed
     state: str
     attempts: int
     run: int
@@ -254,6 +273,17 @@ class WebhookRow(TypedDict):
     next_attempt_at: str | None
     created_at: str
     ended_at: str | None
+
+
+class Redrive(NamedTuple):
+    """Which finished jobs `fetcher retry` (and `POST /v1/jobs:retry`) queues again: in
+    `state`, their host matching the glob `host`, their last run finished since `since` (unix
+    time), its error holding `error`."""
+
+    state: str = "failed"
+    host: str | None = None
+    since: float | None = None
+    error: str | None = None
 
 
 class Once(NamedTuple):
@@ -331,6 +361,10 @@ class QueueReader(Protocol):
         self, state: str | None, since: float | None, job_id: int | None = None
     ) -> Iterator[ResultRow]:
         """Finished jobs, oldest first (or the result of job `job_id`)."""
+        ...
+
+    def recurring(self) -> tuple[int, float | None]:
+        """How many jobs recur (not ended), and when (unix time) the next waiting run is due."""
         ...
 
     def feed(

@@ -4,7 +4,8 @@ read into a `JobRequest`; a bad one is refused with the reason, naming the field
     {"url": "https://api.example.com/v1/things", "method": "POST",
      "headers": {"Authorization": "Bearer …", "Content-Type": "application/json"},
      "body": "{\\"name\\": \\"x\\"}", "priority": 10, "not_before": "2026-12-05T08:00:00Z",
-     "max_attempts": 2, "timeout": 10, "retry": false, "metadata": {"batch": 7}}
+     "max_attempts": 2, "timeout": 10, "retry": false, "metadata": {"batch": 7},
+     "every": "6h", "adaptive": true, "min_every": "1h", "max_every": "1d", "notify": "changed"}
 
 Only `url` is required. Written by hand rather than with a schema library: a bulk submit reads
 a million of them, and each microsecond here is a second there.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,15 +25,20 @@ from typing import Any
 import orjson
 
 from fetcher.errors import InvalidJob, InvalidURL
-from fetcher.model import METHODS, JobRequest
+from fetcher.model import METHODS, JobRequest, Recurrence
 from fetcher.urls import parse_url
 
-__all__ = ["FIELDS", "PLAIN", "JobDefaults", "JobLimits", "read_headers", "read_job"]
+__all__ = [
+    "FIELDS", "PLAIN", "JobDefaults", "JobLimits", "duration", "read_headers", "read_job",
+]  # fmt: skip
 
 FIELDS = frozenset({
     "url", "method", "headers", "body", "body_base64", "priority", "not_before", "max_attempts",
-    "timeout", "retry", "metadata", "webhook",
+    "timeout", "retry", "metadata", "webhook", "every", "adaptive", "min_every", "max_every",
+    "notify",
 })  # fmt: skip
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_METADATA_BYTES = 4096
 MAX_HEADERS = 100
 PRIORITY_RANGE = (-1000, 1000)
@@ -52,6 +59,7 @@ class JobLimits:
     timeout_s: float
     max_request_body: int
     webhooks: bool = False  # a secret is set (FETCHER_WEBHOOK_SECRET): jobs may name a webhook
+    min_interval: float = 60.0  # the shortest `every` (FETCHER_MIN_INTERVAL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +70,7 @@ class JobDefaults:
     headers: tuple[tuple[str, str], ...] = ()
     priority: int = 0
     metadata: str | None = None
+    every: float | None = None  # `--every 6h` (seconds, checked): the jobs recur
 
 
 PLAIN = JobDefaults()  # a plain GET
@@ -96,6 +105,8 @@ def read_job(obj: Any, limits: JobLimits, defaults: JobDefaults = PLAIN) -> JobR
         False if (r := get("retry")) is None else _flag(r),
         defaults.metadata if "metadata" not in obj else _metadata(obj["metadata"]),
         None if (w := get("webhook")) is None else _webhook(w, limits.webhooks),
+        _recurrence(obj, defaults.every, limits.min_interval),
+        False if (n := get("notify")) is None else _notify(n),
     )
 
 
@@ -190,6 +201,52 @@ def _webhook(value: object, signed: bool) -> str:
         return parse_url(value).url
     except InvalidURL as exc:
         raise InvalidJob(f"webhook: {exc.reason}") from None
+
+
+def duration(value: object, name: str) -> float:
+    """Seconds: a number, or text as `90s`, `30m`, `6h`, `1d` (a bare number is seconds)."""
+    if (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    ):
+        return float(value)
+    match = _DURATION.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise InvalidJob(f"{name}: seconds, or a duration as 90s, 30m, 6h, 1d")
+    return float(match[1]) * _UNITS[match[2]]
+
+
+def _recurrence(obj: Mapping[str, Any], every: object, least: float) -> Recurrence | None:
+    every = obj.get("every", every)
+    adaptive = obj.get("adaptive", False)
+    if every is None:
+        if adaptive or "min_every" in obj or "max_every" in obj:
+            raise InvalidJob("adaptive, min_every, max_every: only with every")
+        return None
+    if not isinstance(adaptive, bool):
+        raise InvalidJob("adaptive: true or false")
+    seconds = duration(every, "every")
+    if seconds < least:
+        raise InvalidJob(f"every: at least FETCHER_MIN_INTERVAL ({least:g} s)")
+    if not adaptive:
+        if "min_every" in obj or "max_every" in obj:
+            raise InvalidJob("min_every, max_every: only with adaptive")
+        return Recurrence(seconds)
+    low = (
+        duration(obj["min_every"], "min_every") if "min_every" in obj else max(least, seconds / 10)
+    )
+    high = duration(obj["max_every"], "max_every") if "max_every" in obj else seconds * 10
+    if not least <= low <= seconds <= high:
+        raise InvalidJob(f"min_every ≤ every ≤ max_every, and min_every at least {least:g} s")
+    return Recurrence(seconds, True, low, high)
+
+
+def _notify(value: object) -> bool:
+    if value not in ("all", "changed"):
+        raise InvalidJob('notify: "all" or "changed"')
+    return value == "changed"
 
 
 def _metadata(value: object) -> str | None:

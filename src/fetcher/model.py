@@ -17,8 +17,8 @@ from fetcher.urls import Target
 __all__ = [
     "ACTIVE_STATES", "CANCELLED", "DISALLOWED", "FINAL_STATES", "METHODS", "REDIRECT_STATUSES",
     "UNSAFE_METHODS", "Exchange", "Hop", "HostLease", "HostRate", "HostWalk", "Job", "JobRequest",
-    "JobState", "Outcome", "Submitted", "Validators", "Verdict", "active_jobs", "is_secret",
-    "shown_headers",
+    "JobState", "Outcome", "Recurrence", "Submitted", "Validators", "Verdict", "active_jobs",
+    "is_secret", "shown_headers",
 ]  # fmt: skip
 
 DISALLOWED = "disallowed by robots.txt"  # the reason of a job its site's robots.txt forbids
@@ -66,6 +66,8 @@ class JobRequest(NamedTuple):
     retry: bool = False  # a POST or PATCH retried even once it was sent
     metadata: str | None = None  # a JSON object's text, returned with every result
     webhook: str | None = None  # told when the job ends (None: FETCHER_WEBHOOK_URL, if set)
+    recurrence: Recurrence | None = None  # due again after each run
+    notify_changed: bool = False  # the webhook only for runs whose content changed, and failures
 
     @property
     def body_sha256(self) -> str:
@@ -85,7 +87,17 @@ class JobRequest(NamedTuple):
         return self[1:] == _PLAIN_FIELDS
 
 
-_PLAIN_FIELDS = ("GET", (), None, 0, None, None, None, False, None, None)
+_PLAIN_FIELDS = ("GET", (), None, 0, None, None, None, False, None, None, None, False)
+
+
+class Recurrence(NamedTuple):
+    """How a job recurs: due again `every_s` after each run's final outcome (jittered); with
+    `adaptive`, the interval follows how often the content changes, within min_s … max_s."""
+
+    every_s: float
+    adaptive: bool = False
+    min_s: float | None = None
+    max_s: float | None = None
 
 
 class Submitted(NamedTuple):
@@ -120,6 +132,8 @@ class Job:
     timeout_s: float | None = None  # None: FETCHER_TIMEOUT
     retry: bool = False  # a POST or PATCH retried even once it was sent
     first_method: str = "GET"  # the method as submitted (results name it)
+    recurrence: Recurrence | None = None  # with its current interval
+    last_sha256: str | None = None  # the body digest of its last done run (for `changed`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +211,11 @@ class Outcome:
     hops: int = 0
     moved_method: str | None = None
     method: str = "GET"  # the job's method, as submitted
+    # a final outcome's: whether the content differs from the last done run's (None: failed);
+    # a recurring job's next run (it goes back to `retrying` for it) and interval after this
+    changed: bool | None = None
+    next_run_at: float | None = None
+    interval_s: float | None = None
 
     @property
     def final(self) -> bool:

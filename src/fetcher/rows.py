@@ -19,6 +19,8 @@ def result_row(row: dict[str, Any]) -> ResultRow:
     """A result as read: its metadata (JSON text in the table) as the object it was."""
     if isinstance(row.get("metadata"), str):
         row["metadata"] = json.loads(row["metadata"])
+    if row.get("changed") is not None:
+        row["changed"] = bool(row["changed"])
     return cast("ResultRow", row)
 
 
@@ -29,6 +31,8 @@ def job_row(row: dict[str, Any], latest: ResultRow | None) -> JobRow:
     row["headers"] = shown_headers(map(tuple, headers))
     row["body_bytes"] = row["body_bytes"] or 0
     row["retry"] = bool(row["retry"])
+    row["adaptive"] = bool(row["adaptive"])
+    row["notify"] = "changed" if row.pop("notify_changed") else "all"
     if isinstance(row.get("metadata"), str):
         row["metadata"] = json.loads(row["metadata"])
     row["result"] = latest

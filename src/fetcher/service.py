@@ -129,7 +129,9 @@ class Service:
         try:
             # the store's lock is FIFO: the flush also waits for a commit under way
             await self._recorder.flush()
-            return active_jobs(await self._queue.counts()) == 0
+            active = active_jobs(await self._queue.counts())
+            # recurring jobs waiting for their next run never finish: a drain does not wait
+            return active == 0 or active == await self._queue.waiting_runs()
         except StoreUnavailable:  # only once stopping, which ends the loop anyway
             return False
 

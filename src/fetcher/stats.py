@@ -75,6 +75,8 @@ def status(reader: QueueReader, now: float | None = None) -> dict[str, Any]:
     result["requests_per_s"] = round(last_60s / 60, 2)
     oldest = reader.oldest_queued_at()
     result["oldest_queued_s"] = None if oldest is None else round(now - oldest, 1)
+    result["recurring"], next_run = reader.recurring()
+    result["next_run_in_s"] = None if next_run is None else round(max(next_run - now, 0.0), 1)
     return result
 
 

@@ -22,7 +22,7 @@ import orjson
 from fetcher.errors import InvalidJob, InvalidURL
 from fetcher.jobqueue import JobQueue
 from fetcher.jobspec import PLAIN, JobDefaults, JobLimits, read_job
-from fetcher.model import JobRequest, Submitted
+from fetcher.model import JobRequest, Recurrence, Submitted
 from fetcher.urls import Target, parse_url
 
 __all__ = ["SubmitReport", "printable", "submit_lines"]
@@ -151,6 +151,7 @@ def _bare(target: Target, defaults: JobDefaults) -> JobRequest:
         defaults.headers,
         priority=defaults.priority,
         metadata=defaults.metadata,
+        recurrence=None if defaults.every is None else Recurrence(defaults.every),
     )
 
 

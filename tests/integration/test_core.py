@@ -34,7 +34,7 @@ def test_global_and_host_caps_are_reached_and_never_exceeded(
     assert status.pop("requests_per_s") == pytest.approx(1.2, abs=0.1)
     assert status == {
         "queued": 0, "retrying": 0, "running": 0, "done": 72, "failed": 0, "cancelled": 0,
-        "oldest_queued_s": None,
+        "oldest_queued_s": None, "recurring": 0, "next_run_in_s": None,
     }  # fmt: skip
 
 

@@ -4,6 +4,7 @@ measured at the origin, also when one is killed and when the server restarts und
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -260,3 +262,37 @@ def test_a_lock_held_past_the_busy_timeout_pauses_the_daemons_then_they_resume(
     assert set(origin.stats.paths.values()) == {1}
     names = [e["event"] for i in range(2) for e in cluster.log_of(i)]
     assert "store.unavailable" in names and "store.recovered" in names
+
+
+def test_two_daemons_never_run_one_recurring_job_twice_at_once(
+    cluster: Cluster, hosts_origin: Origin
+) -> None:
+    """Forty jobs every second over twenty hosts, two daemons: each job's runs follow one
+    another (numbered 1, 2, 3… once each, at least the interval less its jitter apart at the
+    origin), whichever daemon claims them, and both daemons run some."""
+    origin = hosts_origin
+    origin.reset_stats()
+    cluster.env["FETCHER_MIN_INTERVAL"] = "1"
+    urls = [origin.url(f"slow/300/every/{n}", i) for n in range(2) for i in range(len(HOSTS))]
+    result = cluster.cli("submit", "--every", "1", "-f", "-", stdin="\n".join(urls) + "\n")
+    assert result.returncode == 0, result.stderr
+    cluster.start()
+    cluster.start()
+
+    def runs() -> dict[int, list[int]]:
+        by_job: dict[int, list[int]] = {}
+        for row in cluster.results():
+            by_job.setdefault(row["job_id"], []).append(row["run"])
+        return by_job
+
+    assert wait_until(lambda: len(runs()) == 40 and min(map(len, runs().values())) >= 4, 60)
+    cluster.stop_all()
+    for job_runs in runs().values():
+        assert sorted(job_runs) == list(range(1, len(job_runs) + 1)), job_runs
+    for url in urls:
+        host, path = urlsplit(url).netloc, urlsplit(url).path
+        times = sorted(t for t, at, seen in origin.stats.sequence if (at, seen) == (host, path))
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert min(gaps) >= 0.9 - 0.05, (path, gaps)
+    done = [sum(e["event"] == "job.done" for e in cluster.log_of(i)) for i in range(2)]
+    assert min(done) > 0, done

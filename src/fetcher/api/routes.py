@@ -20,8 +20,8 @@ from fetcher.api.openapi import openapi
 from fetcher.api.problems import Problem
 from fetcher.api.reads import ReadSide
 from fetcher.errors import IdempotencyKeyReused, InvalidJob
-from fetcher.jobqueue import JobQueue, Once, QueueReader
-from fetcher.jobspec import JobLimits, read_job
+from fetcher.jobqueue import JobQueue, Once, QueueReader, Redrive
+from fetcher.jobspec import JobLimits, duration, read_job
 from fetcher.log import get_logger
 from fetcher.model import FINAL_STATES, JobRequest, Submitted
 from fetcher.supervisor import StoreHealth
@@ -39,6 +39,7 @@ ROUTES = [
     ("GET", r"/v1/jobs/{id:\d+}", "job"),
     ("DELETE", r"/v1/jobs/{id:\d+}", "cancel"),
     ("GET", r"/v1/jobs/{id:\d+}/body", "body"),
+    ("POST", "/v1/jobs:retry", "redrive"),
     ("GET", "/v1/results", "results"),
     ("GET", "/v1/status", "status"),
     ("GET", "/v1/stats", "stats"),
@@ -157,6 +158,30 @@ class Api:
         row = await self._reads.call(lambda r: r.job(job_id))
         return _json(row)
 
+    async def redrive(self, request: web.Request) -> web.Response:
+        """Finished jobs queued again as new runs, as `fetcher retry` does: the count."""
+        doc = _object(await request.read())
+        unknown = doc.keys() - {"state", "host", "since", "error", "dry_run"}
+        if unknown:
+            raise Problem(400, "Bad Request", f"unknown field {sorted(unknown)[0]!r}")
+        state, host, since, error = (doc.get(k) for k in ("state", "host", "since", "error"))
+        dry_run = doc.get("dry_run", False)
+        if state not in FINAL_STATES:
+            raise Problem(400, "Bad Request", "state: failed, cancelled or done")
+        if not all(v is None or isinstance(v, str) for v in (host, error)):
+            raise Problem(400, "Bad Request", "host, error: strings")
+        if not isinstance(dry_run, bool):
+            raise Problem(400, "Bad Request", "dry_run: true or false")
+        try:
+            after = None if since is None else time.time() - duration(since, "since")
+        except InvalidJob as exc:
+            raise Problem(400, "Bad Request", exc.reason) from None
+        which = Redrive(state, host, after, error)
+        count = await self._queue.redrive(which, dry_run=dry_run)
+        if count and not dry_run:
+            self._submitted()
+        return _json({"count": count, "dry_run": dry_run})
+
     async def body(self, request: web.Request) -> web.StreamResponse:
         """The kept body of the job's latest result, with the response's Content-Type."""
         job_id = int(request.match_info["id"])
@@ -234,6 +259,16 @@ def _items(raw: bytes) -> Sequence[Any]:
     if isinstance(doc, dict):
         return [doc]
     raise Problem(400, "Bad Request", 'a job object, or {"jobs": [...]}')
+
+
+def _object(raw: bytes) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(raw or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise Problem(400, "Bad Request", f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise Problem(400, "Bad Request", "a JSON object")
+    return doc
 
 
 def _answer(

@@ -1,6 +1,7 @@
-"""The commands that change the queue: `submit` (URLs and job objects, line by line) and
-`cancel`. They open the queue as the daemon does, and commit before they return. (asyncio is
-imported where it runs: the parser loads this module for every command, the read ones too.)"""
+"""The commands that change the queue: `submit` (URLs and job objects, line by line),
+`cancel` and `retry`. They open the queue as the daemon does, and commit before they return.
+(asyncio is imported where it runs: the parser loads this module for every command, the read
+ones too.)"""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ from fetcher.errors import InvalidJob
 
 if TYPE_CHECKING:
     from fetcher.config import Settings
-    from fetcher.jobqueue import JobQueue
+    from fetcher.jobqueue import JobQueue, Redrive
     from fetcher.jobspec import JobDefaults
     from fetcher.model import Submitted
 
-__all__ = ["cmd_cancel", "cmd_submit"]
+__all__ = ["cmd_cancel", "cmd_retry", "cmd_submit"]
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
@@ -29,7 +30,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         print("fetcher submit: give URLs or -f FILE", file=sys.stderr)
         return EXIT_USAGE
     try:
-        defaults = _defaults(args)
+        defaults = _defaults(args, settings)
     except InvalidJob as exc:
         print(f"fetcher submit: {exc.reason}", file=sys.stderr)
         return EXIT_USAGE
@@ -46,10 +47,10 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(_submit(settings, lines, defaults, as_json=args.json))
 
 
-def _defaults(args: argparse.Namespace) -> JobDefaults:
-    """What `--method`, `--header`, `--priority` and `--metadata` give every line that does
-    not say otherwise; checked as a job's own fields are."""
-    from fetcher.jobspec import JobDefaults, JobLimits, read_headers, read_job
+def _defaults(args: argparse.Namespace, settings: Settings) -> JobDefaults:
+    """What `--method`, `--header`, `--priority`, `--metadata` and `--every` give every line
+    that does not say otherwise; checked as a job's own fields are."""
+    from fetcher.jobspec import JobDefaults, read_headers, read_job
 
     headers = []
     for line in args.header or []:
@@ -64,8 +65,13 @@ def _defaults(args: argparse.Namespace) -> JobDefaults:
     probe = {"url": "http://example.com/", "method": args.method, "priority": args.priority}
     if metadata is not None:
         probe["metadata"] = metadata
-    checked = read_job(probe, JobLimits(max_attempts=1, timeout_s=1.0, max_request_body=0))
-    return JobDefaults(checked.method, read_headers(headers), checked.priority, checked.metadata)
+    if args.every is not None:
+        probe["every"] = args.every
+    checked = read_job(probe, settings.job_limits)
+    every = checked.recurrence.every_s if checked.recurrence is not None else None
+    return JobDefaults(
+        checked.method, read_headers(headers), checked.priority, checked.metadata, every
+    )
 
 
 def _lines_of(stream: IO[bytes]) -> Iterator[bytes]:
@@ -154,3 +160,33 @@ async def _cancel(settings: Settings, ids: list[int], *, as_json: bool) -> int:
         else:
             print(f"{job_id}: {answer}")
     return EXIT_OK if ok else EXIT_FAILURE
+
+
+def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    """Queue finished jobs again as new runs (`--dry-run`: count them); prints how many."""
+    import asyncio
+    import time
+
+    from fetcher.jobqueue import Redrive
+    from fetcher.jobspec import duration
+
+    try:
+        since = None if args.since is None else time.time() - duration(args.since, "--since")
+    except InvalidJob as exc:
+        print(f"fetcher retry: {exc.reason}", file=sys.stderr)
+        return EXIT_USAGE
+    which = Redrive(args.state, args.host, since, args.error)
+    return asyncio.run(_retry(settings, which, dry_run=args.dry_run, as_json=args.json))
+
+
+async def _retry(settings: Settings, which: Redrive, *, dry_run: bool, as_json: bool) -> int:
+    queue = await _open(settings)
+    try:
+        count = await queue.redrive(which, dry_run=dry_run)
+    finally:
+        await queue.close()
+    if as_json:
+        print(json.dumps({"count": count, "dry_run": dry_run}))
+    else:
+        print(f"{'would queue' if dry_run else 'queued'} {count} {which.state} job(s) again")
+    return EXIT_OK

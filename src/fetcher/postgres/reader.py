@@ -86,6 +86,16 @@ class PostgresReader:
         )
         return {row["minute"]: int(row["n"]) for row in rows}
 
+    def recurring(self) -> tuple[int, float | None]:
+        """How many jobs recur (not ended), and when the next waiting run is due."""
+        rows = self._rows(
+            "SELECT (SELECT count(*) FROM jobs WHERE every_s IS NOT NULL"
+            " AND state IN ('queued', 'retrying', 'running')) AS n,"
+            " (SELECT min(next_attempt_at) FROM jobs WHERE every_s IS NOT NULL"
+            " AND state = 'retrying') AS at"
+        )
+        return int(rows[0]["n"]), rows[0]["at"]
+
     def oldest_queued_at(self) -> float | None:
         # the first queued job of each host with a backlog, by the claim index: a walk of the
         # jobs in id order would pass every finished job before the first queued one
@@ -141,6 +151,8 @@ class PostgresReader:
         rows = self._rows(
             "SELECT j.id, j.url, j.method, j.host, j.state, j.attempts, j.priority,"
             " j.max_attempts, j.timeout_s AS timeout, j.retry, j.metadata, j.webhook, j.run,"
+            " j.every_s AS every, j.adaptive, j.min_every_s AS min_every,"
+            " j.max_every_s AS max_every, j.notify_changed,"
             " fetcher_iso(j.next_attempt_at) AS next_attempt_at,"
             " fetcher_iso(j.created_at) AS created_at, fetcher_iso(j.updated_at) AS updated_at,"
             " q.headers, length(q.body) AS body_bytes FROM jobs j"
@@ -202,7 +214,7 @@ class PostgresReader:
 RESULT_COLUMNS = (
     "r.job_id AS id, r.job_id, r.run, r.seq AS cursor, r.url, r.method, r.final_url, r.host,"
     " r.state, r.status, r.bytes, r.error, r.attempts, r.latency_ms, r.body_sha256,"
-    " r.body_path, fetcher_iso(r.finished_at) AS finished_at, j.metadata"
+    " r.body_path, r.changed, fetcher_iso(r.finished_at) AS finished_at, j.metadata"
 )
 _RESULTS = f"SELECT {RESULT_COLUMNS}"
 _FROM = "FROM results r LEFT JOIN jobs j ON j.id = r.job_id"

@@ -311,6 +311,18 @@ _MIGRATIONS: list[str] = [
         created_at double precision NOT NULL
     );
     """,
+    # 4: recurring jobs (the interval now, its bounds when adaptive, the last run's body digest
+    # for `changed`), the webhook only for changes; each run's `changed`
+    """
+    ALTER TABLE jobs ADD COLUMN every_s double precision,
+        ADD COLUMN adaptive boolean NOT NULL DEFAULT false,
+        ADD COLUMN min_every_s double precision, ADD COLUMN max_every_s double precision,
+        ADD COLUMN notify_changed boolean NOT NULL DEFAULT false, ADD COLUMN last_sha256 text,
+        ADD COLUMN home_host text;  -- the first hop's host of a job moved to another's queue
+    ALTER TABLE results ADD COLUMN changed boolean;
+    UPDATE results SET changed = (status IS DISTINCT FROM 304) WHERE state = 'done';
+    CREATE INDEX jobs_recurring ON jobs (state, next_attempt_at) WHERE every_s IS NOT NULL;
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)

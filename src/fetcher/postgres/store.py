@@ -29,7 +29,7 @@ from fetcher.batch import Batch, Pruned, write
 from fetcher.clocks import Clocks
 from fetcher.daemons import new_owner
 from fetcher.errors import StoreUnavailable
-from fetcher.jobqueue import Delivery, Once, Settled
+from fetcher.jobqueue import Delivery, Once, Redrive, Settled
 from fetcher.locations import masked
 from fetcher.model import (
     HostLease,
@@ -43,7 +43,7 @@ from fetcher.model import (
     Verdict,
 )
 from fetcher.policy import carried_on
-from fetcher.postgres import outbox, retention, submits
+from fetcher.postgres import outbox, retention, runs, submits
 from fetcher.postgres.connection import (
     Channel,
     commits_shard,
@@ -57,6 +57,7 @@ from fetcher.postgres.connection import (
 from fetcher.postgres.leases import HostLeases
 from fetcher.postgres.schema import migrate
 from fetcher.postgres.tables import PostgresTables
+from fetcher.recurrence import recurrence_of
 from fetcher.urls import stored_target
 
 __all__ = ["PostgresQueue"]
@@ -213,7 +214,8 @@ class PostgresQueue:
                 FROM picked WHERE jobs.id = picked.id
                 RETURNING jobs.id, jobs.url, jobs.host, jobs.attempts, jobs.resume_url,
                     jobs.hops, jobs.lease_epoch, jobs.method, jobs.resume_method, jobs.priority,
-                    jobs.max_attempts, jobs.timeout_s, jobs.retry
+                    jobs.max_attempts, jobs.timeout_s, jobs.retry, jobs.every_s, jobs.adaptive,
+                    jobs.min_every_s, jobs.max_every_s, jobs.last_sha256
                 """,
                 [h for h, _ in wants],
                 [n for _, n in wants],
@@ -255,12 +257,15 @@ class PostgresQueue:
 
     async def promote_due(self) -> int:
         async with self._transaction("promote_due") as db:
-            status = await db.execute(
-                "UPDATE jobs SET state = 'queued', next_attempt_at = NULL, updated_at = $1"
-                " WHERE state = 'retrying' AND next_attempt_at <= $1",
-                self._wall(),
-            )
-        return row_count(status)
+            return await runs.promote_due(db, self._wall())
+
+    async def waiting_runs(self) -> int:
+        async with self._transaction("waiting_runs") as db:
+            return await runs.waiting_runs(db)
+
+    async def redrive(self, which: Redrive, *, dry_run: bool = False) -> int:
+        async with self._transaction("redrive") as db:
+            return await runs.redrive(db, which, self._wall(), dry_run)
 
     # -- daemons ----------------------------------------------------------------------------
 
@@ -360,4 +365,8 @@ def _claimed(row: asyncpg.Record) -> Job:
         stored_target(row["resume_url"] or row["url"], row["host"]), hops=row["hops"],
         method=method, priority=row["priority"], max_attempts=row["max_attempts"],
         timeout_s=row["timeout_s"], retry=row["retry"], first_method=row["method"],
+        recurrence=recurrence_of(
+            row["every_s"], row["adaptive"], row["min_every_s"], row["max_every_s"]
+        ),
+        last_sha256=row["last_sha256"],
     )  # fmt: skip

@@ -71,14 +71,16 @@ async def _insert(
     db: asyncpg.Connection, plan: SubmissionPlan, order: Sequence[int]
 ) -> dict[Key, int]:
     rows = [row[1:] for row in _full(plan, order)]
-    columns = [list(c) for c in zip(*rows, strict=True)] if rows else [[]] * 12
+    columns = [list(c) for c in zip(*rows, strict=True)] if rows else [[]] * 17
     added = await db.fetch(
         "INSERT INTO jobs (url, host, method, body_sha256, priority, state, next_attempt_at,"
-        " max_attempts, timeout_s, retry, metadata, webhook, created_at, updated_at)"
-        " SELECT u, h, m, b, p, s, n, a, t, r <> 0, d, w, $13, $13 FROM unnest($1::text[],"
-        " $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::float8[],"
-        " $8::int[], $9::float8[], $10::int[], $11::text[], $12::text[])"
-        " AS v(u, h, m, b, p, s, n, a, t, r, d, w)"
+        " max_attempts, timeout_s, retry, metadata, webhook, every_s, adaptive, min_every_s,"
+        " max_every_s, notify_changed, created_at, updated_at)"
+        " SELECT u, h, m, b, p, s, n, a, t, r <> 0, d, w, e, ad <> 0, lo, hi, nc <> 0, $18, $18"
+        " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[],"
+        " $7::float8[], $8::int[], $9::float8[], $10::int[], $11::text[], $12::text[],"
+        " $13::float8[], $14::int[], $15::float8[], $16::float8[], $17::int[])"
+        " AS v(u, h, m, b, p, s, n, a, t, r, d, w, e, ad, lo, hi, nc)"
         " ON CONFLICT (left(url, 1000), md5(url), method, body_sha256)"
         " WHERE state IN ('queued', 'retrying', 'running') DO NOTHING"
         " RETURNING id, url, method, body_sha256",

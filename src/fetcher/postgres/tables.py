@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import asyncpg
 
 from fetcher.counters import COUNTER_FIELDS, MINUTE_FIELDS, Tally
-from fetcher.model import CANCELLED, Outcome, Verdict
+from fetcher.model import CANCELLED, JobState, Outcome, Verdict
 
 __all__ = ["PostgresTables"]
 
@@ -30,18 +30,20 @@ class PostgresTables:
         await self._db.execute(
             "INSERT INTO results (job_id, run, url, host, final_url, state, status, bytes,"
             " error, attempts, latency_ms, body_sha256, body_path, finished_at, method,"
-            " content_type)"
+            " content_type, changed)"
             " SELECT jobs.id, jobs.run, jobs.url, jobs.host, v.final_url, v.state, v.status,"
-            " v.bytes, v.error, v.attempts, v.latency_ms, v.sha, v.path, $11, jobs.method, v.ct"
-            " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::bigint[],"
-            " $6::text[], $7::int[], $8::float8[], $9::text[], $10::text[], $13::text[])"
+            " v.bytes, v.error, v.attempts, v.latency_ms, v.sha, v.path, $11, jobs.method, v.ct,"
+            " v.changed FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[],"
+            " $5::bigint[], $6::text[], $7::int[], $8::float8[], $9::text[], $10::text[],"
+            " $13::text[], $14::bool[])"
             " AS v(id, final_url, state, status, bytes, error, attempts, latency_ms,"
-            " sha, path, ct) JOIN jobs ON jobs.id = v.id AND jobs.lease_owner = $12"
+            " sha, path, ct, changed) JOIN jobs ON jobs.id = v.id AND jobs.lease_owner = $12"
             " ON CONFLICT (job_id, run) DO UPDATE SET final_url = excluded.final_url,"
             " state = excluded.state, status = excluded.status, bytes = excluded.bytes,"
             " error = excluded.error, attempts = excluded.attempts,"
             " latency_ms = excluded.latency_ms, body_sha256 = excluded.body_sha256,"
-            " body_path = excluded.body_path, finished_at = excluded.finished_at",
+            " body_path = excluded.body_path, finished_at = excluded.finished_at,"
+            " content_type = excluded.content_type, changed = excluded.changed",
             [o.job_id for o in finals],
             [o.final_url for o in finals],
             [o.state.value for o in finals],
@@ -55,6 +57,7 @@ class PostgresTables:
             self._now,
             self._owner,
             [o.content_type for o in finals],
+            [o.changed for o in finals],
         )
 
     async def enqueue_webhooks(self, job_ids: Sequence[int]) -> None:
@@ -64,6 +67,8 @@ class PostgresTables:
             "INSERT INTO webhooks (event_id, job_id, run, url, next_attempt_at, created_at)"
             " SELECT 'msg_job' || id || '_run' || run, id, run, coalesce(webhook, $2), $3, $3"
             " FROM jobs WHERE id = ANY($1::bigint[]) AND coalesce(webhook, $2) IS NOT NULL"
+            " AND (NOT notify_changed OR EXISTS (SELECT 1 FROM results r WHERE"
+            " r.job_id = jobs.id AND r.run = jobs.run AND r.changed IS NOT false))"
             " ON CONFLICT (event_id) DO NOTHING",
             list(job_ids),
             self._webhook,
@@ -110,11 +115,33 @@ class PostgresTables:
 
     async def settle_jobs(self, outcomes: Sequence[Outcome]) -> None:
         """Each job to its new state; a moved one (a redirect to a host another daemon holds)
-        to its new host's queue, with the URL, hop count and method it goes on with."""
+        to its new host's queue, with the URL, hop count and method it goes on with; a
+        recurring one whose run ended back to `retrying` for its next run."""
+        again = [o for o in outcomes if o.next_run_at is not None]
+        if again:
+            await self._db.execute(
+                "UPDATE jobs SET state = 'retrying', attempts = 0, next_attempt_at = v.at,"
+                " run = jobs.run + 1, every_s = v.every, last_sha256 = coalesce(v.sha,"
+                " jobs.last_sha256), lease_owner = NULL, lease_epoch = NULL, updated_at = $5,"
+                " host = coalesce(jobs.home_host, jobs.host), home_host = NULL,"
+                " resume_url = NULL, resume_method = NULL, hops = 0"
+                " FROM unnest($1::bigint[], $2::float8[], $3::float8[], $4::text[])"
+                " AS v(id, at, every, sha) WHERE jobs.id = v.id AND jobs.lease_owner = $6",
+                [o.job_id for o in again],
+                [o.next_run_at for o in again],
+                [o.interval_s for o in again],
+                [o.body_sha256 if o.state is JobState.DONE else None for o in again],
+                self._now,
+                self._owner,
+            )
+            outcomes = [o for o in outcomes if o.next_run_at is None]
+            if not outcomes:
+                return
         await self._db.execute(
             "UPDATE jobs SET state = v.state, attempts = v.attempts,"
             " next_attempt_at = v.next_at, lease_owner = NULL, lease_epoch = NULL,"
-            " updated_at = $7, host = coalesce(v.host, jobs.host),"
+            " updated_at = $7, host = coalesce(v.host, jobs.host), home_host = CASE WHEN"
+            " v.host IS NULL THEN jobs.home_host ELSE coalesce(jobs.home_host, jobs.host) END,"
             " resume_url = CASE WHEN v.host IS NULL THEN jobs.resume_url ELSE v.resume END,"
             " resume_method = CASE WHEN v.host IS NULL THEN jobs.resume_method"
             " ELSE v.method END, hops = coalesce(v.hops, jobs.hops)"
@@ -182,7 +209,8 @@ class PostgresTables:
             " SELECT jobs.url, v.etag, v.modified, v.sha, v.path"
             " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[])"
             " AS v(id, etag, modified, sha, path) JOIN jobs ON jobs.id = v.id"
-            " JOIN results ON results.job_id = jobs.id AND results.final_url = jobs.url"
+            " JOIN results ON results.job_id = jobs.id AND results.run = jobs.run"
+            " AND results.final_url = jobs.url"
             " ON CONFLICT (url) DO UPDATE SET etag = excluded.etag,"
             " last_modified = excluded.last_modified,"
             " body_sha256 = excluded.body_sha256, body_path = excluded.body_path",

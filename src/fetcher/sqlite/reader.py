@@ -62,6 +62,16 @@ class SqliteReader:
         )
         return {row["minute"]: row["n"] for row in rows}
 
+    def recurring(self) -> tuple[int, float | None]:
+        """How many jobs recur (not ended), and when the next waiting run is due."""
+        rows = self._rows(
+            "SELECT (SELECT count(*) FROM jobs WHERE every_s IS NOT NULL"
+            " AND state IN ('queued', 'retrying', 'running')),"
+            " (SELECT min(next_attempt_at) FROM jobs WHERE every_s IS NOT NULL"
+            " AND state = 'retrying')"
+        )
+        return int(rows[0][0]), rows[0][1]
+
     def oldest_queued_at(self) -> float | None:
         # In id order from the start: it stops at the first queued job, past the finished
         # ones before it (the claim index, ordered by host first, would read them all).
@@ -106,6 +116,8 @@ class SqliteReader:
         rows = self._rows(
             "SELECT j.id, j.url, j.method, j.host, j.state, j.attempts, j.priority,"
             " j.max_attempts, j.timeout_s AS timeout, j.retry, j.metadata, j.webhook, j.run,"
+            " j.every_s AS every, j.adaptive, j.min_every_s AS min_every,"
+            " j.max_every_s AS max_every, j.notify_changed,"
             f" {_iso('j.next_attempt_at')} AS next_attempt_at,"
             f" {_iso('j.created_at')} AS created_at, {_iso('j.updated_at')} AS updated_at,"
             " q.headers, length(q.body) AS body_bytes FROM jobs j"
@@ -174,6 +186,6 @@ def _iso(column: str) -> str:
 RESULT_COLUMNS = (
     "r.job_id AS id, r.job_id, r.run, r.seq AS cursor, r.url, r.method, r.final_url, r.host,"
     " r.state, r.status, r.bytes, r.error, r.attempts, r.latency_ms, r.body_sha256,"
-    f" r.body_path, {_iso('r.finished_at')} AS finished_at, j.metadata"
+    f" r.body_path, r.changed, {_iso('r.finished_at')} AS finished_at, j.metadata"
 )
 _RESULTS = f"SELECT {RESULT_COLUMNS} FROM results r LEFT JOIN jobs j ON j.id = r.job_id"

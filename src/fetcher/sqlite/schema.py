@@ -293,6 +293,20 @@ _MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 7: recurring jobs (the interval now, its bounds when adaptive, the last run's body digest
+    # for `changed`), the webhook only for changes; each run's `changed`
+    """
+    ALTER TABLE jobs ADD COLUMN every_s REAL;
+    ALTER TABLE jobs ADD COLUMN adaptive INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN min_every_s REAL;
+    ALTER TABLE jobs ADD COLUMN max_every_s REAL;
+    ALTER TABLE jobs ADD COLUMN notify_changed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN last_sha256 TEXT;
+    ALTER TABLE results ADD COLUMN changed INTEGER;
+    UPDATE results SET changed = 1 WHERE state = 'done' AND status IS NOT 304;
+    UPDATE results SET changed = 0 WHERE state = 'done' AND status = 304;
+    CREATE INDEX jobs_recurring ON jobs (state, next_attempt_at) WHERE every_s IS NOT NULL;
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -30,7 +30,7 @@ from fetcher.batch import Batch, Pruned, write
 from fetcher.clocks import Clocks
 from fetcher.daemons import dead_here, new_owner, this_machine
 from fetcher.errors import ConfigError, StoreUnavailable
-from fetcher.jobqueue import Delivery, Once, Settled
+from fetcher.jobqueue import Delivery, Once, Redrive, Settled
 from fetcher.model import (
     HostLease,
     HostRate,
@@ -42,7 +42,8 @@ from fetcher.model import (
     Validators,
     Verdict,
 )
-from fetcher.sqlite import outbox, retention, submits
+from fetcher.recurrence import recurrence_of
+from fetcher.sqlite import outbox, retention, runs, submits
 from fetcher.sqlite.schema import connect_pragmas, migrate, prepare_path
 from fetcher.sqlite.tables import SqliteTables, json_array
 from fetcher.urls import stored_target
@@ -169,7 +170,8 @@ class SqliteQueue:
                     "UPDATE jobs SET state = 'running', lease_owner = ?, lease_until = ?,"
                     " updated_at = ? WHERE id IN (SELECT id FROM jobs WHERE state = 'queued'"
                     " AND host = ? ORDER BY priority DESC, id LIMIT ?) RETURNING id, url, host,"
-                    " attempts, method, priority, max_attempts, timeout_s, retry",
+                    " attempts, method, priority, max_attempts, timeout_s, retry, every_s,"
+                    " adaptive, min_every_s, max_every_s, last_sha256",
                     (self.owner, now + lease_s, now, host, n),
                 )
                 jobs.extend(_claimed(row) for row in await cursor.fetchall())
@@ -199,15 +201,16 @@ class SqliteQueue:
             job.validators = kept.get(job.url) if job.method == "GET" else None
 
     async def promote_due(self) -> int:
-        """Jobs whose retry time has come go back to `queued`."""
-        now = self._clocks.wall()
         async with self._transaction("promote_due") as db:
-            cursor = await db.execute(
-                "UPDATE jobs SET state = 'queued', next_attempt_at = NULL, updated_at = ?"
-                " WHERE state = 'retrying' AND next_attempt_at <= ?",
-                (now, now),
-            )
-            return cursor.rowcount
+            return await runs.promote_due(db, self._clocks.wall())
+
+    async def waiting_runs(self) -> int:
+        async with self._reading("waiting_runs") as db:
+            return await runs.waiting_runs(db)
+
+    async def redrive(self, which: Redrive, *, dry_run: bool = False) -> int:
+        async with self._transaction("redrive") as db:
+            return await runs.redrive(db, which, self._clocks.wall(), dry_run)
 
     # -- daemons ----------------------------------------------------------------------------
 
@@ -357,8 +360,10 @@ SELECT host FROM walk WHERE host IS NOT NULL
 
 
 def _claimed(row: Sequence[Any]) -> Job:
-    job_id, url, host, attempts, method, priority, max_attempts, timeout_s, retry = row
+    job_id, url, host, attempts, method, priority, max_attempts, timeout_s, retry = row[:9]
+    every_s, adaptive, low, high, last_sha256 = row[9:]
     return Job(
         job_id, url, host, attempts, stored_target(url, host), method=method, priority=priority,
         max_attempts=max_attempts, timeout_s=timeout_s, retry=bool(retry), first_method=method,
+        recurrence=recurrence_of(every_s, bool(adaptive), low, high), last_sha256=last_sha256,
     )  # fmt: skip

@@ -13,7 +13,7 @@ import aiosqlite
 import orjson
 
 from fetcher.counters import COUNTER_FIELDS, MINUTE_FIELDS, Tally
-from fetcher.model import CANCELLED, Outcome, Verdict
+from fetcher.model import CANCELLED, JobState, Outcome, Verdict
 
 __all__ = ["SqliteTables", "field", "fields", "json_array"]
 
@@ -49,14 +49,14 @@ class SqliteTables:
     async def insert_results(self, finals: Sequence[Outcome]) -> None:
         rows = json_array(
             (o.job_id, o.final_url, o.state.value, o.status, o.bytes, o.error, o.attempts,
-             o.latency_ms, o.body_sha256, o.body_path, o.content_type)
+             o.latency_ms, o.body_sha256, o.body_path, o.content_type, o.changed)
             for o in finals
         )  # fmt: skip
         await self._db.execute(
             "INSERT OR REPLACE INTO results (job_id, run, url, host, final_url, state, status,"
             " bytes, error, attempts, latency_ms, body_sha256, body_path, content_type,"
-            " finished_at, method)"
-            f" SELECT jobs.id, jobs.run, jobs.url, jobs.host, {fields(1, 10)}, ?, jobs.method"
+            " changed, finished_at, method)"
+            f" SELECT jobs.id, jobs.run, jobs.url, jobs.host, {fields(1, 11)}, ?, jobs.method"
             f" FROM json_each(?) AS v JOIN jobs ON jobs.id = {field(0)}"
             " WHERE jobs.lease_owner = ?",
             (self._now, rows, self._owner),
@@ -69,7 +69,9 @@ class SqliteTables:
             "INSERT INTO webhooks (event_id, job_id, run, url, next_attempt_at, created_at)"
             " SELECT 'msg_job' || id || '_run' || run, id, run, coalesce(webhook, ?), ?, ?"
             " FROM jobs WHERE id IN (SELECT value FROM json_each(?))"
-            " AND coalesce(webhook, ?) IS NOT NULL ON CONFLICT (event_id) DO NOTHING",
+            " AND coalesce(webhook, ?) IS NOT NULL AND (NOT notify_changed OR EXISTS"
+            " (SELECT 1 FROM results r WHERE r.job_id = jobs.id AND r.run = jobs.run"
+            " AND r.changed IS NOT 0)) ON CONFLICT (event_id) DO NOTHING",
             (self._webhook, self._now, self._now, json_array(job_ids), self._webhook),
         )
 
@@ -104,6 +106,25 @@ class SqliteTables:
         )
 
     async def settle_jobs(self, outcomes: Sequence[Outcome]) -> None:
+        """Each job to its new state; a recurring one whose run ended back to `retrying` for
+        its next run."""
+        again = [o for o in outcomes if o.next_run_at is not None]
+        if again:
+            runs = json_array(
+                (o.job_id, o.next_run_at, o.interval_s,
+                 o.body_sha256 if o.state is JobState.DONE else None)
+                for o in again
+            )  # fmt: skip
+            await self._db.execute(
+                f"UPDATE jobs SET state = 'retrying', attempts = 0, next_attempt_at = {field(1)},"
+                f" run = run + 1, every_s = {field(2)}, last_sha256 = coalesce({field(3)},"
+                " last_sha256), lease_owner = NULL, lease_until = NULL, updated_at = ?"
+                f" FROM json_each(?) AS v WHERE jobs.id = {field(0)} AND jobs.lease_owner = ?",
+                (self._now, runs, self._owner),
+            )
+            outcomes = [o for o in outcomes if o.next_run_at is None]
+            if not outcomes:
+                return
         rows = json_array(
             (o.job_id, o.state.value, o.attempts, o.next_attempt_at) for o in outcomes
         )
@@ -157,7 +178,8 @@ class SqliteTables:
         await self._db.execute(
             f"INSERT OR REPLACE INTO validators SELECT jobs.url, {fields(1, 4)}"
             f" FROM json_each(?) AS v JOIN jobs ON jobs.id = {field(0)}"
-            " JOIN results ON results.job_id = jobs.id WHERE results.final_url = jobs.url",
+            " JOIN results ON results.job_id = jobs.id AND results.run = jobs.run"
+            " WHERE results.final_url = jobs.url",
             (rows,),
         )
 
