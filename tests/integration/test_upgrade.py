@@ -22,20 +22,40 @@ from .conftest import Fetcher, wait_until
 
 pytestmark = pytest.mark.integration
 
-# schema 4 (SQLite) / 1 (PostgreSQL): URLs only, GET only; schema 5 / 2: jobs that are
-# requests, before the API (results one per job, no feed cursor, no outbox)
-PREVIOUS_RELEASES = ["5575480", "8e7ae8a"]
+# Each previous release is the parent of the commit that brought the next schema in, found by
+# the first line of that schema's migration (a commit's hash changes when history is rebased):
+# schema 4 (SQLite) / 1 (PostgreSQL), URLs only, GET only; schema 5 / 2, jobs that are
+# requests, before the API (results one per job, no feed cursor, no outbox); schema 6 / 3, the
+# API and webhooks, before recurring jobs.
+NEXT_MIGRATIONS = [
+    "CREATE TABLE job_requests",
+    "CREATE TABLE webhooks",
+    "ALTER TABLE jobs ADD COLUMN every_s",
+]
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module", params=PREVIOUS_RELEASES)
+def _git(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        ["git", "-C", str(REPO), *args], capture_output=True, check=False, timeout=60
+    )
+
+
+def release_before(migration: str) -> str:
+    """The commit before the one that added `migration` to the SQLite schema."""
+    found = _git("log", "--format=%H", "--reverse", "-S", migration, "--",
+                 "src/fetcher/sqlite/schema.py")  # fmt: skip
+    added = found.stdout.decode().split()
+    if found.returncode != 0 or not added:
+        pytest.fail(f"no commit adds {migration!r}: {found.stderr.decode()[-500:]}")
+    return f"{added[0]}^"
+
+
+@pytest.fixture(scope="module", params=NEXT_MIGRATIONS)
 def previous_src(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
     """A previous release's `src/`, from git (a clean clone has the history)."""
-    release = request.param
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", release, "src"],
-        capture_output=True, check=False, timeout=60,
-    )  # fmt: skip
+    release = release_before(request.param)
+    archive = _git("archive", release, "src")
     if archive.returncode != 0:
         pytest.fail(f"git archive {release} failed: {archive.stderr.decode()[-500:]}")
     into = tmp_path_factory.mktemp("previous")
