@@ -14,6 +14,8 @@
                  bodies saved and with FETCHER_SAVE_BODIES=false against the bare aiohttp loop.
     api          the HTTP API (bench/api.py): aiohttp's server against uvicorn's, submitting
                  through it against `fetcher submit`, fetching while it is polled.
+    recurring    100,000 recurring jobs over 1,000 hosts (bench/recurring.py): the daemon's CPU
+                 per revalidated run against a one-shot job's, the database's growth per run.
     requests     jobs that are requests: a 1 kB POST body and three headers a job, against the
                  bare aiohttp loop sending the same; beside the bare GET of the same URLs.
     polite       10,000 URLs over 2,000 host keys (127.0.1-8.1-250), 5 a host, each at 2/s, burst
@@ -70,15 +72,18 @@ def pinned(core: int) -> list[str]:
 
 class Nginx:
     """nginx from Debian's packages, one worker, a 1 kB answer on 16 loopback addresses, and
-    under /100k/ a 100 kB answer that starts with its own URI (so every body is distinct)."""
+    under /100k/ a 100 kB answer that starts with its own URI (so every body is distinct); under
+    /page/ a static 1 kB file (an ETag, a 304 for a conditional GET)."""
 
     def __init__(self, workdir: Path, scale: bool) -> None:
         www = workdir / "www"
         www.mkdir(exist_ok=True)
         (www / "100k.txt").write_bytes(b"@@URI@@\n" + os.urandom(51_200).hex().encode())
+        (www / "page.txt").write_text(BODY + "\n")
         for path in (workdir, www):  # nginx's workers run as another user when started as root
             path.chmod(0o755)
         (www / "100k.txt").chmod(0o644)
+        (www / "page.txt").chmod(0o644)
         listens = [f"listen {a}:{PORT};" for a in ADDRESSES]
         if scale:  # 10,000 host keys: 127.0.x.y, reachable through the wildcard address
             listens.append(f"listen {SCALE_PORT};")
@@ -97,6 +102,7 @@ http {{
     {" ".join(listens)}
     location / {{ default_type text/plain; return 200 "{BODY}\\n"; }}
     location = /robots.txt {{ return 404; }}
+    location /page/ {{ root {www}; try_files /page.txt =404; default_type text/plain; }}
     location /100k/ {{
       root {www}; try_files /100k.txt =404; default_type text/plain;
       sub_filter '@@URI@@' '$request_uri'; sub_filter_once on; sub_filter_types *;
@@ -566,7 +572,16 @@ def main() -> int:
     parser.add_argument("--scale", action="store_true", help="also the million-job figures")
     parser.add_argument(
         "--only",
-        choices=["throughput", "requests", "large", "polite", "politeness", "scale", "api"],
+        choices=[
+            "throughput",
+            "requests",
+            "large",
+            "polite",
+            "politeness",
+            "scale",
+            "api",
+            "recurring",
+        ],
     )
     parser.add_argument(
         "--robots", choices=["obey", "ignore"], default="obey",
@@ -582,7 +597,8 @@ def main() -> int:
     report.append(f"- Origin: {origin_name}, on core 0; clients on core 1.")
     print("\n".join(report), flush=True)
     with_scale = args.only == "scale" or (args.scale and args.only is None)
-    origin = Nginx(workdir, with_scale) if use_nginx else FallbackOrigin()
+    with_recurring = args.only in (None, "recurring") and use_nginx  # 1,000 hosts: the wildcard
+    origin = Nginx(workdir, with_scale or with_recurring) if use_nginx else FallbackOrigin()
     with origin:
         if args.only in (None, "throughput"):
             report += ["", *throughput(workdir, args.urls, args.concurrency, args.reps)]
@@ -595,6 +611,10 @@ def main() -> int:
         if args.only in (None, "large") and use_nginx:
             n = 200 if args.smoke else 5_000
             report += ["", *large_bodies(workdir, n, args.concurrency, args.reps)]
+        if with_recurring:
+            from recurring import recurring_figures
+
+            report += ["", *recurring_figures(workdir, args.smoke, args.reps)]
         if with_scale:
             if not use_nginx:
                 raise SystemExit("the scale run needs nginx (the wildcard address)")
