@@ -83,7 +83,7 @@ class JobQueue(Protocol):
 
     async def promote_due(self) -> int:
         """Jobs whose retry time (or next run) has come go back to `queued`; how many. Runs
-        of recurring jobs overdue past `recurrence.overdue_after` (the daemons were away) are
+        of recurring jobs overdue past their interval (the daemons were away) are
         spread over their jitter window first."""
         ...
 

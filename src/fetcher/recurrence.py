@@ -7,8 +7,9 @@ After each run's final outcome a recurring job is due again one interval later, 
 or the same body), within the job's bounds. An unchanged run is scheduled from its own end like
 any other (Nutch's NUTCH-1564: unmodified pages were fetched again every cycle).
 
-Runs that a stopped daemon missed are spread out when it comes back (`overdue_window`), not all
-sent in its first second.
+Runs that a stopped daemon missed (more than one interval, and `MIN_OVERDUE_S`, late) are spread
+over their jitter window when it comes back, not all sent in its first second: the stores'
+`promote_due` does it in SQL, with these constants.
 """
 
 from __future__ import annotations
@@ -19,14 +20,13 @@ from collections.abc import Callable
 from fetcher.model import JobState, Outcome, Recurrence
 
 __all__ = [
-    "DEC_RATE", "INC_RATE", "JITTER", "MIN_OVERDUE_S", "changed", "next_run", "overdue_after",
-    "recurrence_of",
+    "DEC_RATE", "INC_RATE", "JITTER", "MIN_OVERDUE_S", "changed", "next_run", "recurrence_of",
 ]  # fmt: skip
 
 JITTER = 0.1  # of the interval: a run is due between 0.9 and 1.0 intervals after the last
 INC_RATE = 0.4  # Nutch's defaults (db.fetch.schedule.adaptive.inc_rate / dec_rate)
 DEC_RATE = 0.2
-MIN_OVERDUE_S = 5.0  # `overdue_after`, also in the stores' SQL (passed to it)
+MIN_OVERDUE_S = 5.0  # a run promoted a little late is never taken for missed and pushed back
 
 
 def changed(outcome: Outcome, last_sha256: str | None) -> bool | None:
@@ -54,13 +54,6 @@ def next_run(
         high = recurrence.max_s if recurrence.max_s is not None else interval
         interval = min(max(interval, low), high)
     return now + interval * (1 - JITTER * rand()), interval
-
-
-def overdue_after(interval_s: float) -> float:
-    """How late a run may be before it counts as missed (the daemon was away): then it is
-    spread over the next `JITTER * interval` instead of sent at once. More than one interval
-    and never under 5 s, so that a run promoted a little late is never pushed back again."""
-    return max(interval_s, MIN_OVERDUE_S)
 
 
 def recurrence_of(

@@ -10,7 +10,7 @@ import pytest
 from fetcher.errors import InvalidJob
 from fetcher.jobspec import JobLimits, duration, read_job
 from fetcher.model import JobState, Outcome, Recurrence
-from fetcher.recurrence import DEC_RATE, INC_RATE, JITTER, changed, next_run, overdue_after
+from fetcher.recurrence import DEC_RATE, INC_RATE, JITTER, changed, next_run
 
 LIMITS = JobLimits(max_attempts=4, timeout_s=30.0, max_request_body=1024, min_interval=60.0)
 URL = "http://example.com/page"
@@ -72,11 +72,6 @@ def test_adaptive_stays_within_its_bounds_over_20_runs(seed: int) -> None:
         for _ in range(20):
             _, interval = next_run(Recurrence(interval, True, low, high), was, 0.0)
         assert interval == bound
-
-
-def test_a_missed_run_is_one_past_an_interval_and_never_under_5_s() -> None:
-    assert overdue_after(3600.0) == 3600.0
-    assert overdue_after(1.0) == 5.0
 
 
 def test_durations_read_as_people_write_them() -> None:

@@ -17,8 +17,8 @@ async def promote_due(db: asyncpg.Connection, now: float) -> int:
     # missed runs (overdue past greatest(interval, MIN_OVERDUE_S)) spread over their jitter
     await db.execute(
         "UPDATE jobs SET next_attempt_at = $1 + random() * every_s * $2"
-        " WHERE every_s IS NOT NULL AND state = 'retrying' AND next_attempt_at <= $1"
-        " AND attempts = 0 AND next_attempt_at < $1 - greatest(every_s, $3)",
+        " WHERE every_s IS NOT NULL AND state = 'retrying' AND attempts = 0"
+        " AND next_attempt_at < $1 - greatest(every_s, $3)",
         now,
         JITTER,
         MIN_OVERDUE_S,

@@ -15,9 +15,9 @@ async def promote_due(db: aiosqlite.Connection, now: float) -> int:
     # missed runs (overdue past max(interval, MIN_OVERDUE_S)) spread over their jitter window
     await db.execute(
         "UPDATE jobs SET next_attempt_at = ? + (abs(random()) % 1000000) / 1e6 * every_s * ?"
-        " WHERE every_s IS NOT NULL AND state = 'retrying' AND next_attempt_at <= ?"
-        " AND attempts = 0 AND next_attempt_at < ? - max(every_s, ?)",
-        (now, JITTER, now, now, MIN_OVERDUE_S),
+        " WHERE every_s IS NOT NULL AND state = 'retrying' AND attempts = 0"
+        " AND next_attempt_at < ? - max(every_s, ?)",
+        (now, JITTER, now, MIN_OVERDUE_S),
     )
     cursor = await db.execute(
         "UPDATE jobs SET state = 'queued', next_attempt_at = NULL, updated_at = ?"
