@@ -10,8 +10,9 @@
                  the client's process.
     politeness   achieved rate and the worst one-second window for one host at a set rate; the
                  head-of-line scenario (11 hosts x 20 URLs at 2/s each, global cap 4).
-    large        100 kB answers (a distinct body per URL): 5,000 URLs, C=64, one host; fetcher with
-                 bodies saved and with FETCHER_SAVE_BODIES=false against the bare aiohttp loop.
+    bodies       distinct answers of 1 kB, 100 kB (5,000 URLs) and 1 MB (1,000), one host and 16,
+                 C=64: fetcher keeping bodies as WARC against the bare aiohttp loop; at 100 kB
+                 also FETCHER_WARC_GZIP=true and FETCHER_SAVE_BODIES=false.
     api          the HTTP API (bench/api.py): aiohttp's server against uvicorn's, submitting
                  through it against `fetcher submit`, fetching while it is polled.
     recurring    100,000 recurring jobs over 1,000 hosts (bench/recurring.py): the daemon's CPU
@@ -58,6 +59,7 @@ PORT = 18080
 SCALE_PORT = 18081
 ADDRESSES = [f"127.0.0.{i}" for i in range(2, 18)]
 BODY = "x" * 1023
+SIZES = {"1k": 1_000, "100k": 102_400, "1m": 1_048_576}  # the distinct answers under /<name>/
 
 
 def pinned(core: int) -> list[str]:
@@ -71,22 +73,31 @@ def pinned(core: int) -> list[str]:
 
 
 class Nginx:
-    """nginx from Debian's packages, one worker, a 1 kB answer on 16 loopback addresses, and
-    under /100k/ a 100 kB answer that starts with its own URI (so every body is distinct); under
-    /page/ a static 1 kB file (an ETag, a 304 for a conditional GET)."""
+    """nginx from Debian's packages, one worker, a 1 kB answer on 16 loopback addresses; under
+    /1k/, /100k/ and /1m/ answers of that size that start with their own URI (so every body is
+    distinct, as real pages are); under /page/ a static 1 kB file (an ETag, a 304 for a
+    conditional GET)."""
 
     def __init__(self, workdir: Path, scale: bool) -> None:
         www = workdir / "www"
         www.mkdir(exist_ok=True)
-        (www / "100k.txt").write_bytes(b"@@URI@@\n" + os.urandom(51_200).hex().encode())
+        for name, size in SIZES.items():  # distinct answers: each starts with its own URI
+            (www / f"{name}.txt").write_bytes(b"@@URI@@\n" + os.urandom(size // 2).hex().encode())
+            (www / f"{name}.txt").chmod(0o644)
         (www / "page.txt").write_text(BODY + "\n")
         for path in (workdir, www):  # nginx's workers run as another user when started as root
             path.chmod(0o755)
-        (www / "100k.txt").chmod(0o644)
         (www / "page.txt").chmod(0o644)
         listens = [f"listen {a}:{PORT};" for a in ADDRESSES]
         if scale:  # 10,000 host keys: 127.0.x.y, reachable through the wildcard address
             listens.append(f"listen {SCALE_PORT};")
+        distinct = "\n".join(
+            f"""    location /{name}/ {{
+      root {www}; try_files /{name}.txt =404; default_type text/plain;
+      sub_filter '@@URI@@' '$request_uri'; sub_filter_once on; sub_filter_types *;
+    }}"""
+            for name in SIZES
+        )
         self.conf = workdir / "nginx.conf"
         self.conf.write_text(f"""
 worker_processes 1;
@@ -103,10 +114,7 @@ http {{
     location / {{ default_type text/plain; return 200 "{BODY}\\n"; }}
     location = /robots.txt {{ return 404; }}
     location /page/ {{ root {www}; try_files /page.txt =404; default_type text/plain; }}
-    location /100k/ {{
-      root {www}; try_files /100k.txt =404; default_type text/plain;
-      sub_filter '@@URI@@' '$request_uri'; sub_filter_once on; sub_filter_types *;
-    }}
+{distinct}
   }}
 }}
 """)
@@ -337,22 +345,37 @@ def requests_with_bodies(workdir: Path, n: int, concurrency: int, reps: int) -> 
     ]
 
 
-def large_bodies(workdir: Path, n: int, concurrency: int, reps: int) -> list[str]:
-    urls = workdir / "urls-100k.txt"
-    urls.write_text("".join(f"http://{ADDRESSES[0]}:{PORT}/100k/{i}\n" for i in range(n)))
-    clients: dict[str, Callable[[Path, int, Path], float]] = {
-        "fetcher run --drain": run_fetcher,
-        "fetcher, FETCHER_SAVE_BODIES=false": functools.partial(run_fetcher, save_bodies=False),
-        "bare aiohttp loop": run_bare("aiohttp"),
-        "bare httpx over fetcher's transport": run_bare("fetcher"),
-    }
-    return [
-        f"### 100 kB answers: {n:,} URLs, one host, C={concurrency}, median of {reps}",
+def kept_bodies(workdir: Path, smoke: bool, concurrency: int, reps: int) -> list[str]:
+    """Distinct answers of 1 kB, 100 kB and 1 MB, bodies kept (WARC), at 1 and 16 hosts,
+    against the bare aiohttp loop reading the same; at 100 kB also with .warc.gz and with no
+    body kept."""
+    lines = [
+        f"### Kept bodies (WARC), distinct answers, C={concurrency}, median of {reps}",
         "",
         "| answers | client | req/s (median) | runs | fetcher ÷ client |",
         "|---|---|---|---|---|",
-        *compare(clients, urls, concurrency, reps, workdir, "100 kB"),
     ]
+    for name in SIZES:
+        n = 200 if smoke else (1_000 if name == "1m" else 5_000)
+        for hosts in (1, 16):
+            urls = workdir / f"urls-{name}-{hosts}.txt"
+            urls.write_text(
+                "".join(f"http://{ADDRESSES[i % hosts]}:{PORT}/{name}/{i}\n" for i in range(n))
+            )
+            clients: dict[str, Callable[[Path, int, Path], float]] = {
+                "fetcher, bodies kept (.warc)": run_fetcher,
+                "bare aiohttp loop": run_bare("aiohttp"),
+            }
+            if name == "100k" and hosts == 1:
+                clients["fetcher, FETCHER_WARC_GZIP=true"] = functools.partial(
+                    run_fetcher, warc_gzip=True
+                )
+                clients["fetcher, FETCHER_SAVE_BODIES=false"] = functools.partial(
+                    run_fetcher, save_bodies=False
+                )
+            label = f"{name}, {hosts} host{'s' if hosts > 1 else ''}, {n:,} URLs"
+            lines += compare(clients, urls, concurrency, reps, workdir, label)
+    return lines
 
 
 POLITE_PORT = 18082
@@ -575,7 +598,7 @@ def main() -> int:
         choices=[
             "throughput",
             "requests",
-            "large",
+            "bodies",
             "polite",
             "politeness",
             "scale",
@@ -608,9 +631,8 @@ def main() -> int:
             from api import api_figures
 
             report += ["", *api_figures(workdir, args.smoke, args.reps, args.concurrency)]
-        if args.only in (None, "large") and use_nginx:
-            n = 200 if args.smoke else 5_000
-            report += ["", *large_bodies(workdir, n, args.concurrency, args.reps)]
+        if args.only in (None, "bodies") and use_nginx:
+            report += ["", *kept_bodies(workdir, args.smoke, args.concurrency, args.reps)]
         if with_recurring:
             from recurring import recurring_figures
 

@@ -1,107 +1,92 @@
-"""Response bodies on disk, content-addressed: `<dir>/ab/abcdef…` named by their sha256.
+"""Kept bodies written as WARC records, one file per daemon at a time (`archive.py` names them).
 
-A body is held in memory up to `_SPILL_BYTES` and streamed to a temporary file past that, so
-memory per request in flight stays bounded whatever the size cap. Identical bodies share a file.
-A write that fails (disk full, directory gone) raises `BodyNotKept`, never a bare OSError that
-could pass for a network error.
+A body is collected by a `BodySink`: in memory up to `_SPILL_BYTES`, streamed to a temporary
+file past that, so memory per request in flight stays bounded whatever the size cap. When the
+response is whole, `BodyStore.keep` hands it to the store's one writer thread, which hashes it,
+appends its record (and a request record for a request with a body) and answers `FILE#OFFSET`:
+the event loop never waits on the disk, records never interleave, and a result can only point
+at a record already written. A payload the current file holds already, and a 304, get a
+`revisit` record; the result then points at the original.
+
+A write that fails (disk full, directory gone) is cut off the file again and raises
+`BodyNotKept`, never a bare OSError that could pass for a network error. A daemon killed while
+writing leaves a `.open` marker beside its file; the next daemon started on the machine cuts
+that file's torn last record off and removes the marker. Files are closed (fsynced, marker
+removed) past FETCHER_WARC_MAX_BYTES and at shutdown.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
 import tempfile
+import time
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from fetcher import __version__, archive, warc
+from fetcher.daemons import process_alive, this_machine
 from fetcher.errors import BodyNotKept
+from fetcher.log import get_logger
+from fetcher.model import Validators
 
-__all__ = ["BodySink", "BodyStore"]
+__all__ = ["BodySink", "BodyStore", "repair"]
 
+_log = get_logger("fetcher.bodies")
 _SPILL_BYTES = 256 * 1024
-_KNOWN_MAX = 100_000
-
-
-class BodyStore:
-    """The body directory, created owner-only."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        (root / "tmp").mkdir(mode=0o700, exist_ok=True)
-        self._tmp = str(root / "tmp")
-        self._known: set[str] = set()  # digests filed by this process: no stat() for repeats
-
-    def sink(self) -> BodySink:
-        return BodySink(self)
-
-    def path_for(self, sha256: str) -> Path:
-        return self.root / sha256[:2] / sha256
-
-    def file(self, digest: str, data: bytes | None, spilled: str | None) -> None:
-        """Put a body under its digest, from memory or from its spill file; once per digest."""
-        if digest in self._known:
-            if spilled is not None:
-                os.unlink(spilled)
-            return
-        final = os.path.join(self.root, digest[:2], digest)
-        if os.path.exists(final):
-            if spilled is not None:
-                os.unlink(spilled)
-        else:
-            os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)
-            if spilled is None:
-                fd, spilled = tempfile.mkstemp(dir=self._tmp)
-                with os.fdopen(fd, "wb") as out:
-                    out.write(data or b"")
-            os.replace(spilled, final)
-        if len(self._known) >= _KNOWN_MAX:
-            self._known.clear()
-        self._known.add(digest)
-
-    def relative(self, sha256: str) -> str:
-        return f"{sha256[:2]}/{sha256}"
+_CHUNK = 1 << 20
+_ORIGINALS_MAX = 100_000
 
 
 class BodySink:
-    """Collects one body's decoded bytes; `commit` files it under its hash."""
+    """Collects one body's decoded bytes, for `BodyStore.keep`."""
 
-    def __init__(self, store: BodyStore) -> None:
-        self._store = store
-        self._hash = hashlib.sha256()
+    def __init__(self, tmp: str) -> None:
+        self._tmp = tmp
         self._buffer = bytearray()
         self._file: IO[bytes] | None = None
+        self.length = 0
+        self.handed = False  # to the writer thread: the event loop no longer touches it
 
     def write(self, data: bytes) -> None:
-        self._hash.update(data)
+        self.length += len(data)
         try:
             if self._file is not None:
                 self._file.write(data)
                 return
             self._buffer += data
             if len(self._buffer) > _SPILL_BYTES:
-                self._file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in commit/discard
-                    dir=self._store.root / "tmp", delete=False
+                self._file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in discard
+                    dir=self._tmp, delete=False
                 )
                 self._file.write(self._buffer)
                 self._buffer = bytearray()
         except OSError as exc:
             raise BodyNotKept(exc) from exc
 
-    def commit(self) -> tuple[str, str]:
-        """File the body; (sha256, path relative to the body directory)."""
-        digest = self._hash.hexdigest()
-        try:
-            if self._file is not None:
-                self._file.close()
-                self._store.file(digest, None, self._file.name)
-                self._file = None
-            else:
-                self._store.file(digest, bytes(self._buffer), None)
-        except OSError as exc:
-            raise BodyNotKept(exc) from exc
-        return digest, self._store.relative(digest)
+    def digest(self) -> str:
+        """The body's sha256 (in the writer thread: hashlib lets the event loop run)."""
+        if self._file is None:
+            return hashlib.sha256(self._buffer).hexdigest()
+        self._file.flush()
+        hasher = hashlib.sha256()
+        for chunk in self.chunks():
+            hasher.update(chunk)
+        return hasher.hexdigest()
+
+    def chunks(self) -> Iterator[bytes | bytearray]:
+        if self._file is None:
+            yield self._buffer
+            return
+        with open(self._file.name, "rb") as spilled:
+            while chunk := spilled.read(_CHUNK):
+                yield chunk
 
     def discard(self) -> None:
         """Drop what was collected; a spill file that cannot even be closed is still removed."""
@@ -112,3 +97,215 @@ class BodySink:
                 os.unlink(self._file.name)
             self._file = None
         self._buffer = bytearray()
+
+
+@dataclass(slots=True)
+class _Current:
+    """The file being appended to."""
+
+    name: str
+    fd: int
+    size: int
+    warcinfo: str
+
+
+class BodyStore:
+    """The body directory (owner-only) and this daemon's WARC writer."""
+
+    def __init__(self, root: Path, *, max_bytes: int = 1 << 30, gzip: bool = False) -> None:
+        self.root = root
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (root / "tmp").mkdir(mode=0o700, exist_ok=True)
+        self._tmp = str(root / "tmp")
+        repair(root)
+        self._max_bytes = max_bytes
+        self._gzip = gzip
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="fetcher-warc")
+        self._current: _Current | None = None
+        self._serial = 0
+        self._originals: dict[str, warc.Original] = {}  # payloads in the current file
+
+    def sink(self) -> BodySink:
+        return BodySink(self._tmp)
+
+    def holds(self, body_path: str | None) -> bool:
+        """Whether the file a body_path names is still there (no body_path: nothing to hold)."""
+        return body_path is None or os.path.exists(self.root / body_path.partition("#")[0])
+
+    async def keep(self, sink: BodySink, capture: warc.Capture) -> tuple[str, str]:
+        """Write the body's record; (sha256, FILE#OFFSET of the record holding the payload)."""
+        loop = asyncio.get_running_loop()
+        sink.handed = True
+        try:
+            return await loop.run_in_executor(self._writer, self._keep, sink, capture)
+        except OSError as exc:
+            raise BodyNotKept(exc) from exc
+
+    async def revisit(self, capture: warc.Capture, validators: Validators) -> None:
+        """A 304's revisit record, referring to the response the validators came with."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._writer, self._revisit, capture, validators)
+        except OSError as exc:
+            raise BodyNotKept(exc) from exc
+
+    def close(self) -> None:
+        """At shutdown: every record handed over written, the file closed."""
+        self._writer.shutdown(wait=True)
+        self._close()
+
+    # -- the writer thread ---------------------------------------------------------------------
+
+    def _keep(self, sink: BodySink, capture: warc.Capture) -> tuple[str, str]:
+        try:
+            digest = sink.digest()
+            current = self._file()
+            rid = warc.record_id()
+            before = b""
+            if capture.request_body is not None:
+                before = self._pack(warc.request_record(capture, rid, current.warcinfo))
+            original = self._originals.get(digest)
+            if original is not None:
+                revisit = warc.revisit_record(capture, rid, digest, original, current.warcinfo)
+                self._append([before, self._pack(revisit)])
+                self._rotate_if_full()
+                return digest, original.location
+            head = warc.response_head(capture, rid, digest, sink.length, current.warcinfo)
+            start = self._append(self._response(before, head, sink))
+            location = f"{current.name}#{start + len(before)}"
+            if len(self._originals) >= _ORIGINALS_MAX:
+                self._originals.clear()
+            self._originals[digest] = warc.Original(
+                location, rid, capture.url, warc.warc_date(capture.started)
+            )
+            self._rotate_if_full()
+            return digest, location
+        finally:
+            sink.discard()
+
+    def _revisit(self, capture: warc.Capture, validators: Validators) -> None:
+        if validators.body_sha256 is None:
+            return
+        current = self._file()
+        original = self._original(validators.body_path)
+        record = warc.revisit_record(
+            capture, warc.record_id(), validators.body_sha256, original, current.warcinfo
+        )
+        self._append([self._pack(record)])
+        self._rotate_if_full()
+
+    def _original(self, body_path: str | None) -> warc.Original | None:
+        """What a revisit says of the record at `body_path` (read back from its header)."""
+        name, _, offset = (body_path or "").partition("#")
+        if not offset.isdigit():
+            return None
+        try:
+            with open(self.root / name, "rb") as file:
+                fields = warc.read_record(file, int(offset), archive.is_gzipped(name)).fields
+        except (OSError, ValueError):
+            return None
+        return warc.Original(
+            body_path or "", fields.get("WARC-Record-ID", ""),
+            fields.get("WARC-Target-URI", ""), fields.get("WARC-Date", ""),
+        )  # fmt: skip
+
+    def _response(self, before: bytes, head: bytes, sink: BodySink) -> list[bytes | bytearray]:
+        if not self._gzip:
+            return [before, head, *sink.chunks(), warc.END]
+        packer = zlib.compressobj(6, zlib.DEFLATED, 31)
+        member = [before, packer.compress(head)]
+        member += [packer.compress(chunk) for chunk in sink.chunks()]
+        return [*member, packer.compress(warc.END) + packer.flush()]
+
+    def _pack(self, record: bytes) -> bytes:
+        return warc.gzip_member(record) if self._gzip else record
+
+    def _file(self) -> _Current:
+        if self._current is None:
+            now = time.time()
+            stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1000):03d}"
+            self._serial += 1
+            name = archive.file_name(stamp, self._serial, this_machine(), os.getpid(), self._gzip)
+            (self.root / (name + archive.OPEN)).touch(mode=0o600)
+            fd = os.open(self.root / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            info = warc.warcinfo_record(name, _info(), now)
+            self._current = _Current(name, fd, 0, _record_id_of(info))
+            try:
+                self._append([self._pack(info)])
+            except OSError:
+                self._close()
+                (self.root / name).unlink(missing_ok=True)
+                raise
+        return self._current
+
+    def _append(self, parts: list[bytes | bytearray]) -> int:
+        """Write one record's bytes at the end of the file; its offset. A failed write is cut
+        off again (a file that cannot be cut is left to the next start's repair)."""
+        current = self._current
+        assert current is not None
+        start = current.size
+        try:
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    view = view[os.write(current.fd, view) :]
+        except OSError:
+            try:
+                os.ftruncate(current.fd, start)
+            except OSError:
+                os.close(current.fd)  # its marker stays: repaired at the next start
+                self._current = None
+                self._originals.clear()
+            raise
+        current.size = start + sum(len(part) for part in parts)
+        return start
+
+    def _rotate_if_full(self) -> None:
+        if self._current is not None and self._current.size >= self._max_bytes:
+            self._close()
+
+    def _close(self) -> None:
+        current, self._current = self._current, None
+        self._originals.clear()
+        if current is None:
+            return
+        try:
+            os.fsync(current.fd)
+        finally:
+            os.close(current.fd)
+        (self.root / (current.name + archive.OPEN)).unlink(missing_ok=True)
+
+
+def _info() -> list[tuple[str, str]]:
+    return [
+        ("software", f"fetcher/{__version__}"), ("format", "WARC File Format 1.1"),
+        ("conformsTo", "http://iipc.github.io/warc-specifications/"),
+        ("hostname", this_machine()),
+    ]  # fmt: skip
+
+
+def _record_id_of(record: bytes) -> str:
+    start = record.index(b"WARC-Record-ID: ") + len(b"WARC-Record-ID: ")
+    return record[start : record.index(b"\r\n", start)].decode()
+
+
+def repair(root: Path) -> None:
+    """Files a daemon of this machine was appending to when it died: the torn last record cut
+    off, the marker removed. A live daemon's file, and another machine's, are left alone."""
+    here, me = this_machine(), os.getpid()
+    for marker in sorted(root.glob("*" + archive.OPEN)):
+        name = marker.name[: -len(archive.OPEN)]
+        owner = archive.parse_name(name)
+        if owner is None or owner[0] != archive.label(here):
+            continue
+        if owner[1] != me and process_alive(owner[1]):
+            continue
+        path = root / name
+        if path.exists():
+            with open(path, "r+b") as file:
+                end = max((e for _, e, _ in warc.scan(file, archive.is_gzipped(name))), default=0)
+                size = file.seek(0, os.SEEK_END)
+                if size > end:
+                    file.truncate(end)
+                    _log.warning("warc.repaired", file=name, cut_bytes=size - end)
+        marker.unlink(missing_ok=True)

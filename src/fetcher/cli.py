@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 from fetcher import __version__
 from fetcher.commands.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE
-from fetcher.commands.read import cmd_results, cmd_robots, cmd_stats, cmd_status, cmd_webhooks
+from fetcher.commands.read import (
+    cmd_body,
+    cmd_results,
+    cmd_robots,
+    cmd_stats,
+    cmd_status,
+    cmd_warc,
+    cmd_webhooks,
+)
 from fetcher.commands.write import cmd_cancel, cmd_retry, cmd_submit
 from fetcher.errors import ConfigError, SchemaTooOld, StoreUnavailable
 from fetcher.locations import database_location, is_postgres_url, location_of
@@ -176,6 +184,12 @@ def _add_read_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _add_other_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    body = sub.add_parser("body", help="the kept body of a job's latest result, to stdout")
+    body.add_argument("id", type=int, metavar="ID")
+    body.set_defaults(command=cmd_body, read_only=True)
+    warc = sub.add_parser("warc", help="the WARC files kept bodies are in, and their records")
+    warc.add_argument("--json", action="store_true")
+    warc.set_defaults(command=cmd_warc, read_only=True)
     config = sub.add_parser("config", help="the effective configuration and its sources")
     config.add_argument("--json", action="store_true")
     config.set_defaults(command=cmd_config)

@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     lease_s: float = Field(90.0, ge=5)
     save_bodies: bool = True
+    warc_max_bytes: int = Field(1 << 30, ge=4096)
+    warc_gzip: bool = False
     robots: Literal["obey", "ignore"] = "obey"
     robots_ttl: float = Field(86_400.0, gt=0)
     crawl_delay_max: float = Field(30.0, ge=0)

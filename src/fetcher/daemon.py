@@ -104,7 +104,12 @@ async def _run(
         stack.push_async_callback(queue.close)
         _log.info("store.opened", **queue.about())
         guard = Guard(allow_private=settings.allow_private)
-        bodies = BodyStore(settings.bodies_path) if settings.bodies_path else None
+        bodies = None
+        if settings.bodies_path:
+            bodies = BodyStore(
+                settings.bodies_path, max_bytes=settings.warc_max_bytes, gzip=settings.warc_gzip
+            )
+            stack.callback(bodies.close)
         fetcher = Fetcher(settings, build_transport(settings, guard), bodies)
         stack.push_async_callback(fetcher.aclose)
         notifier = Notifier(os.environ)

@@ -21,6 +21,7 @@ and hostile endpoints; the first path segment says which:
     /etag/…            200 with an ETag, 304 to a request that names it in If-None-Match
     /lastmod/…         200 with Last-Modified, 304 to a request with that If-Modified-Since
     /changes/<n>/…     as /etag/, but from the path's <n>th request on a new body and ETag
+    /encoded/<plain|gzip|br>/…  a page that names its path, so encoded (gzip: chunked)
     /robots.txt        what `Origin.robots[host]` says (a `RobotsFile`); 404 when nothing
 Every method is answered; each request's method, path, headers and body are kept in
 `stats.received`.
@@ -227,11 +228,7 @@ class Origin:
         if kind in ("etag", "lastmod"):
             return _validated(request, kind)
         if kind == "changes":
-            version = 2 if seen >= int(arg) else 1
-            etag = f'"v{version}-{request.path}"'
-            if request.headers.get("If-None-Match") == etag:
-                return web.Response(status=304, headers={"ETag": etag})
-            return web.Response(text=f"version {version}\n", headers={"ETag": etag})
+            return _changes(request, 2 if seen >= int(arg) else 1)
         if kind == "slow":
             await asyncio.sleep(int(arg) / 1000)
         elif kind in ("limited", "throttle") and seen == 1:
@@ -251,6 +248,8 @@ class Origin:
             return web.Response(status=503, text="try again")
         elif kind == "large":
             return await self._stream(request, int(arg))
+        elif kind == "encoded":
+            return await _encoded(request, arg)
         elif kind == "redirect" and int(arg) > 0:
             rest = "/".join(parts[2:])
             return _redirect(f"/redirect/{int(arg) - 1}/{rest}" if int(arg) > 1 else f"/ok/{rest}")
@@ -327,8 +326,32 @@ class Origin:
         return response
 
 
+async def _encoded(request: web.Request, coding: str) -> web.StreamResponse:
+    page = f"<p>{request.path}</p>\n".encode() * 300
+    if coding == "br":
+        return web.Response(body=brotli.compress(page), headers={"Content-Encoding": "br"})
+    if coding != "gzip":
+        return web.Response(body=page, content_type="text/html")
+    response = web.StreamResponse(headers={"Content-Encoding": "gzip"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    packed = gzip.compress(page)
+    for start in range(0, len(packed), 1000):
+        await response.write(packed[start : start + 1000])
+    await response.write_eof()
+    return response
+
+
 def _redirect(location: str, status: int = 302) -> web.Response:
     return web.Response(status=status, headers={"Location": location}, text="moved")
+
+
+def _changes(request: web.Request, version: int) -> web.Response:
+    """As /etag/, with a body and ETag of this version."""
+    etag = f'"v{version}-{request.path}"'
+    if request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304, headers={"ETag": etag})
+    return web.Response(text=f"version {version}\n", headers={"ETag": etag})
 
 
 def _validated(request: web.Request, kind: str) -> web.Response:

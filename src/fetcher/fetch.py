@@ -5,8 +5,10 @@ layer, so no cookie jar carries one job's cookies into another's request, and no
 cost for features a fetcher does not use. Library errors become one-line reasons here.
 
     Transport.send (guarded, each send counted)
-      → CappedDecoder (decoded-size cap) → BodySink (hash, spill to disk)
+      → CappedDecoder (decoded-size cap) → BodySink (in memory, spilled to disk past 256 kB)
 all inside one `asyncio.timeout`: FETCHER_TIMEOUT is a deadline for the whole hop, not per read.
+The body's WARC record is written after it (`BodyStore.keep`), so a slow disk is not the
+host's fault.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Sequence
 import aiohttp
 import httpx
 
+from fetcher import warc
 from fetcher.bodies import BodySink, BodyStore
 from fetcher.config import Settings
 from fetcher.decoding import ACCEPT_ENCODING, CappedDecoder
@@ -74,19 +77,20 @@ class Fetcher:
         FETCHER_MAX_BODY_BYTES)."""
         sends = count_sends()
         started = time.perf_counter()
+        wall = time.time()
         hop = Hop(target, 0, 0.0)
-        sink: BodySink | _Collector | None = None
-        if collect is not None:
-            sink = _Collector(collect)
-        elif self._bodies is not None and keep_body:
-            sink = self._bodies.sink()
+        sink, validators = self._sink(collect, keep_body, validators)
         request = Request(method, target.url, self._headers(reuse, headers, validators), body)
         deadline_s = timeout_s or self._timeout_s
         try:
             async with asyncio.timeout(deadline_s):
-                await self._exchange(hop, sink, request, max_bytes or self._max_body_bytes)
+                capture = await self._exchange(
+                    hop, sink, request, max_bytes or self._max_body_bytes, wall
+                )
             if hop.status == 304 and validators is not None:
                 hop.body_sha256, hop.body_path = validators.body_sha256, validators.body_path
+            if isinstance(sink, BodySink):
+                await self._keep(hop, sink, capture, validators)
         except Refused as exc:
             hop.refused = exc
         except BodyNotKept as exc:
@@ -102,11 +106,23 @@ class Fetcher:
         finally:
             hop.sends = sends[0]
             hop.latency_ms = (time.perf_counter() - started) * 1000.0
-            if isinstance(sink, BodySink) and hop.body_sha256 is None:
+            if isinstance(sink, BodySink) and not sink.handed:
                 sink.discard()
         if hop.error is not None:
             hop.status = None  # a body cut short is no response
         return hop
+
+    def _sink(
+        self, collect: bytearray | None, keep_body: bool, validators: Validators | None
+    ) -> tuple[BodySink | _Collector | None, Validators | None]:
+        """Where the body goes, and the validators still worth sending."""
+        if collect is not None:
+            return _Collector(collect), validators
+        if self._bodies is None or not keep_body:
+            return None, validators
+        if validators is not None and not self._bodies.holds(validators.body_path):
+            validators = None  # its body is gone (retention): fetch it whole again
+        return self._bodies.sink(), validators
 
     def _headers(
         self,
@@ -128,7 +144,8 @@ class Fetcher:
         sink: BodySink | _Collector | None,
         request: Request,
         max_bytes: int,
-    ) -> None:
+        wall: float,
+    ) -> warc.Capture:
         if _NOT_URL_TEXT.search(request.url):  # a row put in the queue by hand, not by `submit`
             hop.unsent = True
             raise ValueError(f"not a URL as fetcher stores them: {request.url[:200]!r}")
@@ -147,8 +164,26 @@ class Fetcher:
             raise Refused(exc.reason) from None
         finally:
             await response.aclose()
-        if isinstance(sink, BodySink) and hop.location is None and hop.status != 304:
-            hop.body_sha256, hop.body_path = sink.commit()
+        return warc.Capture(
+            request.url, wall, response.extensions.get("peer"), response.status_code,
+            response.reason_phrase, response.http_version, response.headers.raw,
+            request.method, request.headers, request.body,
+        )  # fmt: skip
+
+    async def _keep(
+        self,
+        hop: Hop,
+        sink: BodySink,
+        capture: warc.Capture,
+        validators: Validators | None,
+    ) -> None:
+        """The body's record (a 304's: a revisit of the body the validators came with)."""
+        assert self._bodies is not None
+        if hop.status == 304:
+            if validators is not None:
+                await self._bodies.revisit(capture, validators)
+        elif hop.location is None:
+            hop.body_sha256, hop.body_path = await self._bodies.keep(sink, capture)
 
 
 def _read_headers(hop: Hop, raw: list[tuple[bytes, bytes]]) -> str:

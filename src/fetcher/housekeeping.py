@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fetcher import archive
 from fetcher.bodies import BodyStore
 from fetcher.errors import StoreUnavailable
 from fetcher.guarded import GuardedQueue
@@ -120,11 +122,21 @@ class Housekeeping:
             if pruned.results < PRUNE_BATCH:
                 break
             await asyncio.sleep(0)
+        files: list[str] = []
         if self._bodies is not None:
-            for sha in orphans:
-                self._bodies.path_for(sha).unlink(missing_ok=True)
-        if deleted or orphans:
-            _log.info("retention.pruned", rows=deleted, bodies=len(orphans), days=days)
+            files = await asyncio.to_thread(_remove_bodies, self._bodies.root, orphans, before)
+        if deleted or orphans or files:
+            _log.info(
+                "retention.pruned", rows=deleted, bodies=len(orphans), warc_files=len(files),
+                days=days,
+            )  # fmt: skip
+
+
+def _remove_bodies(root: Path, orphans: list[str], before: float) -> list[str]:
+    """Whole WARC files past retention; bodies of the layout before WARC no result names."""
+    for sha in orphans:
+        (root / sha[:2] / sha).unlink(missing_ok=True)
+    return archive.remove_expired(root, before)
 
 
 async def _every(

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 __all__ = [
     "ENV_FILE_VARIABLE",
     "Location",
+    "body_directory",
     "check_postgres_url",
     "database_location",
     "default_database",
@@ -78,14 +79,27 @@ def location_of(text: str) -> Location:
 
 def database_location(env_file: Path | None = None) -> Location:
     """FETCHER_DB from the environment, else from the env file, else the default."""
+    text = _variable("FETCHER_DB", env_file)
+    return location_of(text) if text else default_database()
+
+
+def body_directory(db: Location, env_file: Path | None = None) -> Path:
+    """FETCHER_BODY_DIR as the daemon finds it: set, else `bodies/` beside the database."""
+    text = _variable("FETCHER_BODY_DIR", env_file)
+    if text:
+        return Path(text)
+    return (default_database() if isinstance(db, str) else db).parent / "bodies"
+
+
+def _variable(name: str, env_file: Path | None) -> str | None:
     for key, value in os.environ.items():
-        if key.upper() == "FETCHER_DB" and value:
-            return location_of(value)
+        if key.upper() == name and value:
+            return value
     env_file = env_file or env_file_from_environment()
     if env_file is not None and env_file.is_file():
         from dotenv import dotenv_values
 
-        for name, text in dotenv_values(env_file).items():
-            if name.upper() == "FETCHER_DB" and text:
-                return location_of(text)
-    return default_database()
+        for key, text in dotenv_values(env_file).items():
+            if key.upper() == name and text:
+                return text
+    return None

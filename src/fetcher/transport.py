@@ -186,9 +186,31 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
 
 def _httpx_response(response: aiohttp.ClientResponse) -> httpx.Response:
+    """The response as httpx's, with its status line as received and the address connected to
+    (`extensions["peer"]`, for the WARC record)."""
+    version = response.version or aiohttp.HttpVersion11
+    extensions: dict[str, object] = {
+        "http_version": f"HTTP/{version.major}.{version.minor}".encode(),
+        "reason_phrase": (response.reason or "").encode("latin-1", "replace"),
+    }
+    peer = _peer_of(response)
+    if peer:
+        extensions["peer"] = peer
     return httpx.Response(
-        response.status, headers=response.raw_headers, stream=_ResponseBody(response)
-    )
+        response.status, headers=response.raw_headers, stream=_ResponseBody(response),
+        extensions=extensions,
+    )  # fmt: skip
+
+
+def _peer_of(response: aiohttp.ClientResponse) -> str | None:
+    """The address the response came from. A body that came whole with the headers has
+    already given its connection back (`response.connection` None); its protocol still knows."""
+    protocol = getattr(response, "_protocol", None)
+    transport = getattr(protocol, "transport", None)
+    if transport is None and response.connection is not None:
+        transport = response.connection.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return str(peer[0]) if peer else None
 
 
 class _ResponseBody(httpx.AsyncByteStream):

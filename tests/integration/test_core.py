@@ -11,6 +11,7 @@ from datetime import datetime
 
 import pytest
 
+from fetcher.archive import read_body
 from fetcher.demo import Origin
 
 from .conftest import Fetcher, assert_counters_match
@@ -189,28 +190,24 @@ def test_results_and_stats_formats(fetcher: Fetcher, origin: Origin) -> None:
     assert origin.host(0) in table and origin.host(1) in table
 
 
-def test_bodies_are_kept_content_addressed_in_the_body_dir(
-    fetcher: Fetcher, origin: Origin
-) -> None:
-    """FETCHER_BODY_DIR: each body lands there under its sha256 (a body past the in-memory
-    spill size too), the same body once for two URLs, owner-only, nothing beside the
-    database."""
+def test_bodies_are_kept_in_warc_files_in_the_body_dir(fetcher: Fetcher, origin: Origin) -> None:
+    """FETCHER_BODY_DIR: each body is in a WARC record there (a body past the in-memory spill
+    size too), the same body once for two URLs, owner-only, nothing beside the database."""
     body_dir = fetcher.workdir / "kept"
     fetcher.set(body_dir=body_dir)
     fetcher.submit([origin.url("ok/1"), origin.url("ok/2"), origin.url("large/400000/x")])
     fetcher.drain()
     rows = {r["url"].split("/", 3)[3]: r for r in fetcher.results()}
-    assert rows["ok/1"]["body_sha256"] == rows["ok/2"]["body_sha256"]
+    assert rows["ok/1"]["body_path"] == rows["ok/2"]["body_path"]
     for row in rows.values():
-        path = body_dir / row["body_path"]  # relative to the body directory
-        assert path.name == row["body_sha256"] and path.parent.parent == body_dir, row
-        data = path.read_bytes()
-        assert hashlib.sha256(data).hexdigest() == row["body_sha256"]
+        data = read_body(body_dir, row["body_path"])
+        assert data is not None and hashlib.sha256(data).hexdigest() == row["body_sha256"]
         assert len(data) == row["bytes"]
     assert rows["large/400000/x"]["bytes"] == 400_000
     assert stat.S_IMODE(body_dir.stat().st_mode) == 0o700
     assert not (fetcher.workdir / "bodies").exists()
-    assert len([p for p in body_dir.rglob("*") if p.is_file()]) == 2
+    [kept] = [p for p in body_dir.rglob("*") if p.is_file()]
+    assert kept.name.endswith(".warc") and stat.S_IMODE(kept.stat().st_mode) == 0o600
 
 
 def test_save_bodies_off_keeps_no_body(fetcher: Fetcher, origin: Origin) -> None:

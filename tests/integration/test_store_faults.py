@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 import subprocess
@@ -17,7 +18,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from warcio.archiveiterator import ArchiveIterator
 
+from fetcher.archive import read_body
 from fetcher.demo import Origin
 
 from .conftest import Fetcher, assert_counters_match, wait_until
@@ -128,7 +131,10 @@ def test_a_full_filesystem_pauses_the_work_then_it_resumes_once_space_is_freed(
     `store.unavailable` line saying the disk is full, no job failed for it, work resumes when
     the space is freed, every job done; only a job whose body could not be written is fetched
     again (once), and the counters equal the origin's count."""
-    fetcher.set(db=small_tmpfs / "fetcher.db", host_rate=25, host_concurrency=4)
+    fetcher.bodies = small_tmpfs / "bodies"
+    fetcher.set(
+        db=small_tmpfs / "fetcher.db", body_dir=fetcher.bodies, host_rate=25, host_concurrency=4
+    )
     urls = [origin.url(f"large/{2000 + n}/{n}", n % 2) for n in range(300)]  # distinct bodies
     fetcher.submit(urls)
     daemon = fetcher.start("--drain")
@@ -154,3 +160,9 @@ def test_a_full_filesystem_pauses_the_work_then_it_resumes_once_space_is_freed(
         if e["event"] == "job.retrying" and (e["error"] or "").startswith("body not kept")
     )
     _assert_every_job_done_once(fetcher, origin, 300, may_repeat=not_kept)
+    for row in fetcher.results():  # nothing committed points at a missing or torn record
+        body = read_body(fetcher.bodies, row["body_path"])
+        assert body is not None and hashlib.sha256(body).hexdigest() == row["body_sha256"], row
+    for path in fetcher.bodies.glob("fetcher-*.warc"):  # every file whole, as warcio reads it
+        with open(path, "rb") as handle:
+            assert sum(1 for _ in ArchiveIterator(handle, check_digests="raise")) > 0

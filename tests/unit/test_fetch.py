@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 from pathlib import Path
 
 import httpx
@@ -10,6 +11,7 @@ import pytest
 import respx
 from respx.models import SideEffectError
 
+from fetcher.archive import read_body
 from fetcher.bodies import BodyStore
 from fetcher.config import Settings
 from fetcher.fetch import Fetcher
@@ -48,12 +50,13 @@ def router() -> respx.Router:
 async def test_ok_response_counts_decoded_bytes_and_files_the_body(
     router: respx.Router, tmp_path: Path
 ) -> None:
-    """A 200 is reported with its status, decoded size, and a content-addressed body file."""
+    """A 200 is reported with its status, decoded size, and its body's WARC record."""
     router.get("http://example.com/a").mock(return_value=httpx.Response(200, content=b"x" * 1500))
     hop = await make_fetcher(router, tmp_path).fetch(parse_url("http://example.com/a"))
     assert (hop.status, hop.bytes, hop.error, hop.refused) == (200, 1500, None, None)
     assert hop.body_path is not None and hop.body_sha256 is not None
-    assert (tmp_path / "bodies" / hop.body_path).read_bytes() == b"x" * 1500
+    assert read_body(tmp_path / "bodies", hop.body_path) == b"x" * 1500
+    assert hop.body_sha256 == hashlib.sha256(b"x" * 1500).hexdigest()
 
 
 async def test_gzip_body_is_counted_decoded(router: respx.Router, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from fetcher.api.feed import FeedWatch
 from fetcher.api.openapi import openapi
 from fetcher.api.problems import Problem
 from fetcher.api.reads import ReadSide
+from fetcher.archive import read_body
 from fetcher.errors import IdempotencyKeyReused, InvalidJob
 from fetcher.jobqueue import JobQueue, Once, QueueReader, Redrive
 from fetcher.jobspec import JobLimits, duration, read_job
@@ -191,11 +192,11 @@ class Api:
         path, content_type = found
         if path is None or self._bodies is None:
             raise Problem(404, "Not Found", f"job {job_id} kept no body")
-        file = (self._bodies / path).resolve()
-        if not file.is_relative_to(self._bodies.resolve()) or not file.is_file():
+        data = await asyncio.to_thread(read_body, self._bodies, path)
+        if data is None:
             raise Problem(404, "Not Found", f"the body of job {job_id} is gone")
-        headers = {"Content-Type": content_type or "application/octet-stream"}
-        return web.FileResponse(file, headers=headers)
+        content_type = content_type or "application/octet-stream"
+        return web.Response(body=data, headers={"Content-Type": content_type})
 
     # -- results, status, stats ----------------------------------------------------------------
 

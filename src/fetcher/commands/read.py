@@ -1,5 +1,6 @@
-"""The commands that only read the database: `stats`, `status`, `results`, `robots`. They
-need FETCHER_DB and nothing else (no settings, no daemon), and answer in tens of ms."""
+"""The commands that only read the database (and the body directory): `stats`, `status`,
+`results`, `robots`, `webhooks`, `body`, `warc`. They need FETCHER_DB (and FETCHER_BODY_DIR)
+and nothing else (no settings, no daemon), and answer in tens of ms."""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ if TYPE_CHECKING:
     from fetcher.jobqueue import QueueReader
     from fetcher.locations import Location
 
-__all__ = ["cmd_results", "cmd_robots", "cmd_stats", "cmd_status", "cmd_webhooks"]
+__all__ = [
+    "cmd_body", "cmd_results", "cmd_robots", "cmd_stats", "cmd_status", "cmd_warc", "cmd_webhooks",
+]  # fmt: skip
 
 
 def cmd_stats(args: argparse.Namespace, path: Location) -> int:
@@ -178,5 +181,58 @@ def cmd_webhooks(args: argparse.Namespace, path: Location) -> int:
             row["event_id"], row["url"], row["state"], str(row["attempts"]), last,
             upcoming or "-", row["created_at"],
         )  # fmt: skip
+    console().print(table)
+    return EXIT_OK
+
+
+def cmd_body(args: argparse.Namespace, path: Location) -> int:
+    """The kept body of a job's latest result, byte for byte, to stdout."""
+    from fetcher.archive import read_body
+    from fetcher.locations import body_directory
+
+    found = reader(path).body(args.id)
+    if found is None:
+        print(f"fetcher body: job {args.id} has no result", file=sys.stderr)
+        return EXIT_FAILURE
+    if found[0] is None:
+        print(f"fetcher body: job {args.id} kept no body", file=sys.stderr)
+        return EXIT_FAILURE
+    data = read_body(body_directory(path, args.env_file), found[0])
+    if data is None:
+        print(f"fetcher body: the body of job {args.id} is gone ({found[0]})", file=sys.stderr)
+        return EXIT_FAILURE
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+    return EXIT_OK
+
+
+def cmd_warc(args: argparse.Namespace, path: Location) -> int:
+    """The WARC files in the body directory: size, state and record counts."""
+    from fetcher.archive import count_records, warc_files
+    from fetcher.locations import body_directory
+
+    root = body_directory(path, args.env_file)
+    rows = []
+    for found in warc_files(root):
+        counts = count_records(root / found.name)
+        rows.append({
+            "file": found.name, "bytes": found.size, "modified": iso(found.modified),
+            "state": "open" if found.open else "complete", "records": sum(counts.values()),
+            **{kind: counts.get(kind, 0) for kind in ("response", "revisit", "request")},
+        })  # fmt: skip
+    if args.json:
+        print(json.dumps(rows))
+        return EXIT_OK
+    if not rows:
+        print(f"no WARC files in {root}")
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table("file", "bytes", "state", "records", "response", "revisit", "request",
+                  "modified", title=str(root))  # fmt: skip
+    for row in rows:
+        table.add_row(*(str(row[key]) for key in (
+            "file", "bytes", "state", "records", "response", "revisit", "request", "modified"
+        )))  # fmt: skip
     console().print(table)
     return EXIT_OK

@@ -1,0 +1,156 @@
+"""WARC records as fetcher builds and reads them, checked with warcio; a store's files across
+rotation, a failed write and a torn end, without a daemon."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from warcio.archiveiterator import ArchiveIterator
+
+from fetcher import archive, warc
+from fetcher.bodies import BodyStore, repair
+from fetcher.errors import BodyNotKept
+
+CAPTURE = warc.Capture(
+    url="http://example.com/a?b=1", started=1_796_000_000.25, peer="93.184.216.34", status=200,
+    reason="OK", version="HTTP/1.1",
+    headers=[(b"Content-Type", b"text/html"), (b"Content-Encoding", b"gzip"),
+             (b"Content-Length", b"31")],
+    method="POST", request_headers=[("X-Api-Key", "s3cret"), ("Accept", "*/*")],
+    request_body=b"q=1",
+)  # fmt: skip
+
+
+def _response(payload: bytes, gzipped: bool = False) -> bytes:
+    digest = hashlib.sha256(payload).hexdigest()
+    head = warc.response_head(CAPTURE, warc.record_id(), digest, len(payload), "<urn:uuid:x>")
+    record = head + payload + warc.END
+    return warc.gzip_member(record) if gzipped else record
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_records_parse_with_warcio_and_read_back(gzipped: bool) -> None:
+    """A response whose payload came encoded: warcio checks its digest and sees the payload
+    stored (decoded); the transfer headers are renamed; fetcher's reader finds it by offset."""
+    payload = b"<html>" + os.urandom(3000) + b"</html>"
+    first, second = _response(payload, gzipped), _response(b"", gzipped)
+    data = first + second
+    records = list(ArchiveIterator(io.BytesIO(data), check_digests="raise"))
+    assert [r.rec_type for r in records] == ["response", "response"]
+    walk = ArchiveIterator(io.BytesIO(data), check_digests="raise")
+    record = next(iter(walk))
+    assert record.raw_stream.read() == payload
+    http = dict(record.http_headers.headers)
+    assert http["X-Crawler-Content-Encoding"] == "gzip" and "Content-Encoding" not in http
+    assert http["X-Crawler-Content-Length"] == "31" and http["Content-Length"] == str(len(payload))
+    assert record.rec_headers.get_header("WARC-IP-Address") == "93.184.216.34"
+    back = warc.read_record(io.BytesIO(data), len(first), gzipped)
+    assert back.type == "response" and warc.http_payload(back.block) == b""
+    assert warc.http_payload(warc.read_record(io.BytesIO(data), 0, gzipped).block) == payload
+    assert [(o, e) for o, e, _ in warc.scan(io.BytesIO(data), gzipped)] == [
+        (0, len(first)), (len(first), len(data))
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_a_torn_end_is_not_a_record(gzipped: bool) -> None:
+    """scan stops before a record cut short, and read_record refuses it."""
+    whole, torn = _response(b"a" * 500, gzipped), _response(b"b" * 500, gzipped)[:-7]
+    data = whole + torn
+    assert [e for _, e, _ in warc.scan(io.BytesIO(data), gzipped)] == [len(whole)]
+    with pytest.raises(ValueError, match=r"torn|no record"):
+        warc.read_record(io.BytesIO(data), len(whole), gzipped)
+
+
+def test_request_and_revisit_records() -> None:
+    """A request record keeps the body and no secret; a revisit names its original."""
+    original = warc.Original("f.warc#10", "<urn:uuid:o>", "http://example.com/", "2026-01-01Z")
+    request = warc.request_record(CAPTURE, "<urn:uuid:r>", "<urn:uuid:x>")
+    revisit = warc.revisit_record(CAPTURE, "<urn:uuid:v>", "ab" * 32, original, "<urn:uuid:x>")
+    records = list(ArchiveIterator(io.BytesIO(request + revisit), check_digests="raise"))
+    assert b"s3cret" not in request and b"X-Api-Key: ***" in request
+    assert request.startswith(b"WARC/1.1") and b"POST /a?b=1 HTTP/1.1\r\n" in request
+    assert records[0].rec_headers.get_header("WARC-Concurrent-To") == "<urn:uuid:r>"
+    assert records[1].rec_headers.get_header("WARC-Refers-To") == "<urn:uuid:o>"
+    assert records[1].rec_headers.get_header("WARC-Profile") == warc.IDENTICAL_PAYLOAD
+
+
+async def _keep(store: BodyStore, payload: bytes) -> tuple[str, str]:
+    sink = store.sink()
+    sink.write(payload)
+    return await store.keep(sink, CAPTURE)
+
+
+async def test_the_store_rotates_dedupes_and_serves_by_body_path(tmp_path: Path) -> None:
+    """Past max_bytes a new file is begun; a payload kept in the current file is a revisit that
+    points at it; a body past the spill size reads back whole."""
+    store = BodyStore(tmp_path, max_bytes=8192)
+    big = os.urandom(400_000)
+    kept = [await _keep(store, payload) for payload in (b"one", b"one", big, b"two")]
+    store.close()
+    assert kept[0] == kept[1]  # the duplicate points at the original
+    assert archive.read_body(tmp_path, kept[2][1]) == big
+    assert hashlib.sha256(big).hexdigest() == kept[2][0]
+    files = archive.warc_files(tmp_path)
+    assert len(files) == 2 and not any(f.open for f in files)
+    counts = [archive.count_records(tmp_path / f.name) for f in files]
+    assert [c["revisit"] for c in counts] == [1, 0] and [c["request"] for c in counts] == [3, 1]
+    assert not os.listdir(tmp_path / "tmp")  # no spill file left
+
+
+async def test_a_failed_write_is_cut_off_and_the_file_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails half-way (ENOSPC) raises BodyNotKept and leaves no partial record:
+    the next record lands where it would have, and the file stays whole."""
+    store = BodyStore(tmp_path)
+    await _keep(store, b"first")
+    real_write, calls = os.write, [0]
+
+    def failing(fd: int, data: object) -> int:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "write", failing)
+    with pytest.raises(BodyNotKept):
+        await _keep(store, b"lost" * 1000)
+    monkeypatch.setattr(os, "write", real_write)
+    _, path = await _keep(store, b"third")
+    store.close()
+    assert archive.read_body(tmp_path, path) == b"third"
+    [found] = archive.warc_files(tmp_path)
+    with open(tmp_path / found.name, "rb") as handle:
+        ends = [e for _, e, _ in warc.scan(handle, False)]
+    assert ends[-1] == found.size and len(ends) == 5  # warcinfo, 2 x (request + response)
+
+
+def test_repair_cuts_a_dead_daemons_torn_record_and_leaves_a_live_ones(tmp_path: Path) -> None:
+    machine = socket.gethostname()
+    whole = _response(b"x" * 100)
+    dead = archive.file_name("20260101000000000", 1, machine, 2**22 + 12345, False)
+    live = archive.file_name("20260101000000000", 1, machine, os.getppid(), False)
+    for name in (dead, live):
+        (tmp_path / name).write_bytes(whole + whole[:50])
+        (tmp_path / (name + archive.OPEN)).touch()
+    repair(tmp_path)
+    assert (tmp_path / dead).read_bytes() == whole
+    assert not (tmp_path / (dead + archive.OPEN)).exists()
+    assert (tmp_path / live).stat().st_size == len(whole) + 50  # its daemon is still writing
+    assert (tmp_path / (live + archive.OPEN)).exists()
+
+
+def test_read_body_says_gone_for_what_is_not_there(tmp_path: Path) -> None:
+    name = archive.file_name("20260101000000000", 1, "m", 1, False)
+    (tmp_path / name).write_bytes(_response(b"body"))
+    assert archive.read_body(tmp_path, f"{name}#0") == b"body"
+    assert archive.read_body(tmp_path, f"{name}#5") is None  # not a record's start
+    assert archive.read_body(tmp_path, "fetcher-x.warc#0") is None
+    assert archive.read_body(tmp_path, "../../etc/passwd") is None
+    assert archive.read_body(tmp_path, "ab/" + "ab" * 32) is None
