@@ -23,6 +23,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -57,6 +58,7 @@ def tail_s(log: Path) -> float:
 
 def one_run(src: Path, urls: Path, n: int, workdir: Path) -> tuple[float, float, float]:
     db = fresh_db(workdir / "ab.db")
+    shutil.rmtree(workdir / "bodies", ignore_errors=True)
     env = fetcher_env(db, max_concurrency=64, host_concurrency=64, host_rate=0)
     env["PYTHONPATH"] = str(src)
     fetcher = [sys.executable, "-m", "fetcher"]
@@ -125,6 +127,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--submit", type=int, metavar="N", help="time submits of N URLs instead")
     parser.add_argument("--polite", action="store_true", help="the many-polite-hosts case")
+    parser.add_argument(
+        "--path", default="", help="URL path prefix: 100k/ for distinct 100 kB answers, 1k/, 1m/"
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="fetcher-ab-"))
     srcs = {rev: checkout(rev, workdir / f"rev{i}") for i, rev in enumerate(args.revs)}
@@ -135,13 +140,16 @@ def main() -> None:
         compare_polite(srcs, args.reps, workdir)
         return
     urls = workdir / "urls.txt"
-    urls.write_text("".join(f"http://{ADDRESSES[0]}:{PORT}/{i}\n" for i in range(args.urls)))
+    urls.write_text(
+        "".join(f"http://{ADDRESSES[0]}:{PORT}/{args.path}{i}\n" for i in range(args.urls))
+    )
     runs: dict[str, list[tuple[float, float, float]]] = {rev: [] for rev in args.revs}
     with Nginx(workdir, scale=False):
         for _ in range(args.reps):
             for rev, src in srcs.items():
                 runs[rev].append(one_run(src, urls, args.urls, workdir))
-    print(f"{args.urls:,} URLs, 1 host, C=64, medians of {args.reps} interleaved runs")
+    answers = f"/{args.path}… answers" if args.path else "1 kB answers"
+    print(f"{args.urls:,} URLs, {answers}, 1 host, C=64, medians of {args.reps} interleaved runs")
     for rev, values in runs.items():
         rate, cpu, tail = (statistics.median(v) for v in zip(*values, strict=True))
         every = ", ".join(f"{v[0]:,.0f}" for v in values)
