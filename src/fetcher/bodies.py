@@ -24,7 +24,7 @@ import os
 import tempfile
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,15 +41,17 @@ __all__ = ["BodySink", "BodyStore", "repair"]
 _log = get_logger("fetcher.bodies")
 _SPILL_BYTES = 256 * 1024
 _CHUNK = 1 << 20
+_MAX_PIECES = 64  # a record's pieces go to one writev (IOV_MAX is 1024)
 _ORIGINALS_MAX = 100_000
 
 
 class BodySink:
-    """Collects one body's decoded bytes, for `BodyStore.keep`."""
+    """Collects one body's decoded bytes, for `BodyStore.keep`: the pieces as they came (no
+    copy; written with one writev), spilled to a temporary file past `_SPILL_BYTES`."""
 
     def __init__(self, tmp: str) -> None:
         self._tmp = tmp
-        self._buffer = bytearray()
+        self._pieces: list[bytes] = []
         self._file: IO[bytes] | None = None
         self.length = 0
         self.handed = False  # to the writer thread: the event loop no longer touches it
@@ -60,29 +62,30 @@ class BodySink:
             if self._file is not None:
                 self._file.write(data)
                 return
-            self._buffer += data
-            if len(self._buffer) > _SPILL_BYTES:
+            self._pieces.append(bytes(data))
+            if len(self._pieces) > _MAX_PIECES:  # many small pieces: one, so writev takes them
+                self._pieces = [b"".join(self._pieces)]
+            if self.length > _SPILL_BYTES:
                 self._file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in discard
                     dir=self._tmp, delete=False
                 )
-                self._file.write(self._buffer)
-                self._buffer = bytearray()
+                self._file.writelines(self._pieces)
+                self._pieces = []
         except OSError as exc:
             raise BodyNotKept(exc) from exc
 
     def digest(self) -> str:
         """The body's sha256 (in the writer thread: hashlib lets the event loop run)."""
-        if self._file is None:
-            return hashlib.sha256(self._buffer).hexdigest()
-        self._file.flush()
+        if self._file is not None:
+            self._file.flush()
         hasher = hashlib.sha256()
         for chunk in self.chunks():
             hasher.update(chunk)
         return hasher.hexdigest()
 
-    def chunks(self) -> Iterator[bytes | bytearray]:
+    def chunks(self) -> Iterator[bytes]:
         if self._file is None:
-            yield self._buffer
+            yield from self._pieces
             return
         with open(self._file.name, "rb") as spilled:
             while chunk := spilled.read(_CHUNK):
@@ -96,7 +99,7 @@ class BodySink:
             with contextlib.suppress(OSError):
                 os.unlink(self._file.name)
             self._file = None
-        self._buffer = bytearray()
+        self._pieces = []
 
 
 @dataclass(slots=True)
@@ -209,13 +212,18 @@ class BodyStore:
             fields.get("WARC-Target-URI", ""), fields.get("WARC-Date", ""),
         )  # fmt: skip
 
-    def _response(self, before: bytes, head: bytes, sink: BodySink) -> list[bytes | bytearray]:
+    def _response(self, before: bytes, head: bytes, sink: BodySink) -> Iterator[bytes]:
         if not self._gzip:
-            return [before, head, *sink.chunks(), warc.END]
+            yield before
+            yield head
+            yield from sink.chunks()
+            yield warc.END
+            return
         packer = zlib.compressobj(6, zlib.DEFLATED, 31)
-        member = [before, packer.compress(head)]
-        member += [packer.compress(chunk) for chunk in sink.chunks()]
-        return [*member, packer.compress(warc.END) + packer.flush()]
+        yield before + packer.compress(head)
+        for chunk in sink.chunks():
+            yield packer.compress(chunk)
+        yield packer.compress(warc.END) + packer.flush()
 
     def _pack(self, record: bytes) -> bytes:
         return warc.gzip_member(record) if self._gzip else record
@@ -238,17 +246,21 @@ class BodyStore:
                 raise
         return self._current
 
-    def _append(self, parts: list[bytes | bytearray]) -> int:
-        """Write one record's bytes at the end of the file; its offset. A failed write is cut
-        off again (a file that cannot be cut is left to the next start's repair)."""
+    def _append(self, parts: Iterable[bytes]) -> int:
+        """Write one record's bytes at the end of the file, `_MAX_PIECES` a system call; its
+        offset. A failed write is cut off again (a file that cannot be cut is left to the next
+        start's repair)."""
         current = self._current
         assert current is not None
-        start = current.size
+        start, written = current.size, 0
         try:
+            batch: list[bytes] = []
             for part in parts:
-                view = memoryview(part)
-                while view:
-                    view = view[os.write(current.fd, view) :]
+                batch.append(part)
+                if len(batch) == _MAX_PIECES:
+                    written += _write_all(current.fd, batch)
+                    batch = []
+            written += _write_all(current.fd, batch)
         except OSError:
             try:
                 os.ftruncate(current.fd, start)
@@ -257,7 +269,7 @@ class BodyStore:
                 self._current = None
                 self._originals.clear()
             raise
-        current.size = start + sum(len(part) for part in parts)
+        current.size = start + written
         return start
 
     def _rotate_if_full(self) -> None:
@@ -274,6 +286,19 @@ class BodyStore:
         finally:
             os.close(current.fd)
         (self.root / (current.name + archive.OPEN)).unlink(missing_ok=True)
+
+
+def _write_all(fd: int, parts: list[bytes]) -> int:
+    """Write `parts` in order: one writev, then what a short write left."""
+    total = sum(len(part) for part in parts)
+    if not total:
+        return 0
+    done = os.writev(fd, parts)
+    if done < total:
+        rest = memoryview(b"".join(parts))[done:]
+        while rest:
+            rest = rest[os.write(fd, rest) :]
+    return total
 
 
 def _info() -> list[tuple[str, str]]:

@@ -110,18 +110,16 @@ async def test_a_failed_write_is_cut_off_and_the_file_goes_on(
     the next record lands where it would have, and the file stays whole."""
     store = BodyStore(tmp_path)
     await _keep(store, b"first")
-    real_write, calls = os.write, [0]
+    real_writev = os.writev
 
-    def failing(fd: int, data: object) -> int:
-        calls[0] += 1
-        if calls[0] == 2:
-            raise OSError(28, "No space left on device")
-        return real_write(fd, data)  # type: ignore[arg-type]
+    def failing(fd: int, parts: list[bytes]) -> int:  # the first pieces go out, then ENOSPC
+        real_writev(fd, parts[:2])
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(os, "write", failing)
+    monkeypatch.setattr(os, "writev", failing)
     with pytest.raises(BodyNotKept):
         await _keep(store, b"lost" * 1000)
-    monkeypatch.setattr(os, "write", real_write)
+    monkeypatch.setattr(os, "writev", real_writev)
     _, path = await _keep(store, b"third")
     store.close()
     assert archive.read_body(tmp_path, path) == b"third"
