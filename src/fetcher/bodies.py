@@ -21,14 +21,15 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import queue
 import tempfile
+import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from fetcher import __version__, archive, warc
 from fetcher.daemons import process_alive, this_machine
@@ -123,7 +124,7 @@ class BodyStore:
         repair(root)
         self._max_bytes = max_bytes
         self._gzip = gzip
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="fetcher-warc")
+        self._writer = _Writer()
         self._current: _Current | None = None
         self._serial = 0
         self._originals: dict[str, warc.Original] = {}  # payloads in the current file
@@ -137,24 +138,22 @@ class BodyStore:
 
     async def keep(self, sink: BodySink, capture: warc.Capture) -> tuple[str, str]:
         """Write the body's record; (sha256, FILE#OFFSET of the record holding the payload)."""
-        loop = asyncio.get_running_loop()
         sink.handed = True
         try:
-            return await loop.run_in_executor(self._writer, self._keep, sink, capture)
+            return await self._writer.run(self._keep, sink, capture)  # type: ignore[no-any-return]
         except OSError as exc:
             raise BodyNotKept(exc) from exc
 
     async def revisit(self, capture: warc.Capture, validators: Validators) -> None:
         """A 304's revisit record, referring to the response the validators came with."""
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._writer, self._revisit, capture, validators)
+            await self._writer.run(self._revisit, capture, validators)
         except OSError as exc:
             raise BodyNotKept(exc) from exc
 
     def close(self) -> None:
         """At shutdown: every record handed over written, the file closed."""
-        self._writer.shutdown(wait=True)
+        self._writer.stop()
         self._close()
 
     # -- the writer thread ---------------------------------------------------------------------
@@ -286,6 +285,64 @@ class BodyStore:
         finally:
             os.close(current.fd)
         (self.root / (current.name + archive.OPEN)).unlink(missing_ok=True)
+
+
+class _Writer:
+    """One thread that runs what it is handed in order, and hands the answers back to the
+    event loop a batch at a time: one wake-up of the loop for all the records written while it
+    was busy (a thread pool wakes it once a call)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name="fetcher-warc", daemon=True)
+        self._thread.start()
+
+    async def run(self, call: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._jobs.put((loop, future, call, args))
+        return await future
+
+    def stop(self) -> None:
+        """Once every job handed over has run."""
+        self._jobs.put(None)
+        self._thread.join()
+
+    def _work(self) -> None:
+        stopping = False
+        while not stopping:
+            batch = [self._jobs.get()]
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    batch.append(self._jobs.get_nowait())
+            done: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
+            for job in batch:
+                if job is None:
+                    stopping = True
+                    continue
+                loop, future, call, args = job
+                try:
+                    answer: _Answer = (future, call(*args), None)
+                except BaseException as exc:  # handed to the caller, whatever it is
+                    answer = (future, None, exc)
+                done.setdefault(loop, []).append(answer)
+            for loop, answers in done.items():
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    loop.call_soon_threadsafe(_answer, answers)
+
+
+_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
+_Answer = tuple["asyncio.Future[Any]", Any, BaseException | None]
+
+
+def _answer(answers: list[_Answer]) -> None:
+    for future, result, error in answers:
+        if future.cancelled():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
 
 def _write_all(fd: int, parts: list[bytes]) -> int:

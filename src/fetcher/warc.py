@@ -14,12 +14,12 @@ offset alone.
 
 from __future__ import annotations
 
-import uuid
+import os
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import IO
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 from fetcher.secrets import is_secret
@@ -71,12 +71,22 @@ class Record:
 
 
 def record_id() -> str:
-    return f"<urn:uuid:{uuid.uuid4()}>"
+    """A random (version 4) UUID as a URN, built without uuid.UUID (a third of the cost)."""
+    raw = bytearray(os.urandom(16))
+    raw[6], raw[8] = (raw[6] & 0x0F) | 0x40, (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"<urn:uuid:{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}>"
 
 
 def warc_date(unix: float) -> str:
     """WARC 1.1's date: UTC, with microseconds."""
-    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    seconds = int(unix)
+    if seconds != _last_second[0]:  # a second's prefix is formatted once
+        _last_second[:] = [seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))]
+    return f"{_last_second[1]}.{int((unix - seconds) * 1e6):06d}Z"
+
+
+_last_second: list[Any] = [None, ""]
 
 
 def _head(fields: Sequence[tuple[str, str]], length: int) -> bytes:
