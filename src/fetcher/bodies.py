@@ -48,52 +48,71 @@ _ORIGINALS_MAX = 100_000
 
 class BodySink:
     """Collects one body's decoded bytes, for `BodyStore.keep`: the pieces as they came (no
-    copy; written with one writev), spilled to a temporary file past `_SPILL_BYTES`."""
+    copy; written with one writev). Past `_SPILL_BYTES` the pieces go to a temporary file, hashed
+    on the way, by the writer thread: the event loop never writes to the disk."""
 
-    def __init__(self, tmp: str) -> None:
+    def __init__(self, tmp: str, writer: _Writer) -> None:
         self._tmp = tmp
+        self._writer = writer
         self._pieces: list[bytes] = []
-        self._file: IO[bytes] | None = None
+        self._pending = 0  # bytes in _pieces
+        self._file: IO[bytes] | None = None  # the spill file: the writer thread's
+        self._hash = hashlib.sha256()  # of what went to the spill file
+        self._failure: OSError | None = None
         self.length = 0
         self.handed = False  # to the writer thread: the event loop no longer touches it
 
     def write(self, data: bytes) -> None:
+        if self._failure is not None:
+            raise BodyNotKept(self._failure)
         self.length += len(data)
+        self._pending += len(data)
+        self._pieces.append(bytes(data))
+        if len(self._pieces) > _MAX_PIECES:  # many small pieces: one, so writev takes them
+            self._pieces = [b"".join(self._pieces)]
+        if self._pending > _SPILL_BYTES:
+            self._writer.post(self._spill, self._pieces)
+            self._pieces, self._pending = [], 0
+
+    def _spill(self, pieces: list[bytes]) -> None:  # the writer thread
+        if self._failure is not None:
+            return
         try:
-            if self._file is not None:
-                self._file.write(data)
-                return
-            self._pieces.append(bytes(data))
-            if len(self._pieces) > _MAX_PIECES:  # many small pieces: one, so writev takes them
-                self._pieces = [b"".join(self._pieces)]
-            if self.length > _SPILL_BYTES:
+            if self._file is None:
                 self._file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in discard
                     dir=self._tmp, delete=False
                 )
-                self._file.writelines(self._pieces)
-                self._pieces = []
+            for piece in pieces:
+                self._hash.update(piece)
+            self._file.writelines(pieces)
         except OSError as exc:
-            raise BodyNotKept(exc) from exc
+            self._failure = exc
 
     def digest(self) -> str:
-        """The body's sha256 (in the writer thread: hashlib lets the event loop run)."""
-        if self._file is not None:
-            self._file.flush()
-        hasher = hashlib.sha256()
-        for chunk in self.chunks():
-            hasher.update(chunk)
-        return hasher.hexdigest()
+        """The body's sha256 (the writer thread's: hashlib lets the event loop run)."""
+        if self._failure is not None:
+            raise self._failure
+        for piece in self._pieces:
+            self._hash.update(piece)
+        return self._hash.hexdigest()
 
     def chunks(self) -> Iterator[bytes]:
-        if self._file is None:
-            yield from self._pieces
-            return
-        with open(self._file.name, "rb") as spilled:
-            while chunk := spilled.read(_CHUNK):
-                yield chunk
+        if self._file is not None:
+            self._file.flush()
+            with open(self._file.name, "rb") as spilled:
+                while chunk := spilled.read(_CHUNK):
+                    yield chunk
+        yield from self._pieces
 
     def discard(self) -> None:
-        """Drop what was collected; a spill file that cannot even be closed is still removed."""
+        """Drop what was collected; a spill file that cannot even be closed is still removed.
+        A sink that spilled is discarded by the writer thread, after its last spill."""
+        if self._pending == self.length or threading.current_thread() is self._writer.thread:
+            self._drop()
+        else:
+            self._writer.post(self._drop)
+
+    def _drop(self) -> None:
         if self._file is not None:
             with contextlib.suppress(OSError):
                 self._file.close()
@@ -130,7 +149,7 @@ class BodyStore:
         self._originals: dict[str, warc.Original] = {}  # payloads in the current file
 
     def sink(self) -> BodySink:
-        return BodySink(self._tmp)
+        return BodySink(self._tmp, self._writer)
 
     def holds(self, body_path: str | None) -> bool:
         """Whether the file a body_path names is still there (no body_path: nothing to hold)."""
@@ -294,8 +313,8 @@ class _Writer:
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._work, name="fetcher-warc", daemon=True)
-        self._thread.start()
+        self.thread = threading.Thread(target=self._work, name="fetcher-warc", daemon=True)
+        self.thread.start()
 
     async def run(self, call: Callable[..., Any], *args: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -303,10 +322,14 @@ class _Writer:
         self._jobs.put((loop, future, call, args))
         return await future
 
+    def post(self, call: Callable[..., Any], *args: Any) -> None:
+        """Run `call` in turn, answering nobody (it keeps its own failure)."""
+        self._jobs.put((None, None, call, args))
+
     def stop(self) -> None:
         """Once every job handed over has run."""
         self._jobs.put(None)
-        self._thread.join()
+        self.thread.join()
 
     def _work(self) -> None:
         stopping = False
@@ -325,19 +348,25 @@ class _Writer:
                     answer: _Answer = (future, call(*args), None)
                 except BaseException as exc:  # handed to the caller, whatever it is
                     answer = (future, None, exc)
-                done.setdefault(loop, []).append(answer)
+                if loop is not None:
+                    done.setdefault(loop, []).append(answer)
             for loop, answers in done.items():
                 with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                     loop.call_soon_threadsafe(_answer, answers)
 
 
-_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
-_Answer = tuple["asyncio.Future[Any]", Any, BaseException | None]
+_Job = tuple[
+    asyncio.AbstractEventLoop | None,
+    "asyncio.Future[Any] | None",
+    Callable[..., Any],
+    tuple[Any, ...],
+]
+_Answer = tuple["asyncio.Future[Any] | None", Any, BaseException | None]
 
 
 def _answer(answers: list[_Answer]) -> None:
     for future, result, error in answers:
-        if future.cancelled():
+        if future is None or future.cancelled():
             continue
         if error is not None:
             future.set_exception(error)
