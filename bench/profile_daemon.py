@@ -21,19 +21,21 @@ from pathlib import Path
 from ab import checkout
 from run import ADDRESSES, PORT, Nginx, fetcher_env, fresh_db, pinned
 
-GROUPS = {  # a function's file (or name) -> what it is part of
+GROUPS = {  # a piece of a function's file:name -> what it is part of (the first match wins)
+    "of '_io.": "file writes and reads (the event loop's own)",
+    "posix.": "other file system calls (stat, open, rename, mkdir)",
+    "_socket.socket": "socket reads and writes",
+    "epoll": "waiting for the network (epoll)",
+    "hashlib": "hashing",
+    "bodies.py": "keeping bodies (bodies.py, warc.py)",
+    "warc.py": "keeping bodies (bodies.py, warc.py)",
+    "tempfile": "keeping bodies (temporary files)",
     "aiohttp": "the HTTP client (aiohttp)",
     "sqlite": "the database (aiosqlite, sqlite3)",
-    "hashlib": "hashing",
-    "bodies.py": "keeping bodies (bodies.py)",
-    "warc.py": "keeping bodies (warc.py)",
-    "tempfile": "keeping bodies (temporary files)",
-    "posix.": "system calls (os.*)",
-    "decoding.py": "decoding",
     "structlog": "logging",
     "log.py": "logging",
     "asyncio": "the event loop",
-    "select": "the event loop (waiting)",
+    "fetcher/": "fetcher's own code",
 }
 
 

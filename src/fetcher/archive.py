@@ -1,6 +1,6 @@
 """The body directory as readers see it: WARC files by name, a body by its result's `body_path`,
-and retention by whole files. No asyncio and no settings: `fetcher body` and `fetcher warc` are
-read commands.
+retention by whole files, and the repair of a file a killed daemon left torn. No asyncio and no
+settings: `fetcher body` and `fetcher warc` are read commands.
 
     <FETCHER_BODY_DIR>/fetcher-<UTC time>-<serial>-<machine>-<pid>.warc[.gz]
     <name>.open          beside a file while its daemon appends to it
@@ -19,10 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fetcher import warc
+from fetcher.daemons import process_alive, this_machine
+from fetcher.log import get_logger
+
+_log = get_logger("fetcher.archive")
 
 __all__ = [
     "OPEN", "WarcFile", "count_records", "file_name", "is_gzipped", "label", "parse_name",
-    "read_body", "remove_expired", "warc_files",
+    "read_body", "remove_expired", "repair", "warc_files",
 ]  # fmt: skip
 
 OPEN = ".open"
@@ -109,3 +113,25 @@ def remove_expired(root: Path, before: float) -> list[str]:
             (root / found.name).unlink(missing_ok=True)
             gone.append(found.name)
     return gone
+
+
+def repair(root: Path) -> None:
+    """Files a daemon of this machine was appending to when it died: the torn last record cut
+    off, the marker removed. A live daemon's file, and another machine's, are left alone."""
+    here, me = this_machine(), os.getpid()
+    for marker in sorted(root.glob("*" + OPEN)):
+        name = marker.name[: -len(OPEN)]
+        owner = parse_name(name)
+        if owner is None or owner[0] != label(here):
+            continue
+        if owner[1] != me and process_alive(owner[1]):
+            continue
+        path = root / name
+        if path.exists():
+            with open(path, "r+b") as file:
+                end = max((e for _, e, _ in warc.scan(file, is_gzipped(name))), default=0)
+                size = file.seek(0, os.SEEK_END)
+                if size > end:
+                    file.truncate(end)
+                    _log.warning("warc.repaired", file=name, cut_bytes=size - end)
+        marker.unlink(missing_ok=True)

@@ -1,8 +1,9 @@
 """Kept bodies written as WARC records, one file per daemon at a time (`archive.py` names them).
 
-A body is collected by a `BodySink`: in memory up to `_SPILL_BYTES`, streamed to a temporary
-file past that, so memory per request in flight stays bounded whatever the size cap. When the
-response is whole, `BodyStore.keep` hands it to the store's one writer thread, which hashes it,
+A body is collected by a `BodySink`: in memory up to `_SPILL_BYTES`, past that handed piece by
+piece to the writer thread, which spills it to a temporary file, so memory per request in
+flight stays bounded whatever the size cap. When the response is whole, `BodyStore.keep` hands
+it to the store's one writer thread (`diskthread.Writer`), which hashes it,
 appends its record (and a request record for a request with a body) and answers `FILE#OFFSET`:
 the event loop never waits on the disk, records never interleave, and a result can only point
 at a record already written. A payload the current file holds already, and a 304, get a
@@ -17,29 +18,26 @@ removed) past FETCHER_WARC_MAX_BYTES and at shutdown.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import os
-import queue
 import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from fetcher import __version__, archive, warc
-from fetcher.daemons import process_alive, this_machine
+from fetcher.daemons import this_machine
+from fetcher.diskthread import Writer
 from fetcher.errors import BodyNotKept
-from fetcher.log import get_logger
 from fetcher.model import Validators
 
-__all__ = ["BodySink", "BodyStore", "repair"]
+__all__ = ["BodySink", "BodyStore"]
 
-_log = get_logger("fetcher.bodies")
 _SPILL_BYTES = 256 * 1024
 _CHUNK = 1 << 20
 _MAX_PIECES = 64  # a record's pieces go to one writev (IOV_MAX is 1024)
@@ -51,7 +49,7 @@ class BodySink:
     copy; written with one writev). Past `_SPILL_BYTES` the pieces go to a temporary file, hashed
     on the way, by the writer thread: the event loop never writes to the disk."""
 
-    def __init__(self, tmp: str, writer: _Writer) -> None:
+    def __init__(self, tmp: str, writer: Writer) -> None:
         self._tmp = tmp
         self._writer = writer
         self._pieces: list[bytes] = []
@@ -140,10 +138,10 @@ class BodyStore:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         (root / "tmp").mkdir(mode=0o700, exist_ok=True)
         self._tmp = str(root / "tmp")
-        repair(root)
+        archive.repair(root)
         self._max_bytes = max_bytes
         self._gzip = gzip
-        self._writer = _Writer()
+        self._writer = Writer()
         self._current: _Current | None = None
         self._serial = 0
         self._originals: dict[str, warc.Original] = {}  # payloads in the current file
@@ -306,74 +304,6 @@ class BodyStore:
         (self.root / (current.name + archive.OPEN)).unlink(missing_ok=True)
 
 
-class _Writer:
-    """One thread that runs what it is handed in order, and hands the answers back to the
-    event loop a batch at a time: one wake-up of the loop for all the records written while it
-    was busy (a thread pool wakes it once a call)."""
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._work, name="fetcher-warc", daemon=True)
-        self.thread.start()
-
-    async def run(self, call: Callable[..., Any], *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._jobs.put((loop, future, call, args))
-        return await future
-
-    def post(self, call: Callable[..., Any], *args: Any) -> None:
-        """Run `call` in turn, answering nobody (it keeps its own failure)."""
-        self._jobs.put((None, None, call, args))
-
-    def stop(self) -> None:
-        """Once every job handed over has run."""
-        self._jobs.put(None)
-        self.thread.join()
-
-    def _work(self) -> None:
-        stopping = False
-        while not stopping:
-            batch = [self._jobs.get()]
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    batch.append(self._jobs.get_nowait())
-            done: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
-            for job in batch:
-                if job is None:
-                    stopping = True
-                    continue
-                loop, future, call, args = job
-                try:
-                    answer: _Answer = (future, call(*args), None)
-                except BaseException as exc:  # handed to the caller, whatever it is
-                    answer = (future, None, exc)
-                if loop is not None:
-                    done.setdefault(loop, []).append(answer)
-            for loop, answers in done.items():
-                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                    loop.call_soon_threadsafe(_answer, answers)
-
-
-_Job = tuple[
-    asyncio.AbstractEventLoop | None,
-    "asyncio.Future[Any] | None",
-    Callable[..., Any],
-    tuple[Any, ...],
-]
-_Answer = tuple["asyncio.Future[Any] | None", Any, BaseException | None]
-
-
-def _answer(answers: list[_Answer]) -> None:
-    for future, result, error in answers:
-        if future is None or future.cancelled():
-            continue
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-
 def _write_all(fd: int, parts: list[bytes]) -> int:
     """Write `parts` in order: one writev, then what a short write left."""
     total = sum(len(part) for part in parts)
@@ -398,25 +328,3 @@ def _info() -> list[tuple[str, str]]:
 def _record_id_of(record: bytes) -> str:
     start = record.index(b"WARC-Record-ID: ") + len(b"WARC-Record-ID: ")
     return record[start : record.index(b"\r\n", start)].decode()
-
-
-def repair(root: Path) -> None:
-    """Files a daemon of this machine was appending to when it died: the torn last record cut
-    off, the marker removed. A live daemon's file, and another machine's, are left alone."""
-    here, me = this_machine(), os.getpid()
-    for marker in sorted(root.glob("*" + archive.OPEN)):
-        name = marker.name[: -len(archive.OPEN)]
-        owner = archive.parse_name(name)
-        if owner is None or owner[0] != archive.label(here):
-            continue
-        if owner[1] != me and process_alive(owner[1]):
-            continue
-        path = root / name
-        if path.exists():
-            with open(path, "r+b") as file:
-                end = max((e for _, e, _ in warc.scan(file, archive.is_gzipped(name))), default=0)
-                size = file.seek(0, os.SEEK_END)
-                if size > end:
-                    file.truncate(end)
-                    _log.warning("warc.repaired", file=name, cut_bytes=size - end)
-        marker.unlink(missing_ok=True)

@@ -13,7 +13,8 @@ import pytest
 from warcio.archiveiterator import ArchiveIterator
 
 from fetcher import archive, warc
-from fetcher.bodies import BodyStore, repair
+from fetcher.archive import repair
+from fetcher.bodies import BodyStore
 from fetcher.errors import BodyNotKept
 
 CAPTURE = warc.Capture(
