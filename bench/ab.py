@@ -88,17 +88,24 @@ def one_submit(src: Path, urls: Path, workdir: Path) -> float:
     return time.perf_counter() - started
 
 
-def compare_submits(srcs: dict[str, Path], n: int, reps: int, workdir: Path) -> None:
+def compare_submits(
+    srcs: dict[str, Path], n: int, reps: int, workdir: Path, json_lines: bool
+) -> None:
     urls = workdir / "scale.txt"
     with urls.open("w") as f:
         for i in range(n):
             h = i % 10_000
-            f.write(f"http://127.0.{h // 250}.{2 + h % 250}:18081/item/{i}\n")
+            url = f"http://127.0.{h // 250}.{2 + h % 250}:18081/item/{i}"
+            if json_lines:  # as BENCHMARKS.md's JSON lines figure was made
+                f.write(json.dumps({"url": url, "priority": i % 7, "metadata": {"n": i}}) + "\n")
+            else:
+                f.write(url + "\n")
     runs: dict[str, list[float]] = {rev: [] for rev in srcs}
     for _ in range(reps):
         for rev, src in srcs.items():
             runs[rev].append(one_submit(src, urls, workdir))
-    print(f"fetcher submit of {n:,} URLs over 10,000 hosts, medians of {reps} interleaved runs")
+    what = "JSON lines" if json_lines else "URLs"
+    print(f"fetcher submit of {n:,} {what} over 10,000 hosts, medians of {reps} interleaved runs")
     for rev, values in runs.items():
         every = ", ".join(f"{v:.2f}" for v in values)
         print(f"{rev:>12}  {statistics.median(values):6.2f} s   (runs: {every})")
@@ -126,6 +133,7 @@ def main() -> None:
     parser.add_argument("--urls", type=int, default=20_000)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--submit", type=int, metavar="N", help="time submits of N URLs instead")
+    parser.add_argument("--json", action="store_true", help="with --submit: JSON lines")
     parser.add_argument("--polite", action="store_true", help="the many-polite-hosts case")
     parser.add_argument(
         "--path", default="", help="URL path prefix: 100k/ for distinct 100 kB answers, 1k/, 1m/"
@@ -134,7 +142,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="fetcher-ab-"))
     srcs = {rev: checkout(rev, workdir / f"rev{i}") for i, rev in enumerate(args.revs)}
     if args.submit:
-        compare_submits(srcs, args.submit, args.reps, workdir)
+        compare_submits(srcs, args.submit, args.reps, workdir, args.json)
         return
     if args.polite:
         compare_polite(srcs, args.reps, workdir)

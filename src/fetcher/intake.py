@@ -29,6 +29,7 @@ COLUMNS: dict[str, Any] = {
     "metadata": None, "webhook": None, "every_s": None, "adaptive": 0, "min_every_s": None,
     "max_every_s": None, "notify_changed": 0,
 }  # fmt: skip
+_NAMES = list(COLUMNS)
 
 
 @dataclass  # not slots: `keys` is cached on the instance
@@ -62,16 +63,18 @@ class SubmissionPlan:
                 (job_id, jobs[i].target.url, jobs[i].target.host_key)
                 for job_id, i in zip(ids, order, strict=True)
             ]
-        values = [self._values(self.jobs[i]) for i in order]
-        used = [n for n, name in enumerate(COLUMNS) if any(v[n] != COLUMNS[name] for v in values)]
-        names = [list(COLUMNS)[n] for n in used]
-        rows = [
-            (job_id, self.jobs[i].target.url, self.jobs[i].target.host_key, *(v[n] for n in used))
-            for job_id, i, v in zip(
-                range(first_id, first_id + len(order)), order, values, strict=True
-            )
-        ]
-        return names, rows
+        # column by column (zip, tuple.count: C loops), not a generator per row and column
+        columns = list(zip(*(self._values(jobs[i]) for i in order), strict=True))
+        used = [
+            n for n, default in enumerate(COLUMNS.values())
+            if columns[n].count(default) != len(order)
+        ]  # fmt: skip
+        targets = [jobs[i].target for i in order]
+        rows = list(zip(
+            range(first_id, first_id + len(order)), [t.url for t in targets],
+            [t.host_key for t in targets], *(columns[n] for n in used), strict=True,
+        ))  # fmt: skip
+        return [_NAMES[n] for n in used], rows
 
     def _values(self, job: JobRequest) -> tuple[Any, ...]:
         """A job's values of COLUMNS."""
