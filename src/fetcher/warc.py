@@ -1,6 +1,6 @@
 """WARC 1.1 records (ISO 28500:2017) as fetcher writes and reads them: bytes in, bytes out.
 
-Records are built by hand: warcio builds the same record at 3.3x the cost (bench/warc_writer.py,
+Records are built by hand: warcio builds the same record at 3x the cost (bench/warc_writer.py,
 BENCHMARKS.md), and the tests read every file fetcher writes with warcio. Where a record goes
 on disk, and when, is `bodies.py`'s.
 
