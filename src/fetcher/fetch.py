@@ -87,10 +87,11 @@ class Fetcher:
                 capture = await self._exchange(
                     hop, sink, request, max_bytes or self._max_body_bytes, wall
                 )
+            hop.latency_ms = (time.perf_counter() - started) * 1000.0  # the answer, not its record
             if hop.status == 304 and validators is not None:
                 hop.body_sha256, hop.body_path = validators.body_sha256, validators.body_path
             if isinstance(sink, BodySink):
-                await self._keep(hop, sink, capture, validators)
+                await self._keep(hop, sink, capture, validators, deadline_s)
         except Refused as exc:
             hop.refused = exc
         except BodyNotKept as exc:
@@ -105,7 +106,7 @@ class Fetcher:
             hop.unsent = hop.unsent or isinstance(exc, _NOTHING_SENT)
         finally:
             hop.sends = sends[0]
-            hop.latency_ms = (time.perf_counter() - started) * 1000.0
+            hop.latency_ms = hop.latency_ms or (time.perf_counter() - started) * 1000.0
             if isinstance(sink, BodySink) and not sink.handed:
                 sink.discard()
         if hop.error is not None:
@@ -176,14 +177,21 @@ class Fetcher:
         sink: BodySink,
         capture: warc.Capture,
         validators: Validators | None,
+        deadline_s: float,
     ) -> None:
-        """The body's record (a 304's: a revisit of the body the validators came with)."""
+        """The body's record (a 304's: a revisit of the body the validators came with), within
+        a deadline of its own: a body directory that hangs holds no job for ever."""
         assert self._bodies is not None
-        if hop.status == 304:
-            if validators is not None:
-                await self._bodies.revisit(capture, validators)
-        elif hop.location is None:
-            hop.body_sha256, hop.body_path = await self._bodies.keep(sink, capture)
+        try:
+            async with asyncio.timeout(deadline_s):
+                if hop.status == 304:
+                    if validators is not None:
+                        await self._bodies.revisit(capture, validators)
+                elif hop.location is None:
+                    hop.body_sha256, hop.body_path = await self._bodies.keep(sink, capture)
+        except TimeoutError:
+            stalled = OSError(f"the body directory did not answer within {deadline_s:g}s")
+            raise BodyNotKept(stalled) from None
 
 
 def _read_headers(hop: Hop, raw: list[tuple[bytes, bytes]]) -> str:

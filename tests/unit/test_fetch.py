@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import time
 from pathlib import Path
 
 import httpx
@@ -57,6 +58,19 @@ async def test_ok_response_counts_decoded_bytes_and_files_the_body(
     assert hop.body_path is not None and hop.body_sha256 is not None
     assert read_body(tmp_path / "bodies", hop.body_path) == b"x" * 1500
     assert hop.body_sha256 == hashlib.sha256(b"x" * 1500).hexdigest()
+
+
+async def test_a_body_directory_that_hangs_ends_the_attempt_not_the_job(
+    router: respx.Router, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record's write has a deadline of its own: past it the attempt ends `body not kept`
+    (tried again later), with the answer's latency, not the stalled write's."""
+    router.get("http://example.com/h").mock(return_value=httpx.Response(200, content=b"x"))
+    fetcher = make_fetcher(router, tmp_path)
+    monkeypatch.setattr(BodyStore, "_keep", lambda *_: time.sleep(1.0))
+    hop = await fetcher.fetch(parse_url("http://example.com/h"), timeout_s=0.2)
+    assert hop.local_error == "body not kept: the body directory did not answer within 0.2s"
+    assert hop.body_path is None and hop.latency_ms < 200
 
 
 async def test_gzip_body_is_counted_decoded(router: respx.Router, tmp_path: Path) -> None:
