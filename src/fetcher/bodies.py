@@ -24,7 +24,6 @@ import os
 import tempfile
 import threading
 import time
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,7 +219,7 @@ class BodyStore:
             return None
         try:
             with open(self.root / name, "rb") as file:
-                fields = warc.read_record(file, int(offset), archive.is_gzipped(name)).fields
+                fields = warc.read_fields(file, int(offset), archive.is_gzipped(name))
         except (OSError, ValueError):
             return None
         return warc.Original(
@@ -235,7 +234,7 @@ class BodyStore:
             yield from sink.chunks()
             yield warc.END
             return
-        packer = zlib.compressobj(6, zlib.DEFLATED, 31)
+        packer = warc.gzip_packer()
         yield before + packer.compress(head)
         for chunk in sink.chunks():
             yield packer.compress(chunk)
@@ -252,8 +251,9 @@ class BodyStore:
             name = archive.file_name(stamp, self._serial, this_machine(), os.getpid(), self._gzip)
             (self.root / (name + archive.OPEN)).touch(mode=0o600)
             fd = os.open(self.root / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            info = warc.warcinfo_record(name, _info(), now)
-            self._current = _Current(name, fd, 0, _record_id_of(info))
+            rid = warc.record_id()
+            self._current = _Current(name, fd, 0, rid)
+            info = warc.warcinfo_record(name, rid, _info(), now)
             try:
                 self._append([self._pack(info)])
             except OSError:
@@ -323,8 +323,3 @@ def _info() -> list[tuple[str, str]]:
         ("conformsTo", "http://iipc.github.io/warc-specifications/"),
         ("hostname", this_machine()),
     ]  # fmt: skip
-
-
-def _record_id_of(record: bytes) -> str:
-    start = record.index(b"WARC-Record-ID: ") + len(b"WARC-Record-ID: ")
-    return record[start : record.index(b"\r\n", start)].decode()

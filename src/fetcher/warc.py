@@ -25,8 +25,9 @@ from urllib.parse import urlsplit
 from fetcher.secrets import is_secret
 
 __all__ = [
-    "END", "Capture", "Original", "Record", "http_payload", "read_record", "record_id",
-    "request_record", "response_head", "revisit_record", "scan", "warc_date", "warcinfo_record",
+    "END", "IDENTICAL_PAYLOAD", "Capture", "Original", "Record", "gzip_member", "gzip_packer",
+    "http_payload", "read_fields", "read_record", "record_id", "request_record", "response_head",
+    "revisit_record", "scan", "warc_date", "warcinfo_record",
 ]  # fmt: skip
 
 END = b"\r\n\r\n"  # after every record's block
@@ -94,11 +95,11 @@ def _head(fields: Sequence[tuple[str, str]], length: int) -> bytes:
     return f"WARC/1.1\r\n{lines}Content-Length: {length}\r\n\r\n".encode()
 
 
-def warcinfo_record(filename: str, info: Sequence[tuple[str, str]], unix: float) -> bytes:
-    """The first record of every file: who wrote it, and how."""
+def warcinfo_record(filename: str, rid: str, info: Sequence[tuple[str, str]], unix: float) -> bytes:
+    """The first record of every file (`rid` its id): who wrote it, and how."""
     block = "".join(f"{name}: {value}\r\n" for name, value in info).encode()
     fields = [
-        ("WARC-Type", "warcinfo"), ("WARC-Record-ID", record_id()),
+        ("WARC-Type", "warcinfo"), ("WARC-Record-ID", rid),
         ("WARC-Date", warc_date(unix)), ("WARC-Filename", filename),
         ("Content-Type", "application/warc-fields"),
     ]  # fmt: skip
@@ -182,10 +183,15 @@ def request_record(capture: Capture, concurrent_to: str, warcinfo: str) -> bytes
     return _head(fields, len(block)) + block + END
 
 
+def gzip_packer() -> Any:
+    """A compressor of one gzip member (level 6, as warcio writes)."""
+    return zlib.compressobj(6, zlib.DEFLATED, 31)
+
+
 def gzip_member(data: bytes) -> bytes:
-    """One record as one gzip member (level 6, as warcio writes)."""
-    packer = zlib.compressobj(6, zlib.DEFLATED, 31)
-    return packer.compress(data) + packer.flush()
+    """One record as one gzip member."""
+    packer = gzip_packer()
+    return bytes(packer.compress(data) + packer.flush())
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -211,10 +217,48 @@ def _field(fields: dict[str, str], name: str) -> str:
     return next((v for k, v in fields.items() if k.lower() == name.lower()), "")
 
 
+def _plain_head(file: IO[bytes], offset: int) -> tuple[dict[str, str], int, int, bytes] | None:
+    """The header of the uncompressed record at `offset`: its fields, where its block starts
+    and how long it is (both from `offset`), and the bytes read; None if no whole header is
+    there."""
+    file.seek(offset)
+    head = b""
+    while len(head) < _MAX_HEAD:
+        more = file.read(4096)
+        if not more:
+            return None
+        head += more
+        parsed = _parse(head)
+        if parsed is not None:
+            return (*parsed, head)
+    return None
+
+
+def read_fields(file: IO[bytes], offset: int, gzipped: bool) -> dict[str, str]:
+    """The header fields of the record at `offset`, its block left unread (a gzip member is
+    inflated only as far as its header)."""
+    if not gzipped:
+        parsed = _plain_head(file, offset)
+        if parsed is None:
+            raise ValueError(f"no record at {offset}")
+        return parsed[0]
+    file.seek(offset)
+    unpacker, head = zlib.decompressobj(31), bytearray()
+    while len(head) < _MAX_HEAD and not unpacker.eof:
+        chunk = file.read(4096)
+        if not chunk:
+            break
+        head += unpacker.decompress(chunk)
+        found = _parse(bytes(head))
+        if found is not None:
+            return found[0]
+    raise ValueError(f"no record at {offset}")
+
+
 def read_record(file: IO[bytes], offset: int, gzipped: bool) -> Record:
     """The record at `offset`; ValueError if there is none, or only part of one."""
-    file.seek(offset)
     if gzipped:
+        file.seek(offset)
         unpacker = zlib.decompressobj(31)
         data = bytearray()
         while not unpacker.eof:
@@ -228,17 +272,10 @@ def read_record(file: IO[bytes], offset: int, gzipped: bool) -> Record:
         fields, start, length = parsed
         block = bytes(data[start : start + length])
     else:
-        head = file.read(4096)
-        parsed = _parse(head)
-        while parsed is None and len(head) < _MAX_HEAD:
-            more = file.read(4096)
-            if not more:
-                break
-            head += more
-            parsed = _parse(head)
-        if parsed is None:
+        found = _plain_head(file, offset)
+        if found is None:
             raise ValueError(f"no record at {offset}")
-        fields, start, length = parsed
+        fields, start, length, head = found
         block = head[start : start + length]
         if len(block) < length:
             block += file.read(length - len(block))
@@ -262,17 +299,13 @@ def scan(file: IO[bytes], gzipped: bool) -> Iterator[tuple[int, int, str]]:
 def _scan_plain(file: IO[bytes]) -> Iterator[tuple[int, int, str]]:
     offset = 0
     while True:
-        file.seek(offset)
-        head = file.read(4096)
-        if not head:
-            return
         try:
-            parsed = _parse(head)
+            found = _plain_head(file, offset)
         except (ValueError, KeyError):
             return
-        if parsed is None:
+        if found is None:
             return
-        fields, start, length = parsed
+        fields, start, length, _ = found
         file.seek(offset + start + length)
         if file.read(4) != END:
             return

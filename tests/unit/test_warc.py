@@ -68,6 +68,21 @@ def test_a_torn_end_is_not_a_record(gzipped: bool) -> None:
         warc.read_record(io.BytesIO(data), len(whole), gzipped)
 
 
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_a_header_past_4_kb_is_a_whole_record(gzipped: bool) -> None:
+    """A revisit names two URLs of up to 4,096 characters: its header passes 4 kB, and it is
+    still a whole record to scan (which repair trusts) and to the readers."""
+    long_url = "http://example.com/" + "a" * 4070
+    original = warc.Original("f.warc#10", "<urn:uuid:o>", long_url, "2026-01-01Z")
+    capture = warc.Capture(long_url, 1.0, None, 304, "Not Modified", "HTTP/1.1", [])
+    revisit = warc.revisit_record(capture, "<urn:uuid:v>", "ab" * 32, original, "<urn:uuid:x>")
+    first = warc.gzip_member(revisit) if gzipped else revisit
+    data = first + _response(b"after", gzipped)
+    assert [e for _, e, _ in warc.scan(io.BytesIO(data), gzipped)] == [len(first), len(data)]
+    assert warc.read_fields(io.BytesIO(data), 0, gzipped)["WARC-Refers-To-Target-URI"] == long_url
+    assert warc.read_record(io.BytesIO(data), 0, gzipped).type == "revisit"
+
+
 def test_request_and_revisit_records() -> None:
     """A request record keeps the body and no secret; a revisit names its original."""
     original = warc.Original("f.warc#10", "<urn:uuid:o>", "http://example.com/", "2026-01-01Z")
