@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import os
 import platform
@@ -56,6 +57,7 @@ def run_daemon(settings: Settings, *, drain: bool, progress: bool) -> int:
         load_hosts_file(settings.hosts_file, settings.default_limits) if settings.hosts_file else {}
     )
     _tune_gc()
+    _keep_freed_memory()
     try:
         failure = asyncio.run(_run(settings, overrides, drain=drain, progress=progress))
     except (OSError, StoreUnavailable) as exc:
@@ -72,6 +74,25 @@ def _tune_gc() -> None:
     collection: the collector then scans only what the loop allocates. The thresholds stay at
     Python's defaults: raised, they let cyclic garbage build up (BENCHMARKS.md, "gc")."""
     gc.freeze()
+
+
+def _keep_freed_memory() -> None:
+    """glibc gives the top of its heap back to the system once 128 kB lie free there, and
+    the next bodies read touch new pages again: a page fault each 4 kB, 16-24 a 100 kB answer.
+    Up to `_KEPT_FREE_BYTES` stay in the process instead, and blocks below `_MMAP_BYTES` (the
+    256 kB a socket read asks for) come from the heap, not from a mapping of their own
+    (BENCHMARKS.md, "freed memory"). Elsewhere than glibc, nothing changes."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, _MMAP_BYTES)
+    mallopt(_M_TRIM_THRESHOLD, _KEPT_FREE_BYTES)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+_KEPT_FREE_BYTES = 16 << 20
+_MMAP_BYTES = 1 << 20
 
 
 def _raise_open_files_limit() -> None:
