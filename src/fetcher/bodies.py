@@ -1,19 +1,22 @@
 """Kept bodies written as WARC records, one file per daemon at a time (`archive.py` names them).
 
-A body is collected by a `BodySink`: in memory up to `_SPILL_BYTES`, past that handed piece by
-piece to the writer thread, which spills it to a temporary file, so memory per request in
-flight stays bounded whatever the size cap. When the response is whole, `BodyStore.keep` hands
-it to the store's one writer thread (`diskthread.Writer`), which hashes it,
-appends its record (and a request record for a request with a body) and answers `FILE#OFFSET`:
-the event loop never waits on the disk, records never interleave, and a result can only point
-at a record already written. A payload the current file holds already, and a 304, get a
-`revisit` record; the result then points at the original.
+A body is collected by a `BodySink`: in memory while the bodies held by every request in flight
+stay within `_MEMORY_BYTES`; a body that would go past it is handed piece by piece to the
+writer thread, which spills it to a temporary file, so memory stays bounded whatever the size
+cap and the concurrency, and a body is written once when they allow. When the response is
+whole, `BodyStore.keep` hands it to the store's one writer thread (`diskthread.Writer`), which
+hashes it, appends its record (and a request record for a request with a body), makes the
+batch durable (fdatasync) and answers `FILE#OFFSET`: the event loop never waits on the disk,
+records never interleave, and a result can only point at a record already on the disk. A
+payload the current file holds already, and a 304, get a `revisit` record; the result then
+points at the original.
 
-A write that fails (disk full, directory gone) is cut off the file again and raises
-`BodyNotKept`, never a bare OSError that could pass for a network error. A daemon killed while
-writing leaves a `.open` marker beside its file; the next daemon started on the machine cuts
-that file's torn last record off and removes the marker. Files are closed (fsynced, marker
-removed) past FETCHER_WARC_MAX_BYTES and at shutdown.
+A write or a sync that fails (disk full, directory gone, I/O error) raises `BodyNotKept`,
+never a bare OSError that could pass for a network error; a failed write is cut off the file
+again, a failed sync abandons the file (the next record begins another). A daemon killed
+while writing leaves a `.open` marker beside its file; the next daemon started on the machine
+cuts that file's torn last record off and removes the marker. Files are closed (fsynced,
+marker removed) past FETCHER_WARC_MAX_BYTES and at shutdown.
 """
 
 from __future__ import annotations
@@ -37,24 +40,42 @@ from fetcher.model import Validators
 
 __all__ = ["BodySink", "BodyStore"]
 
-_SPILL_BYTES = 256 * 1024
+_MEMORY_BYTES = 64 << 20  # bodies held in memory at once, all requests together
+_STEP_BYTES = 256 * 1024  # a body's pieces go to the writer thread this much at a time
 _CHUNK = 1 << 20
 _MAX_PIECES = 64  # a record's pieces go to one writev (IOV_MAX is 1024)
 _ORIGINALS_MAX = 100_000
 
 
+class _Budget:
+    """The bytes bodies may still hold in memory (the event loop's: sinks take and give back)."""
+
+    __slots__ = ("free",)
+
+    def __init__(self, total: int) -> None:
+        self.free = total
+
+
 class BodySink:
     """Collects one body's decoded bytes, for `BodyStore.keep`: the pieces as they came (no
-    copy; written with one writev). Past `_SPILL_BYTES` the pieces go to a temporary file, hashed
-    on the way, by the writer thread: the event loop never writes to the disk."""
+    copy; written with one writev). A body up to `_STEP_BYTES` is hashed by the writer thread;
+    a larger one is hashed here `_STEP_BYTES` at a time, while its bytes are still in the
+    processor's cache (hashed at its end, from memory, a 1 MB body costs half as much again:
+    BENCHMARKS.md, "hashing"). When the memory budget is spent, the pieces go to a temporary
+    file, written by the writer thread: the event loop never writes to the disk."""
 
-    def __init__(self, tmp: str, writer: Writer) -> None:
+    def __init__(self, tmp: str, writer: Writer, budget: _Budget) -> None:
         self._tmp = tmp
         self._writer = writer
-        self._pieces: list[bytes] = []
+        self._budget = budget
+        self._held = 0  # of the budget
+        self._spilling = False
+        self._pieces: list[bytes] = []  # not spilled
         self._pending = 0  # bytes in _pieces
+        self._unhashed: list[bytes] = []
+        self._fresh = 0  # bytes in _unhashed
         self._file: IO[bytes] | None = None  # the spill file: the writer thread's
-        self._hash = hashlib.sha256()  # of what went to the spill file
+        self._hash = hashlib.sha256()  # the writer thread's once handed
         self._failure: OSError | None = None
         self.length = 0
         self.handed = False  # to the writer thread: the event loop no longer touches it
@@ -62,14 +83,39 @@ class BodySink:
     def write(self, data: bytes) -> None:
         if self._failure is not None:
             raise BodyNotKept(self._failure)
-        self.length += len(data)
-        self._pending += len(data)
-        self._pieces.append(bytes(data))
+        piece, size = bytes(data), len(data)
+        self.length += size
+        self._pending += size
+        self._fresh += size
+        self._pieces.append(piece)
+        self._unhashed.append(piece)
         if len(self._pieces) > _MAX_PIECES:  # many small pieces: one, so writev takes them
             self._pieces = [b"".join(self._pieces)]
-        if self._pending > _SPILL_BYTES:
+        if len(self._unhashed) > _MAX_PIECES:
+            self._unhashed = [b"".join(self._unhashed)]
+        if self._fresh > _STEP_BYTES:  # a large body: hashed here, while still in the cache
+            self._hash_pieces(self._unhashed)
+            self._unhashed, self._fresh = [], 0
+        if not self._spilling:
+            if size <= self._budget.free:
+                self._budget.free -= size
+                self._held += size
+                return
+            self._spilling = True  # the budget is spent: this body goes by the disk
+            self.release()
+        if self._pending > _STEP_BYTES:
             self._writer.post(self._spill, self._pieces)
             self._pieces, self._pending = [], 0
+
+    def release(self) -> None:
+        """Give the memory this body held back to the budget (the event loop's, once the
+        record is written or the body dropped)."""
+        self._budget.free += self._held
+        self._held = 0
+
+    def _hash_pieces(self, pieces: list[bytes]) -> None:
+        for piece in pieces:
+            self._hash.update(piece)
 
     def _spill(self, pieces: list[bytes]) -> None:  # the writer thread
         if self._failure is not None:
@@ -79,8 +125,6 @@ class BodySink:
                 self._file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in discard
                     dir=self._tmp, delete=False
                 )
-            for piece in pieces:
-                self._hash.update(piece)
             self._file.writelines(pieces)
         except OSError as exc:
             self._failure = exc
@@ -89,8 +133,7 @@ class BodySink:
         """The body's sha256 (the writer thread's: hashlib lets the event loop run)."""
         if self._failure is not None:
             raise self._failure
-        for piece in self._pieces:
-            self._hash.update(piece)
+        self._hash_pieces(self._unhashed)
         return self._hash.hexdigest()
 
     def chunks(self) -> Iterator[bytes]:
@@ -104,7 +147,10 @@ class BodySink:
     def discard(self) -> None:
         """Drop what was collected; a spill file that cannot even be closed is still removed.
         A sink that spilled is discarded by the writer thread, after its last spill."""
-        if self._pending == self.length or threading.current_thread() is self._writer.thread:
+        in_writer = threading.current_thread() is self._writer.thread
+        if not in_writer:
+            self.release()
+        if self._pending == self.length or in_writer:
             self._drop()
         else:
             self._writer.post(self._drop)
@@ -127,12 +173,20 @@ class _Current:
     fd: int
     size: int
     warcinfo: str
+    synced: int = 0  # bytes known to be on the disk
 
 
 class BodyStore:
     """The body directory (owner-only) and this daemon's WARC writer."""
 
-    def __init__(self, root: Path, *, max_bytes: int = 1 << 30, gzip: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_bytes: int = 1 << 30,
+        gzip: bool = False,
+        memory_bytes: int = _MEMORY_BYTES,
+    ) -> None:
         self.root = root
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         (root / "tmp").mkdir(mode=0o700, exist_ok=True)
@@ -140,13 +194,14 @@ class BodyStore:
         archive.repair(root)
         self._max_bytes = max_bytes
         self._gzip = gzip
-        self._writer = Writer()
+        self._writer = Writer(settle=self._sync)
+        self._budget = _Budget(memory_bytes)
         self._current: _Current | None = None
         self._serial = 0
         self._originals: dict[str, warc.Original] = {}  # payloads in the current file
 
     def sink(self) -> BodySink:
-        return BodySink(self._tmp, self._writer)
+        return BodySink(self._tmp, self._writer, self._budget)
 
     def holds(self, body_path: str | None) -> bool:
         """Whether the file a body_path names is still there (no body_path: nothing to hold)."""
@@ -159,6 +214,8 @@ class BodyStore:
             return await self._writer.run(self._keep, sink, capture)  # type: ignore[no-any-return]
         except OSError as exc:
             raise BodyNotKept(exc) from exc
+        finally:
+            sink.release()
 
     async def revisit(self, capture: warc.Capture, validators: Validators) -> None:
         """A 304's revisit record, referring to the response the validators came with."""
@@ -281,16 +338,44 @@ class BodyStore:
             try:
                 os.ftruncate(current.fd, start)
             except OSError:
-                os.close(current.fd)  # its marker stays: repaired at the next start
-                self._current = None
-                self._originals.clear()
+                self._abandon()
             raise
         current.size = start + written
         return start
 
+    def _sync(self) -> None:
+        """After each batch, before its answers: the records written are on the disk before a
+        result can point at them (a power loss then loses no committed result's body). Their
+        pages are then dropped from the page cache: an archive is not read back soon, the
+        database's pages stay cached, and the next records reuse the pages just freed instead
+        of touching new memory (BENCHMARKS.md, "page cache")."""
+        current = self._current
+        if current is None or current.synced == current.size:
+            return
+        try:
+            os.fdatasync(current.fd)
+        except OSError:
+            self._abandon()
+            raise
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(
+                current.fd, current.synced, current.size - current.synced,
+                os.POSIX_FADV_DONTNEED,
+            )  # fmt: skip
+        current.synced = current.size
+
     def _rotate_if_full(self) -> None:
         if self._current is not None and self._current.size >= self._max_bytes:
             self._close()
+
+    def _abandon(self) -> None:
+        """Stop appending to a file in a state not known (its marker stays: the next start
+        repairs it); the next record starts a new file."""
+        current, self._current = self._current, None
+        self._originals.clear()
+        if current is not None:
+            with contextlib.suppress(OSError):
+                os.close(current.fd)
 
     def _close(self) -> None:
         current, self._current = self._current, None

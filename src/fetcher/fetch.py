@@ -5,7 +5,7 @@ layer, so no cookie jar carries one job's cookies into another's request, and no
 cost for features a fetcher does not use. Library errors become one-line reasons here.
 
     Transport.send (guarded, each send counted)
-      → CappedDecoder (decoded-size cap) → BodySink (in memory, spilled to disk past 256 kB)
+      → CappedDecoder (decoded-size cap) → BodySink (in memory, spilled to disk past a budget)
 all inside one `asyncio.timeout`: FETCHER_TIMEOUT is a deadline for the whole hop, not per read.
 The body's WARC record is written after it (`BodyStore.keep`), so a slow disk is not the
 host's fault.

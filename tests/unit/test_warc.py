@@ -119,6 +119,88 @@ async def test_the_store_rotates_dedupes_and_serves_by_body_path(tmp_path: Path)
     assert not os.listdir(tmp_path / "tmp")  # no spill file left
 
 
+async def _settled(store: BodyStore) -> None:
+    """Once the writer thread has done everything handed to it before (it works in order)."""
+    await store.keep(store.sink(), CAPTURE)
+
+
+async def test_bodies_stay_in_memory_within_the_budget_and_spill_past_it(
+    tmp_path: Path,
+) -> None:
+    """Bodies in flight share one memory budget: within it a body is never written to a
+    temporary file (it is written once, into its record); the body that would pass it spills,
+    and still reads back whole; a kept body gives its share back."""
+    store = BodyStore(tmp_path, memory_bytes=600_000)
+    spilled = tmp_path / "tmp"
+    first, second = store.sink(), store.sink()
+    one, two = os.urandom(300_000), os.urandom(400_000)
+    for at in range(0, len(one), 10_000):
+        first.write(one[at : at + 10_000])
+    await _settled(store)
+    assert not os.listdir(spilled)
+    for at in range(0, len(two), 10_000):
+        second.write(two[at : at + 10_000])
+    extra, more = store.sink(), os.urandom(290_000)  # what the spilling body held is free again
+    for at in range(0, len(more), 10_000):
+        extra.write(more[at : at + 10_000])
+    await _settled(store)
+    assert len(os.listdir(spilled)) == 1  # the second body's
+    kept = [await store.keep(sink, CAPTURE) for sink in (first, second, extra)]
+    third = store.sink()  # the budget is whole again: 590 kB stay in memory
+    payload = os.urandom(590_000)
+    for at in range(0, len(payload), 10_000):
+        third.write(payload[at : at + 10_000])
+    await _settled(store)
+    assert not os.listdir(spilled)
+    kept.append(await store.keep(third, CAPTURE))
+    store.close()
+    for body, (digest, path) in zip((one, two, more, payload), kept, strict=True):
+        assert archive.read_body(tmp_path, path) == body
+        assert digest == hashlib.sha256(body).hexdigest()
+
+
+async def test_spilling_shows_while_it_happens(tmp_path: Path) -> None:
+    """The body past the budget goes to a temporary file as it comes (not at its end)."""
+    store = BodyStore(tmp_path, memory_bytes=100_000)
+    sink = store.sink()
+    for _ in range(40):
+        sink.write(os.urandom(10_000))
+    await _settled(store)
+    assert len(os.listdir(tmp_path / "tmp")) == 1
+    sink.discard()
+    await _settled(store)
+    assert not os.listdir(tmp_path / "tmp")
+    store.close()
+
+
+async def test_a_dropped_body_gives_its_memory_back(tmp_path: Path) -> None:
+    """A body dropped before it was kept (the fetch failed) frees its share of the budget."""
+    store = BodyStore(tmp_path, memory_bytes=300_000)
+    for _ in range(3):
+        sink = store.sink()
+        for _ in range(29):
+            sink.write(os.urandom(10_000))
+        await _settled(store)
+        assert not os.listdir(tmp_path / "tmp")
+        sink.discard()
+    store.close()
+
+
+@pytest.mark.parametrize("piece", [1, 4_000, 65_536, 300_000])
+async def test_the_digest_is_the_bodys_whatever_its_pieces(tmp_path: Path, piece: int) -> None:
+    """Small bodies are hashed by the writer thread, large ones in steps as they come, many
+    tiny pieces joined: the digest is the whole body's either way."""
+    store = BodyStore(tmp_path)
+    body = os.urandom(1_000_003 if piece > 1 else 5_000)
+    sink = store.sink()
+    for at in range(0, len(body), piece):
+        sink.write(body[at : at + piece])
+    digest, path = await store.keep(sink, CAPTURE)
+    store.close()
+    assert digest == hashlib.sha256(body).hexdigest()
+    assert archive.read_body(tmp_path, path) == body
+
+
 async def test_a_failed_write_is_cut_off_and_the_file_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -143,6 +225,49 @@ async def test_a_failed_write_is_cut_off_and_the_file_goes_on(
     with open(tmp_path / found.name, "rb") as handle:
         ends = [e for _, e, _ in warc.scan(handle, False)]
     assert ends[-1] == found.size and len(ends) == 5  # warcinfo, 2 x (request + response)
+
+
+async def test_a_record_is_on_the_disk_before_its_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The FILE#OFFSET a result will commit is answered only after fdatasync covered the
+    record: a power loss cannot leave a committed result pointing past a file's end."""
+    store = BodyStore(tmp_path)
+    synced: list[int] = []  # the file's size at each fdatasync
+    real = os.fdatasync
+
+    def recording(fd: int) -> None:
+        real(fd)
+        synced.append(os.fstat(fd).st_size)
+
+    monkeypatch.setattr(os, "fdatasync", recording)
+    _, path = await _keep(store, b"payload" * 100)
+    name, _, offset = path.partition("#")
+    assert synced and synced[-1] == (tmp_path / name).stat().st_size > int(offset)
+    store.close()
+
+
+async def test_a_failed_sync_fails_the_batch_and_a_new_file_is_begun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An fdatasync that fails (EIO) says nothing about what reached the disk: the answers of
+    its batch are BodyNotKept, and the next record goes to a new file (the old one keeps its
+    marker, for the next start's repair)."""
+    store = BodyStore(tmp_path)
+    await _keep(store, b"first")
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    with pytest.raises(BodyNotKept, match="Input/output error"):
+        await _keep(store, b"second")
+    monkeypatch.undo()
+    _, path = await _keep(store, b"third")
+    store.close()
+    assert archive.read_body(tmp_path, path) == b"third"
+    files = archive.warc_files(tmp_path)
+    assert len(files) == 2 and [f.open for f in files].count(True) == 1
 
 
 def test_repair_cuts_a_dead_daemons_torn_record_and_leaves_a_live_ones(tmp_path: Path) -> None:
