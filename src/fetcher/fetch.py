@@ -155,7 +155,10 @@ class Fetcher:
             hop.status = response.status_code
             encoding = _read_headers(hop, response.headers.raw)
             decoder = CappedDecoder(encoding, max_bytes)
-            async for raw in response.aiter_raw():
+            stream = response.stream  # as it came: aiter_raw adds a layer a chunk
+            if not isinstance(stream, httpx.AsyncByteStream):
+                raise TypeError("the transport gave a response that cannot be read async")
+            async for raw in stream:
                 for piece in decoder.feed(raw):
                     if sink is not None:
                         sink.write(piece)

@@ -8,7 +8,7 @@ the guard approved; tests put any httpx transport behind `HttpxTransport` (respx
 `httpx.MockTransport`): the seam, as httpx's `MockTransport` is httpx's. Both are the same path
 for the code above them.
 
-    AiohttpTransport.send (a middleware counts every send)
+    AiohttpTransport.send (its connector counts every send)
       → guard.check (resolve, refuse non-public, pin) when a new connection is wanted
       → connect to the pinned address, the socket refused if its peer is not public, whatever
         led there
@@ -20,13 +20,14 @@ import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 import httpx
 import yarl
 from aiohappyeyeballs import AddrInfoType
 from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.connector import Connection
 
 from fetcher.config import Settings
 from fetcher.errors import BlockedDestination
@@ -93,13 +94,21 @@ class _PinnedResolver(AbstractResolver):
         return None
 
 
-async def _count_sends(
-    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
-) -> aiohttp.ClientResponse:
-    counter = _sends.get(None)
-    if counter is not None:
-        counter[0] += 1
-    return await handler(request)
+class _CountingConnector(aiohttp.TCPConnector):
+    """aiohttp asks its connector for a connection once a send (its one retry on a reused
+    connection that reset included): each ask is counted. A client middleware did the same
+    for 5-7 µs a request (BENCHMARKS.md, "own transport")."""
+
+    async def connect(
+        self,
+        req: aiohttp.ClientRequest,
+        traces: list[Any],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
+    ) -> Connection:
+        counter = _sends.get(None)
+        if counter is not None:
+            counter[0] += 1
+        return await super().connect(req, traces, timeout)
 
 
 def _checked_socket(guard: Guard) -> Callable[[AddrInfoType], socket.socket]:
@@ -123,7 +132,7 @@ def build_transport(settings: Settings, guard: Guard) -> AiohttpTransport:
     connect_timeout_s = settings.connect_timeout
 
     def session() -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
+        connector = _CountingConnector(
             limit=0,
             use_dns_cache=False,
             resolver=_PinnedResolver(guard),
@@ -136,7 +145,6 @@ def build_transport(settings: Settings, guard: Guard) -> AiohttpTransport:
             connector=connector,
             trust_env=False,
             auto_decompress=False,
-            middlewares=(_count_sends,),
             # only the connect is timed here: the caller's whole-request deadline covers every
             # read, and per-read timers cost aiohttp a timer reschedule per chunk
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s),
