@@ -6,6 +6,7 @@ process), CPU time per request (user + system of the process), and the time from
 
     .venv/bin/python bench/ab.py e49b9b3 HEAD            # 20,000 URLs, 1 host, 5 runs each
     .venv/bin/python bench/ab.py feec5a2~1 feec5a2 --reps 7
+    .venv/bin/python bench/ab.py 21df644 HEAD --path 100k/ --urls 5000 --set save_bodies=false
 
 With --submit N, it times `fetcher submit -f` of N URLs over 10,000 hosts into a fresh
 database instead (the URLs of `make bench --only scale`; no origin needed):
@@ -23,6 +24,7 @@ import argparse
 import datetime
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -56,14 +58,17 @@ def tail_s(log: Path) -> float:
     return stamps["service.stopped"] - stamps["job"]
 
 
-def one_run(src: Path, urls: Path, n: int, workdir: Path) -> tuple[float, float, float]:
+def one_run(
+    src: Path, urls: Path, n: int, workdir: Path, variables: dict[str, str]
+) -> tuple[float, float, float, float]:
     db = fresh_db(workdir / "ab.db")
     shutil.rmtree(workdir / "bodies", ignore_errors=True)
-    env = fetcher_env(db, max_concurrency=64, host_concurrency=64, host_rate=0)
+    env = fetcher_env(db, max_concurrency=64, host_concurrency=64, host_rate=0, **variables)
     env["PYTHONPATH"] = str(src)
     fetcher = [sys.executable, "-m", "fetcher"]
     subprocess.run([*fetcher, "submit", "-f", str(urls)], env=env, check=True, capture_output=True)
     log = workdir / "ab.log"
+    faults = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
     before, started = os.times(), time.perf_counter()
     with log.open("wb") as out:
         subprocess.run([*pinned(1), *fetcher, "run", "--drain"], env=env, stdout=out, stderr=out)
@@ -71,7 +76,8 @@ def one_run(src: Path, urls: Path, n: int, workdir: Path) -> tuple[float, float,
     cpu = (after.children_user + after.children_system) - (
         before.children_user + before.children_system
     )
-    return n / wall, cpu / n * 1e6, tail_s(log)
+    faults = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - faults
+    return n / wall, cpu / n * 1e6, tail_s(log), faults / n
 
 
 def one_submit(src: Path, urls: Path, workdir: Path) -> float:
@@ -138,6 +144,10 @@ def main() -> None:
     parser.add_argument(
         "--path", default="", help="URL path prefix: 100k/ for distinct 100 kB answers, 1k/, 1m/"
     )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE",
+        help="a FETCHER_ variable for every run, e.g. save_bodies=false",
+    )  # fmt: skip
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="fetcher-ab-"))
     srcs = {rev: checkout(rev, workdir / f"rev{i}") for i, rev in enumerate(args.revs)}
@@ -151,19 +161,24 @@ def main() -> None:
     urls.write_text(
         "".join(f"http://{ADDRESSES[0]}:{PORT}/{args.path}{i}\n" for i in range(args.urls))
     )
-    runs: dict[str, list[tuple[float, float, float]]] = {rev: [] for rev in args.revs}
+    variables = dict(setting.split("=", 1) for setting in args.set)
+    runs: dict[str, list[tuple[float, float, float, float]]] = {rev: [] for rev in args.revs}
     with Nginx(workdir, scale=False):
         for _ in range(args.reps):
             for rev, src in srcs.items():
-                runs[rev].append(one_run(src, urls, args.urls, workdir))
+                runs[rev].append(one_run(src, urls, args.urls, workdir, variables))
     answers = f"/{args.path}… answers" if args.path else "1 kB answers"
-    print(f"{args.urls:,} URLs, {answers}, 1 host, C=64, medians of {args.reps} interleaved runs")
+    settings = "".join(f", FETCHER_{k.upper()}={v}" for k, v in variables.items())
+    print(
+        f"{args.urls:,} URLs, {answers}, 1 host, C=64{settings},"
+        f" medians of {args.reps} interleaved runs"
+    )
     for rev, values in runs.items():
-        rate, cpu, tail = (statistics.median(v) for v in zip(*values, strict=True))
+        rate, cpu, tail, faults = (statistics.median(v) for v in zip(*values, strict=True))
         every = ", ".join(f"{v[0]:,.0f}" for v in values)
         print(
-            f"{rev:>12}  {rate:7,.0f} req/s  {cpu:5.0f} µs CPU a request"
-            f"  {tail:5.3f} s last job → stopped   (req/s: {every})"
+            f"{rev:>12}  {rate:7,.0f} req/s  {cpu:5.0f} µs CPU a request  {faults:4.1f} page"
+            f" faults a request  {tail:5.3f} s last job → stopped   (req/s: {every})"
         )
 
 
