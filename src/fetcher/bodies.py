@@ -5,15 +5,15 @@ stay within `_MEMORY_BYTES`; a body that would go past it is handed piece by pie
 writer thread, which spills it to a temporary file, so memory stays bounded whatever the size
 cap and the concurrency, and a body is written once when they allow. When the response is
 whole, `BodyStore.keep` hands it to the store's one writer thread (`diskthread.Writer`), which
-hashes it, appends its record (and a request record for a request with a body), makes the
-batch durable (fdatasync) and answers `FILE#OFFSET`: the event loop never waits on the disk,
-records never interleave, and a result can only point at a record already on the disk. A
-payload the current file holds already, and a 304, get a `revisit` record; the result then
-points at the original.
+hashes it, appends its record (and a request record for a request with a body) and answers
+`FILE#OFFSET`: the event loop never waits on the disk, and records never interleave. Before
+each commit of results the recorder asks `BodyStore.durable` (one fdatasync), so a result can
+only point at a record already on the disk. A payload the current file holds already, and a
+304, get a `revisit` record; the result then points at the original.
 
-A write or a sync that fails (disk full, directory gone, I/O error) raises `BodyNotKept`,
-never a bare OSError that could pass for a network error; a failed write is cut off the file
-again, a failed sync abandons the file (the next record begins another). A daemon killed
+A write that fails (disk full, directory gone) is cut off the file again and raises
+`BodyNotKept`, never a bare OSError that could pass for a network error. A sync that fails
+abandons the file (the next record begins another) and stops the commit. A daemon killed
 while writing leaves a `.open` marker beside its file; the next daemon started on the machine
 cuts that file's torn last record off and removes the marker. Files are closed (fsynced,
 marker removed) past FETCHER_WARC_MAX_BYTES and at shutdown.
@@ -194,7 +194,7 @@ class BodyStore:
         archive.repair(root)
         self._max_bytes = max_bytes
         self._gzip = gzip
-        self._writer = Writer(settle=self._sync)
+        self._writer = Writer()
         self._budget = _Budget(memory_bytes)
         self._current: _Current | None = None
         self._serial = 0
@@ -216,6 +216,15 @@ class BodyStore:
             raise BodyNotKept(exc) from exc
         finally:
             sink.release()
+
+    async def durable(self) -> None:
+        """Every record written so far is on the disk (fdatasync). The recorder waits for this
+        before each commit, so no committed result points at a record a power loss could take;
+        it costs one fdatasync a commit, not a record (and no job's slot waits for it). A sync
+        that fails raises OSError: what the file holds is then unknown, and the commit must
+        not happen."""
+        if not self._writer.stopped:  # stopped: close() synced the file
+            await self._writer.run(self._sync)
 
     async def revisit(self, capture: warc.Capture, validators: Validators) -> None:
         """A 304's revisit record, referring to the response the validators came with."""
@@ -344,11 +353,10 @@ class BodyStore:
         return start
 
     def _sync(self) -> None:
-        """After each batch, before its answers: the records written are on the disk before a
-        result can point at them (a power loss then loses no committed result's body). Their
-        pages are then dropped from the page cache: an archive is not read back soon, the
-        database's pages stay cached, and the next records reuse the pages just freed instead
-        of touching new memory (BENCHMARKS.md, "page cache")."""
+        """The records written are on the disk; their pages are then dropped from the page
+        cache: an archive is not read back soon, the database's pages stay cached, and the next
+        records reuse the pages just freed instead of touching new memory (BENCHMARKS.md,
+        "dropped pages"). A sync that fails abandons the file."""
         current = self._current
         if current is None or current.synced == current.size:
             return

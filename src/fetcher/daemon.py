@@ -196,7 +196,7 @@ def build_service(
         if webhooks is not None:
             webhooks.wake()
 
-    recorder = Recorder(guarded, metrics, told)
+    recorder = Recorder(guarded, metrics, told, durable=bodies.durable if bodies else None)
     handler = JobHandler(
         settings, fetcher, limits=limits, robots=robots, scheduler=scheduler, feeder=feeder,
         recorder=recorder, clocks=clocks,

@@ -18,13 +18,15 @@ class Writer:
     event loop a batch at a time: one wake-up of the loop for all the records written while it
     was busy (a thread pool wakes it once a call)."""
 
-    def __init__(self, settle: Callable[[], None] = lambda: None) -> None:
-        self._settle = settle
+    def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.stopped = False
         self.thread = threading.Thread(target=self._work, name="fetcher-warc", daemon=True)
         self.thread.start()
 
     async def run(self, call: Callable[..., Any], *args: Any) -> Any:
+        if self.stopped:  # nobody would ever answer
+            raise RuntimeError("the writer thread has stopped")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._jobs.put((loop, future, call, args))
@@ -36,6 +38,7 @@ class Writer:
 
     def stop(self) -> None:
         """Once every job handed over has run."""
+        self.stopped = True
         self._jobs.put(None)
         self.thread.join()
 
@@ -58,14 +61,6 @@ class Writer:
                     answer = (future, None, exc)
                 if loop is not None:
                     done.setdefault(loop, []).append(answer)
-            try:
-                self._settle()
-            except BaseException as exc:  # what was written is not known to be kept
-                done = {
-                    loop: [(future, None, exc if error is None else error)
-                           for future, _, error in answers]
-                    for loop, answers in done.items()
-                }  # fmt: skip
             for loop, answers in done.items():
                 with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                     loop.call_soon_threadsafe(_answer, answers)

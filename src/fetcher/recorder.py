@@ -1,7 +1,10 @@
 """Recording: group commit of outcomes, requests, host pauses and robots.txt verdicts.
 
 Whatever settled since the last commit goes in the next one, so batches grow with the load and
-an outcome waits at most one commit and a short gap. Until its batch commits, everything stays
+an outcome waits at most one commit and a short gap. Kept bodies are made durable first (one
+fdatasync a commit): a committed result never points at a record a power loss could take; a
+sync that fails is not a store outage, and stops the daemon (its uncommitted jobs are fetched
+again after the restart, as after a crash). Until its batch commits, everything stays
 here in memory: a store that is away for a while delays the commit, it never drops a batch.
 """
 
@@ -9,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from fetcher.batch import Batch
@@ -35,8 +38,10 @@ class Recorder:
         queue: GuardedQueue,
         metrics: Metrics | None = None,
         told: Callable[[], None] | None = None,
+        durable: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._queue = queue
+        self._durable = durable  # the bodies the batch points at are on the disk
         self._metrics = metrics
         self._told = told  # results committed: the API's long polls and the webhooks look now
         self._outcomes: list[Outcome] = []
@@ -86,6 +91,8 @@ class Recorder:
             return
         self._outcomes, self._exchanges, self._pauses, self._robots = [], [], {}, {}
         try:
+            if self._durable is not None and batch.outcomes:
+                await self._durable()
             await (via or self._queue).record(batch)
         except BaseException:
             self._outcomes[:0] = batch.outcomes

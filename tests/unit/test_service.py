@@ -4,6 +4,7 @@ cap, no head-of-line blocking, shutdown, a store that goes away, and a task with
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -15,6 +16,8 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
+from fetcher.batch import Batch
+from fetcher.bodies import BodyStore
 from fetcher.clocks import Clocks
 from fetcher.config import HostLimits, Settings
 from fetcher.daemon import build_service
@@ -74,6 +77,7 @@ def make_service(
     drain: bool = True,
     clock: Callable[[], float] | None = None,
     hosts: dict[str, HostLimits] | None = None,
+    bodies: BodyStore | None = None,
     **overrides: object,
 ) -> Service:
     values: dict[str, object] = {
@@ -81,13 +85,14 @@ def make_service(
     }  # fmt: skip
     values.update(overrides)
     settings = Settings(db=tmp_path / "unused.db", allow_private=True, **values)  # type: ignore[arg-type]
-    fetcher = Fetcher(settings, HttpxTransport(origin), None)
+    fetcher = Fetcher(settings, HttpxTransport(origin), bodies)
     return build_service(
         settings,
         queue,
         fetcher,
         drain=drain,
         overrides=hosts,
+        bodies=bodies,
         install_signal_handlers=False,
         clocks=Clocks(clock or FrozenClock(100.0), FrozenClock(WALL)),
     )
@@ -116,6 +121,35 @@ async def test_the_global_cap_is_reached_and_never_exceeded(tmp_path: Path) -> N
     assert summary.done == 50 and queue.states() == Counter(done=50)
     assert origin.requests == Counter({url: 1 for url in urls})
     assert sum(c["requests"] for c in queue.counters.values()) == 50
+
+
+async def test_a_result_is_committed_only_once_its_body_is_on_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every commit of results with kept bodies comes after an fdatasync that covered their
+    records: a power loss cannot leave a committed result pointing past a file's end."""
+    queue, origin = MemoryQueue(), FakeOrigin()
+    await submit(queue, [f"h{i}.example" for i in range(4)], 25)
+    synced: list[int] = []  # the WARC file's size at each fdatasync
+    real_sync, real_record = os.fdatasync, queue.record
+
+    def sync(fd: int) -> None:
+        real_sync(fd)
+        synced.append(os.fstat(fd).st_size)
+
+    async def record(batch: Batch) -> None:
+        for outcome in batch.outcomes:
+            assert outcome.body_path is not None
+            assert synced and synced[-1] > int(outcome.body_path.partition("#")[2])
+        await real_record(batch)
+
+    monkeypatch.setattr(os, "fdatasync", sync)
+    queue.record = record  # type: ignore[method-assign]
+    bodies = BodyStore(tmp_path / "bodies")
+    summary = await asyncio.wait_for(make_service(tmp_path, queue, origin, bodies=bodies).run(), 30)
+    bodies.close()
+    assert summary.done == 100 and queue.states() == Counter(done=100)
+    assert 0 < len(synced) < 100  # once a commit, not once a record
 
 
 async def test_a_paused_host_never_holds_a_slot_another_host_could_use(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ rotation, a failed write and a torn end, without a daemon."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import os
@@ -14,8 +15,15 @@ from warcio.archiveiterator import ArchiveIterator
 
 from fetcher import archive, warc
 from fetcher.archive import repair
+from fetcher.batch import Batch
 from fetcher.bodies import BodyStore
 from fetcher.errors import BodyNotKept
+from fetcher.guarded import GuardedQueue
+from fetcher.model import JobState, Outcome
+from fetcher.recorder import Recorder
+from fetcher.supervisor import StoreHealth
+from fetcher.systemd import Notifier
+from tests.memory_queue import MemoryQueue
 
 CAPTURE = warc.Capture(
     url="http://example.com/a?b=1", started=1_796_000_000.25, peer="93.184.216.34", status=200,
@@ -227,11 +235,11 @@ async def test_a_failed_write_is_cut_off_and_the_file_goes_on(
     assert ends[-1] == found.size and len(ends) == 5  # warcinfo, 2 x (request + response)
 
 
-async def test_a_record_is_on_the_disk_before_its_answer(
+async def test_durable_syncs_every_record_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The FILE#OFFSET a result will commit is answered only after fdatasync covered the
-    record: a power loss cannot leave a committed result pointing past a file's end."""
+    """`durable` returns once fdatasync covered every record written: what the recorder waits
+    for before a commit, so no committed result points past what is on the disk."""
     store = BodyStore(tmp_path)
     synced: list[int] = []  # the file's size at each fdatasync
     real = os.fdatasync
@@ -242,17 +250,22 @@ async def test_a_record_is_on_the_disk_before_its_answer(
 
     monkeypatch.setattr(os, "fdatasync", recording)
     _, path = await _keep(store, b"payload" * 100)
+    assert not synced  # the record's answer does not wait for the disk
+    await store.durable()
     name, _, offset = path.partition("#")
-    assert synced and synced[-1] == (tmp_path / name).stat().st_size > int(offset)
+    assert synced == [(tmp_path / name).stat().st_size] and synced[0] > int(offset)
+    await store.durable()
+    assert len(synced) == 1  # nothing new written: no second sync
     store.close()
+    await store.durable()  # after close (which synced): nothing to do, no hang
 
 
-async def test_a_failed_sync_fails_the_batch_and_a_new_file_is_begun(
+async def test_a_failed_sync_raises_and_a_new_file_is_begun(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An fdatasync that fails (EIO) says nothing about what reached the disk: the answers of
-    its batch are BodyNotKept, and the next record goes to a new file (the old one keeps its
-    marker, for the next start's repair)."""
+    """An fdatasync that fails (EIO) says nothing about what reached the disk: `durable`
+    raises, and the next record goes to a new file (the old one keeps its marker, for the next
+    start's repair)."""
     store = BodyStore(tmp_path)
     await _keep(store, b"first")
 
@@ -260,14 +273,43 @@ async def test_a_failed_sync_fails_the_batch_and_a_new_file_is_begun(
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(os, "fdatasync", failing)
-    with pytest.raises(BodyNotKept, match="Input/output error"):
-        await _keep(store, b"second")
+    with pytest.raises(OSError, match="Input/output error"):
+        await store.durable()
     monkeypatch.undo()
     _, path = await _keep(store, b"third")
+    await store.durable()
     store.close()
     assert archive.read_body(tmp_path, path) == b"third"
     files = archive.warc_files(tmp_path)
     assert len(files) == 2 and [f.open for f in files].count(True) == 1
+
+
+async def test_the_recorder_commits_only_once_the_bodies_are_durable() -> None:
+    """The recorder asks for durability before each commit with outcomes; when the sync
+    fails, nothing is committed, the batch stays held, and the error goes up (the daemon
+    stops: a disk that lost writes is not a store that is away)."""
+    steps: list[str] = []
+    failing = True
+    queue = MemoryQueue()
+
+    async def durable() -> None:
+        steps.append("durable")
+        if failing:
+            raise OSError(5, "Input/output error")
+
+    async def record(batch: Batch) -> None:
+        steps.append(f"record {len(batch.outcomes)}")
+
+    queue.record = record  # type: ignore[method-assign]
+    guarded = GuardedQueue(queue, StoreHealth(Notifier({})), asyncio.Event())
+    recorder = Recorder(guarded, durable=durable)
+    recorder.outcome(Outcome(1, JobState.DONE, 1, body_path="f.warc#0"))
+    with pytest.raises(OSError, match="Input/output error"):
+        await recorder.flush()
+    assert steps == ["durable"]
+    failing = False
+    await recorder.flush()
+    assert steps == ["durable", "durable", "record 1"]
 
 
 def test_repair_cuts_a_dead_daemons_torn_record_and_leaves_a_live_ones(tmp_path: Path) -> None:
