@@ -41,6 +41,7 @@ from fetcher.model import Validators
 __all__ = ["BodySink", "BodyStore"]
 
 _MEMORY_BYTES = 64 << 20  # bodies held in memory at once, all requests together
+_UNSYNCED_BYTES = 4 << 20  # written since the last sync: synced (and dropped) at once
 _STEP_BYTES = 256 * 1024  # a body's pieces go to the writer thread this much at a time
 _CHUNK = 1 << 20
 _MAX_PIECES = 64  # a record's pieces go to one writev (IOV_MAX is 1024)
@@ -373,8 +374,17 @@ class BodyStore:
         current.synced = current.size
 
     def _rotate_if_full(self) -> None:
-        if self._current is not None and self._current.size >= self._max_bytes:
+        """Past FETCHER_WARC_MAX_BYTES the file is closed; past `_UNSYNCED_BYTES` written since
+        the last sync, it is synced (and its pages dropped) now rather than at the next
+        commit: large bodies then reuse a few megabytes of page cache instead of touching new
+        memory all along (BENCHMARKS.md, "dropped pages")."""
+        current = self._current
+        if current is None:
+            return
+        if current.size >= self._max_bytes:
             self._close()
+        elif current.size - current.synced >= _UNSYNCED_BYTES:
+            self._sync()
 
     def _abandon(self) -> None:
         """Stop appending to a file in a state not known (its marker stays: the next start

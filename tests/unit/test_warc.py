@@ -260,6 +260,29 @@ async def test_durable_syncs_every_record_written(
     await store.durable()  # after close (which synced): nothing to do, no hang
 
 
+async def test_megabytes_written_are_synced_without_waiting_for_a_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past a few megabytes written since the last sync the writer syncs (and drops those
+    pages) on its own; small bodies wait for the commit's `durable`."""
+    store = BodyStore(tmp_path)
+    synced: list[int] = []
+    real = os.fdatasync
+
+    def recording(fd: int) -> None:
+        real(fd)
+        synced.append(os.fstat(fd).st_size)
+
+    monkeypatch.setattr(os, "fdatasync", recording)
+    for _ in range(20):
+        await _keep(store, os.urandom(1_000))
+    assert not synced
+    for _ in range(6):
+        await _keep(store, os.urandom(1_000_000))
+    assert len(synced) == 1 and synced[0] > 4 << 20
+    store.close()
+
+
 async def test_a_failed_sync_raises_and_a_new_file_is_begun(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
