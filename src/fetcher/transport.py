@@ -97,7 +97,7 @@ class _PinnedResolver(AbstractResolver):
 class _CountingConnector(aiohttp.TCPConnector):
     """aiohttp asks its connector for a connection once a send (its one retry on a reused
     connection that reset included): each ask is counted. A client middleware did the same
-    for 5-7 µs a request (BENCHMARKS.md, "own transport")."""
+    for more (BENCHMARKS.md, "counted by the connector")."""
 
     async def connect(
         self,
