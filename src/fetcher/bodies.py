@@ -197,6 +197,7 @@ class BodyStore:
         self._gzip = gzip
         self._writer = Writer()
         self._budget = _Budget(memory_bytes)
+        self._sync_failure: OSError | None = None
         self._current: _Current | None = None
         self._serial = 0
         self._originals: dict[str, warc.Original] = {}  # payloads in the current file
@@ -221,11 +222,13 @@ class BodyStore:
     async def durable(self) -> None:
         """Every record written so far is on the disk (fdatasync). The recorder waits for this
         before each commit, so no committed result points at a record a power loss could take;
-        it costs one fdatasync a commit, not a record (and no job's slot waits for it). A sync
-        that fails raises OSError: what the file holds is then unknown, and the commit must
-        not happen."""
+        it costs one fdatasync a commit, not a record (and no job's slot waits for it). Once a
+        sync failed, this raises that OSError for good: what the file held is unknown, so no
+        commit may claim it (the daemon stops; the jobs not committed are fetched again)."""
         if not self._writer.stopped:  # stopped: close() synced the file
             await self._writer.run(self._sync)
+        if self._sync_failure is not None:  # not known to be kept, then or ever after
+            raise self._sync_failure
 
     async def revisit(self, capture: warc.Capture, validators: Validators) -> None:
         """A 304's revisit record, referring to the response the validators came with."""
@@ -363,7 +366,8 @@ class BodyStore:
             return
         try:
             os.fdatasync(current.fd)
-        except OSError:
+        except OSError as exc:
+            self._sync_failure = exc
             self._abandon()
             raise
         with contextlib.suppress(OSError):

@@ -287,8 +287,9 @@ async def test_a_failed_sync_raises_and_a_new_file_is_begun(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An fdatasync that fails (EIO) says nothing about what reached the disk: `durable`
-    raises, and the next record goes to a new file (the old one keeps its marker, for the next
-    start's repair)."""
+    raises, and keeps raising (a later sync of another file must not let the results of the
+    first be committed, as a final flush at shutdown would); the next record goes to a new file
+    (the old one keeps its marker, for the next start's repair)."""
     store = BodyStore(tmp_path)
     await _keep(store, b"first")
 
@@ -300,8 +301,11 @@ async def test_a_failed_sync_raises_and_a_new_file_is_begun(
         await store.durable()
     monkeypatch.undo()
     _, path = await _keep(store, b"third")
-    await store.durable()
+    with pytest.raises(OSError, match="Input/output error"):
+        await store.durable()
     store.close()
+    with pytest.raises(OSError, match="Input/output error"):
+        await store.durable()
     assert archive.read_body(tmp_path, path) == b"third"
     files = archive.warc_files(tmp_path)
     assert len(files) == 2 and [f.open for f in files].count(True) == 1
