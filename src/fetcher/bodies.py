@@ -34,12 +34,13 @@ from typing import IO
 
 from fetcher import __version__, archive, warc
 from fetcher.daemons import this_machine
-from fetcher.diskthread import Writer
+from fetcher.diskthread import Deadlines, Writer
 from fetcher.errors import BodyNotKept
 from fetcher.model import Validators
 
 __all__ = ["BodySink", "BodyStore"]
 
+_DEADLINE_S = 30.0  # FETCHER_TIMEOUT's default: how long the body directory may take
 _MEMORY_BYTES = 64 << 20  # bodies held in memory at once, all requests together
 _UNSYNCED_BYTES = 4 << 20  # written since the last sync: synced (and dropped) at once
 _STEP_BYTES = 256 * 1024  # a body's pieces go to the writer thread this much at a time
@@ -196,6 +197,7 @@ class BodyStore:
         self._max_bytes = max_bytes
         self._gzip = gzip
         self._writer = Writer()
+        self._deadlines = Deadlines()
         self._budget = _Budget(memory_bytes)
         self._sync_failure: OSError | None = None
         self._current: _Current | None = None
@@ -209,31 +211,38 @@ class BodyStore:
         """Whether the file a body_path names is still there (no body_path: nothing to hold)."""
         return body_path is None or os.path.exists(self.root / body_path.partition("#")[0])
 
-    async def keep(self, sink: BodySink, capture: warc.Capture) -> tuple[str, str]:
-        """Write the body's record; (sha256, FILE#OFFSET of the record holding the payload)."""
+    async def keep(
+        self, sink: BodySink, capture: warc.Capture, deadline_s: float = _DEADLINE_S
+    ) -> tuple[str, str]:
+        """Write the body's record; (sha256, FILE#OFFSET of the record holding the payload).
+        Past `deadline_s` (a body directory that hangs) it gives up: BodyNotKept."""
         sink.handed = True
         try:
-            return await self._writer.run(self._keep, sink, capture)  # type: ignore[no-any-return]
+            written = self._writer.submit(self._keep, sink, capture)
+            return await self._deadlines.wait(written, deadline_s)  # type: ignore[no-any-return]
         except OSError as exc:
             raise BodyNotKept(exc) from exc
         finally:
             sink.release()
 
-    async def durable(self) -> None:
+    async def durable(self, deadline_s: float = _DEADLINE_S) -> None:
         """Every record written so far is on the disk (fdatasync). The recorder waits for this
         before each commit, so no committed result points at a record a power loss could take;
         it costs one fdatasync a commit, not a record (and no job's slot waits for it). Once a
         sync failed, this raises that OSError for good: what the file held is unknown, so no
         commit may claim it (the daemon stops; the jobs not committed are fetched again)."""
         if not self._writer.stopped:  # stopped: close() synced the file
-            await self._writer.run(self._sync)
+            await self._deadlines.wait(self._writer.submit(self._sync), deadline_s)
         if self._sync_failure is not None:  # not known to be kept, then or ever after
             raise self._sync_failure
 
-    async def revisit(self, capture: warc.Capture, validators: Validators) -> None:
+    async def revisit(
+        self, capture: warc.Capture, validators: Validators, deadline_s: float = _DEADLINE_S
+    ) -> None:
         """A 304's revisit record, referring to the response the validators came with."""
         try:
-            await self._writer.run(self._revisit, capture, validators)
+            written = self._writer.submit(self._revisit, capture, validators)
+            await self._deadlines.wait(written, deadline_s)
         except OSError as exc:
             raise BodyNotKept(exc) from exc
 

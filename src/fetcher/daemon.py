@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import gc
 import os
 import platform
@@ -196,7 +197,8 @@ def build_service(
         if webhooks is not None:
             webhooks.wake()
 
-    recorder = Recorder(guarded, metrics, told, durable=bodies.durable if bodies else None)
+    durable = functools.partial(bodies.durable, settings.timeout) if bodies else None
+    recorder = Recorder(guarded, metrics, told, durable=durable)
     handler = JobHandler(
         settings, fetcher, limits=limits, robots=robots, scheduler=scheduler, feeder=feeder,
         recorder=recorder, clocks=clocks,

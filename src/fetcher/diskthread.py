@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Writer"]
+__all__ = ["Deadlines", "Writer"]
 
 
 class Writer:
@@ -25,12 +26,16 @@ class Writer:
         self.thread.start()
 
     async def run(self, call: Callable[..., Any], *args: Any) -> Any:
+        return await self.submit(call, *args)
+
+    def submit(self, call: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """`call(*args)` handed over; the future of its answer."""
         if self.stopped:  # nobody would ever answer
             raise RuntimeError("the writer thread has stopped")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._jobs.put((loop, future, call, args))
-        return await future
+        return future
 
     def post(self, call: Callable[..., Any], *args: Any) -> None:
         """Run `call` in turn, answering nobody (it keeps its own failure)."""
@@ -77,9 +82,51 @@ _Answer = tuple["asyncio.Future[Any] | None", Any, BaseException | None]
 
 def _answer(answers: list[_Answer]) -> None:
     for future, result, error in answers:
-        if future is None or future.cancelled():
+        if future is None or future.done():  # cancelled, or given up on (`Deadlines`)
             continue
         if error is not None:
             future.set_exception(error)
         else:
             future.set_result(result)
+
+
+class Deadlines:
+    """Deadlines for the answers the event loop waits for, with one timer for all of them
+    instead of an `asyncio.timeout` each (a timer handle made and cancelled a record, 4-5 µs):
+    the timer is set for the earliest deadline and, when it fires, fails what is past due with
+    `OSError` and is set again for the earliest left."""
+
+    def __init__(self) -> None:
+        self._due: dict[asyncio.Future[Any], tuple[float, float]] = {}  # → (when, seconds)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+
+    async def wait(self, future: asyncio.Future[Any], seconds: float) -> Any:
+        loop = asyncio.get_running_loop()
+        when = loop.time() + seconds
+        self._due[future] = (when, seconds)
+        if when < self._timer_at:
+            self._set(loop, when)
+        try:
+            return await future
+        finally:
+            del self._due[future]
+
+    def _set(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = loop.call_at(when, self._expire, loop), when
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer, self._timer_at = None, math.inf
+        now, left = loop.time(), math.inf
+        for future, (when, seconds) in self._due.items():
+            if future.done():
+                continue
+            if when <= now:
+                stalled = f"the body directory did not answer within {seconds:g}s"
+                future.set_exception(OSError(stalled))
+            else:
+                left = min(left, when)
+        if left < math.inf:
+            self._set(loop, left)

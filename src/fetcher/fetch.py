@@ -185,16 +185,11 @@ class Fetcher:
         """The body's record (a 304's: a revisit of the body the validators came with), within
         a deadline of its own: a body directory that hangs holds no job for ever."""
         assert self._bodies is not None
-        try:
-            async with asyncio.timeout(deadline_s):
-                if hop.status == 304:
-                    if validators is not None:
-                        await self._bodies.revisit(capture, validators)
-                elif hop.location is None:
-                    hop.body_sha256, hop.body_path = await self._bodies.keep(sink, capture)
-        except TimeoutError:
-            stalled = OSError(f"the body directory did not answer within {deadline_s:g}s")
-            raise BodyNotKept(stalled) from None
+        if hop.status == 304:
+            if validators is not None:
+                await self._bodies.revisit(capture, validators, deadline_s)
+        elif hop.location is None:
+            hop.body_sha256, hop.body_path = await self._bodies.keep(sink, capture, deadline_s)
 
 
 def _read_headers(hop: Hop, raw: list[tuple[bytes, bytes]]) -> str:

@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from fetcher import archive, warc
 from fetcher.archive import repair
 from fetcher.batch import Batch
 from fetcher.bodies import BodyStore
+from fetcher.diskthread import Deadlines
 from fetcher.errors import BodyNotKept
 from fetcher.guarded import GuardedQueue
 from fetcher.model import JobState, Outcome
@@ -309,6 +311,46 @@ async def test_a_failed_sync_raises_and_a_new_file_is_begun(
     assert archive.read_body(tmp_path, path) == b"third"
     files = archive.warc_files(tmp_path)
     assert len(files) == 2 and [f.open for f in files].count(True) == 1
+
+
+async def test_a_sync_that_hangs_is_given_up_on_at_its_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body directory that hangs does not hang the commits: `durable` gives up at its
+    deadline with OSError (the recorder then stops the daemon), as a record's write does."""
+    store = BodyStore(tmp_path)
+    await _keep(store, b"first")
+    monkeypatch.setattr(BodyStore, "_sync", lambda _: time.sleep(1.0))
+    loop, errors = asyncio.get_running_loop(), []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    started = time.monotonic()
+    with pytest.raises(OSError, match=r"did not answer within 0\.2s"):
+        await store.durable(0.2)
+    assert time.monotonic() - started < 0.9
+    store.close()  # once the stalled sync ended: its answer, come too late, is dropped
+    await asyncio.sleep(0.05)
+    assert not errors
+
+
+async def test_deadlines_fire_each_on_time_with_one_timer() -> None:
+    """A shorter deadline set after a longer one still fires on time; what is answered in
+    time is answered, and an answer that comes after its deadline changes nothing."""
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines()
+    slow, quick, late = loop.create_future(), loop.create_future(), loop.create_future()
+    waiting = [
+        asyncio.ensure_future(deadlines.wait(slow, 5.0)),
+        asyncio.ensure_future(deadlines.wait(quick, 0.1)),
+        asyncio.ensure_future(deadlines.wait(late, 0.15)),
+    ]
+    started = time.monotonic()
+    with pytest.raises(OSError, match=r"within 0\.1s"):
+        await waiting[1]
+    with pytest.raises(OSError, match=r"within 0\.15s"):
+        await waiting[2]
+    assert time.monotonic() - started < 1.0 and not waiting[0].done()
+    slow.set_result("kept")
+    assert await waiting[0] == "kept"
 
 
 async def test_the_recorder_commits_only_once_the_bodies_are_durable() -> None:
