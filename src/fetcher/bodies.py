@@ -188,6 +188,7 @@ class BodyStore:
         max_bytes: int = 1 << 30,
         gzip: bool = False,
         memory_bytes: int = _MEMORY_BYTES,
+        deadline_s: float = _DEADLINE_S,
     ) -> None:
         self.root = root
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -198,6 +199,7 @@ class BodyStore:
         self._gzip = gzip
         self._writer = Writer()
         self._deadlines = Deadlines()
+        self._deadline_s = deadline_s  # a sync's (FETCHER_TIMEOUT)
         self._budget = _Budget(memory_bytes)
         self._sync_failure: OSError | None = None
         self._current: _Current | None = None
@@ -225,14 +227,15 @@ class BodyStore:
         finally:
             sink.release()
 
-    async def durable(self, deadline_s: float = _DEADLINE_S) -> None:
-        """Every record written so far is on the disk (fdatasync). The recorder waits for this
-        before each commit, so no committed result points at a record a power loss could take;
-        it costs one fdatasync a commit, not a record (and no job's slot waits for it). Once a
-        sync failed, this raises that OSError for good: what the file held is unknown, so no
-        commit may claim it (the daemon stops; the jobs not committed are fetched again)."""
+    async def durable(self) -> None:
+        """Every record written so far is on the disk (fdatasync), within the store's deadline
+        (a body directory that hangs: OSError). The recorder waits for this before each
+        commit, so no committed result points at a record a power loss could take; it costs
+        one fdatasync a commit, not a record (and no job's slot waits for it). Once a sync
+        failed, this raises that OSError for good: what the file held is unknown, so no commit
+        may claim it (the daemon stops; the jobs not committed are fetched again)."""
         if not self._writer.stopped:  # stopped: close() synced the file
-            await self._deadlines.wait(self._writer.submit(self._sync), deadline_s)
+            await self._deadlines.wait(self._writer.submit(self._sync), self._deadline_s)
         if self._sync_failure is not None:  # not known to be kept, then or ever after
             raise self._sync_failure
 

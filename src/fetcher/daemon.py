@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import functools
 import gc
 import os
 import platform
@@ -129,7 +128,10 @@ async def _run(
         bodies = None
         if settings.bodies_path:
             bodies = BodyStore(
-                settings.bodies_path, max_bytes=settings.warc_max_bytes, gzip=settings.warc_gzip
+                settings.bodies_path,
+                max_bytes=settings.warc_max_bytes,
+                gzip=settings.warc_gzip,
+                deadline_s=settings.timeout,
             )
             stack.callback(bodies.close)
         fetcher = Fetcher(settings, build_transport(settings, guard), bodies)
@@ -197,8 +199,7 @@ def build_service(
         if webhooks is not None:
             webhooks.wake()
 
-    durable = functools.partial(bodies.durable, settings.timeout) if bodies else None
-    recorder = Recorder(guarded, metrics, told, durable=durable)
+    recorder = Recorder(guarded, metrics, told, durable=bodies.durable if bodies else None)
     handler = JobHandler(
         settings, fetcher, limits=limits, robots=robots, scheduler=scheduler, feeder=feeder,
         recorder=recorder, clocks=clocks,

@@ -318,14 +318,14 @@ async def test_a_sync_that_hangs_is_given_up_on_at_its_deadline(
 ) -> None:
     """A body directory that hangs does not hang the commits: `durable` gives up at its
     deadline with OSError (the recorder then stops the daemon), as a record's write does."""
-    store = BodyStore(tmp_path)
+    store = BodyStore(tmp_path, deadline_s=0.2)
     await _keep(store, b"first")
     monkeypatch.setattr(BodyStore, "_sync", lambda _: time.sleep(1.0))
     loop, errors = asyncio.get_running_loop(), []
     loop.set_exception_handler(lambda _, context: errors.append(context))
     started = time.monotonic()
     with pytest.raises(OSError, match=r"did not answer within 0\.2s"):
-        await store.durable(0.2)
+        await store.durable()
     assert time.monotonic() - started < 0.9
     store.close()  # once the stalled sync ended: its answer, come too late, is dropped
     await asyncio.sleep(0.05)
