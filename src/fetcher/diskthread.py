@@ -92,10 +92,9 @@ def _answer(answers: list[_Answer]) -> None:
 
 class Deadlines:
     """Deadlines for the answers the event loop waits for, with one timer for all of them
-    instead of an `asyncio.timeout` each (a timer handle made and cancelled a record:
-    BENCHMARKS.md, "one timer"):
-    the timer is set for the earliest deadline and, when it fires, fails what is past due with
-    `OSError` and is set again for the earliest left."""
+    instead of an `asyncio.timeout` each, whose timer handle is made and cancelled a record
+    (BENCHMARKS.md, "one timer"). The timer is set for the earliest deadline; when it fires,
+    it fails what is past due with `OSError` and is set again for the earliest left."""
 
     def __init__(self) -> None:
         self._due: dict[asyncio.Future[Any], tuple[float, float]] = {}  # → (when, seconds)
