@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO
 
 from fetcher import __version__, archive, warc
+from fetcher.config import DEFAULT_TIMEOUT_S
 from fetcher.daemons import this_machine
 from fetcher.diskthread import Deadlines, Writer
 from fetcher.errors import BodyNotKept
@@ -40,10 +41,9 @@ from fetcher.model import Validators
 
 __all__ = ["BodySink", "BodyStore"]
 
-_DEADLINE_S = 30.0  # FETCHER_TIMEOUT's default: how long the body directory may take
 _MEMORY_BYTES = 64 << 20  # bodies held in memory at once, all requests together
 _UNSYNCED_BYTES = 4 << 20  # written since the last sync: synced (and dropped) at once
-_STEP_BYTES = 256 * 1024  # a body's pieces go to the writer thread this much at a time
+_STEP_BYTES = 256 * 1024  # a large body is hashed, or spilled, this much at a time
 _CHUNK = 1 << 20
 _MAX_PIECES = 64  # a record's pieces go to one writev (IOV_MAX is 1024)
 _ORIGINALS_MAX = 100_000
@@ -188,7 +188,7 @@ class BodyStore:
         max_bytes: int = 1 << 30,
         gzip: bool = False,
         memory_bytes: int = _MEMORY_BYTES,
-        deadline_s: float = _DEADLINE_S,
+        deadline_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self.root = root
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -199,7 +199,7 @@ class BodyStore:
         self._gzip = gzip
         self._writer = Writer()
         self._deadlines = Deadlines()
-        self._deadline_s = deadline_s  # a sync's (FETCHER_TIMEOUT)
+        self._deadline_s = deadline_s  # how long the directory may take (FETCHER_TIMEOUT)
         self._budget = _Budget(memory_bytes)
         self._sync_failure: OSError | None = None
         self._current: _Current | None = None
@@ -214,14 +214,17 @@ class BodyStore:
         return body_path is None or os.path.exists(self.root / body_path.partition("#")[0])
 
     async def keep(
-        self, sink: BodySink, capture: warc.Capture, deadline_s: float = _DEADLINE_S
+        self, sink: BodySink, capture: warc.Capture, deadline_s: float | None = None
     ) -> tuple[str, str]:
         """Write the body's record; (sha256, FILE#OFFSET of the record holding the payload).
-        Past `deadline_s` (a body directory that hangs) it gives up: BodyNotKept."""
+        Past `deadline_s` (the store's by default; a body directory that hangs) it gives up:
+        BodyNotKept."""
         sink.handed = True
         try:
             written = self._writer.submit(self._keep, sink, capture)
-            return await self._deadlines.wait(written, deadline_s)  # type: ignore[no-any-return]
+            return await self._deadlines.wait(  # type: ignore[no-any-return]
+                written, deadline_s or self._deadline_s
+            )
         except OSError as exc:
             raise BodyNotKept(exc) from exc
         finally:
@@ -240,12 +243,12 @@ class BodyStore:
             raise self._sync_failure
 
     async def revisit(
-        self, capture: warc.Capture, validators: Validators, deadline_s: float = _DEADLINE_S
+        self, capture: warc.Capture, validators: Validators, deadline_s: float | None = None
     ) -> None:
         """A 304's revisit record, referring to the response the validators came with."""
         try:
             written = self._writer.submit(self._revisit, capture, validators)
-            await self._deadlines.wait(written, deadline_s)
+            await self._deadlines.wait(written, deadline_s or self._deadline_s)
         except OSError as exc:
             raise BodyNotKept(exc) from exc
 

@@ -41,6 +41,7 @@ ENV_PREFIX = "FETCHER_"
 # round trip and for clocks that drift a little, and at least one second between the old owner's
 # last request and the new owner's first (no window of one second holds both)
 LEASE_MARGIN_S = 2.0
+DEFAULT_TIMEOUT_S = 30.0  # FETCHER_TIMEOUT's default
 
 
 class Settings(BaseSettings):
@@ -61,7 +62,7 @@ class Settings(BaseSettings):
     backoff_base: float = Field(1.0, ge=0)
     backoff_max: float = Field(300.0, ge=0)
     retry_after_max: float = Field(3600.0, ge=0)
-    timeout: float = Field(30.0, gt=0)
+    timeout: float = Field(DEFAULT_TIMEOUT_S, gt=0)
     connect_timeout: float = Field(10.0, gt=0)
     max_body_bytes: int = Field(10_485_760, ge=0)
     max_redirects: int = Field(5, ge=0, le=100)

@@ -25,9 +25,6 @@ class Writer:
         self.thread = threading.Thread(target=self._work, name="fetcher-warc", daemon=True)
         self.thread.start()
 
-    async def run(self, call: Callable[..., Any], *args: Any) -> Any:
-        return await self.submit(call, *args)
-
     def submit(self, call: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """`call(*args)` handed over; the future of its answer."""
         if self.stopped:  # nobody would ever answer
