@@ -12,7 +12,9 @@
                  head-of-line scenario (11 hosts x 20 URLs at 2/s each, global cap 4).
     bodies       distinct answers of 1 kB, 100 kB (5,000 URLs) and 1 MB (1,000), one host and 16,
                  C=64: fetcher keeping bodies as WARC against the bare aiohttp loop; at 100 kB
-                 also FETCHER_WARC_GZIP=true and FETCHER_SAVE_BODIES=false.
+                 also FETCHER_WARC_GZIP=true and FETCHER_SAVE_BODIES=false. With
+                 --daemon-free, fetcher's drains are not pinned (its writer thread may use
+                 core 0 beside nginx), the bare loop still is.
     api          the HTTP API (bench/api.py): aiohttp's server against uvicorn's, submitting
                  through it against `fetcher submit`, fetching while it is polled.
     recurring    100,000 recurring jobs over 1,000 hosts (bench/recurring.py): the daemon's CPU
@@ -205,6 +207,9 @@ def fresh_db(db: Path) -> Path:
     return db
 
 
+DAEMON_FREE = False  # --daemon-free: `fetcher run --drain` not pinned (its threads on any core)
+
+
 def run_fetcher(
     urls: Path, concurrency: int, workdir: Path, jobs_file: Path | None = None, **variables: object
 ) -> float:
@@ -217,7 +222,8 @@ def run_fetcher(
     fetcher = [sys.executable, "-m", "fetcher"]
     submitted = str(jobs_file or urls)
     subprocess.run([*fetcher, "submit", "-f", submitted], env=env, check=True, capture_output=True)
-    elapsed = timed([*pinned(1), *fetcher, "run", "--drain"], env, workdir / "fetcher.log")
+    cores = [] if DAEMON_FREE else pinned(1)
+    elapsed = timed([*cores, *fetcher, "run", "--drain"], env, workdir / "fetcher.log")
     done = stats.status(open_reader(db))["done"]
     if done != count_lines(urls):
         raise RuntimeError(f"fetcher finished {done} of {count_lines(urls)} jobs")
@@ -610,7 +616,14 @@ def main() -> int:
         "--robots", choices=["obey", "ignore"], default="obey",
         help="FETCHER_ROBOTS for the scale run (obey, the default, asks each host's robots.txt)",
     )  # fmt: skip
+    parser.add_argument(
+        "--daemon-free", action="store_true",
+        help="fetcher's drains not pinned: its threads (the WARC writer's, SQLite's) may use core"
+        " 0 beside the origin; the bare loops stay on core 1",
+    )  # fmt: skip
     args = parser.parse_args()
+    global DAEMON_FREE
+    DAEMON_FREE = args.daemon_free
     if args.smoke:
         args.urls, args.reps = 500, 1
     workdir = Path(tempfile.mkdtemp(prefix="fetcher-bench-"))
