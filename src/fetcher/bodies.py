@@ -27,7 +27,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -253,9 +253,15 @@ class BodyStore:
             raise BodyNotKept(exc) from exc
 
     def close(self) -> None:
-        """At shutdown: every record handed over written, the file closed."""
-        self._writer.stop()
-        self._close()
+        """At shutdown: every record handed over written, the file synced and closed, by the
+        writer thread, within the store's deadline. A body directory that hangs past it:
+        OSError (the daemon exits 1 instead of hanging until it is killed); the file keeps
+        its marker, and the next start cuts off what it cannot trust."""
+        failed: list[BaseException] = []
+        self._writer.post(_closing, self._close, failed)
+        self._writer.stop(self._deadline_s)
+        if failed:
+            raise failed[0]
 
     # -- the writer thread ---------------------------------------------------------------------
 
@@ -424,6 +430,13 @@ class BodyStore:
         finally:
             os.close(current.fd)
         (self.root / (current.name + archive.OPEN)).unlink(missing_ok=True)
+
+
+def _closing(close: Callable[[], None], failed: list[BaseException]) -> None:
+    try:
+        close()
+    except BaseException as exc:  # the caller's to raise: nobody waits on a posted call
+        failed.append(exc)
 
 
 def _write_all(fd: int, parts: list[bytes]) -> int:

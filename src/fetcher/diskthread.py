@@ -38,11 +38,14 @@ class Writer:
         """Run `call` in turn, answering nobody (it keeps its own failure)."""
         self._jobs.put((None, None, call, args))
 
-    def stop(self) -> None:
-        """Once every job handed over has run."""
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Once every job handed over has run; past `timeout_s` (a disk that hangs), OSError,
+        and the thread is left to its stuck call (it holds no exit: a daemon thread)."""
         self.stopped = True
         self._jobs.put(None)
-        self.thread.join()
+        self.thread.join(timeout_s)
+        if self.thread.is_alive():
+            raise OSError(f"the body directory did not finish writing within {timeout_s:g}s")
 
     def _work(self) -> None:
         stopping = False

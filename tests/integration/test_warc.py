@@ -216,6 +216,49 @@ def test_a_failed_sync_stops_the_daemon_before_the_commit_and_loses_nothing(
     _records(fetcher.bodies)
 
 
+_HANGING_SYNC = """
+import os
+import time
+
+def _hanging(fd):
+    time.sleep(3600)
+
+os.fdatasync = _hanging
+os.fsync = _hanging
+"""
+
+
+def test_a_disk_that_hangs_stops_the_daemon_in_bounded_time_and_loses_nothing(
+    fetcher: Fetcher, origin: Origin, tmp_path: Path
+) -> None:
+    """A body directory whose syncs never return (faked in the daemon's process only): the
+    commit waits FETCHER_TIMEOUT, the daemon stops, and its shutdown waits for the stuck
+    writer thread no longer than that again: exit 1 with the reason, instead of a daemon that
+    hangs until systemd kills it. Started again on a sound disk, it does every job."""
+    total = 20
+    fetcher.set(timeout=2)
+    fetcher.submit([origin.url(f"encoded/plain/hang{n}") for n in range(total)])
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(_HANGING_SYNC)
+    path = os.pathsep.join(p for p in (str(inject), fetcher.env.get("PYTHONPATH")) if p)
+    daemon = fetcher.start("--drain", env={**fetcher.env, "PYTHONPATH": path})
+    assert daemon.wait(60) == 1
+    reasons = [e.get("error", "") for e in fetcher.last_log() if e["level"] == "error"]
+    assert any("did not answer within 2s" in reason for reason in reasons), reasons
+    assert any("did not finish writing within 2s" in reason for reason in reasons), reasons
+    assert fetcher.status()["done"] == 0
+    fetcher.drain()
+    results = fetcher.results()
+    assert len(results) == total and all(r["state"] == "done" for r in results)
+    for row in results:
+        assert read_body(fetcher.bodies, row["body_path"]) == _page(
+            "/" + row["url"].split("/", 3)[3]
+        )
+    assert not list(fetcher.bodies.glob("*" + OPEN))
+    _records(fetcher.bodies)
+
+
 def test_files_rotate_and_retention_removes_them_whole(fetcher: Fetcher, origin: Origin) -> None:
     """At a small FETCHER_WARC_MAX_BYTES the records spread over many files, none much past the
     size; retention removes files whose last record is past FETCHER_RETENTION_DAYS, and `fetcher

@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -327,9 +328,43 @@ async def test_a_sync_that_hangs_is_given_up_on_at_its_deadline(
     with pytest.raises(OSError, match=r"did not answer within 0\.2s"):
         await store.durable()
     assert time.monotonic() - started < 0.9
-    store.close()  # once the stalled sync ended: its answer, come too late, is dropped
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(1.0)  # the stalled sync ends: its answer, come too late, is dropped
     assert not errors
+    store.close()
+
+
+async def test_a_close_that_hangs_gives_up_at_the_deadline_and_leaves_the_file_to_repair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At shutdown the last sync and close have the store's deadline too: a body directory
+    that hangs ends the daemon with OSError (exit 1) instead of hanging until it is killed,
+    and the file keeps its marker for the next start's repair."""
+    store = BodyStore(tmp_path, deadline_s=0.2)
+    await _keep(store, b"first")
+    release = threading.Event()
+    monkeypatch.setattr(BodyStore, "_close", lambda _: release.wait(10))
+    started = time.monotonic()
+    try:
+        with pytest.raises(OSError, match=r"did not finish writing within 0\.2s"):
+            store.close()
+        assert time.monotonic() - started < 0.9
+        assert len(list(tmp_path.glob("*" + archive.OPEN))) == 1
+    finally:
+        release.set()
+
+
+async def test_a_close_whose_sync_fails_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = BodyStore(tmp_path)
+    await _keep(store, b"first")
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(OSError, match="Input/output error"):
+        store.close()
 
 
 async def test_deadlines_fire_each_on_time_with_one_timer() -> None:
