@@ -10,13 +10,18 @@ With --postgres (a server's maintenance database: each repetition makes a databa
 own, dropped after) the daemon's whole PostgreSQL round is timed, host leases included.
 `--backlog N` queues N jobs at the first host before the N timed ones: every timed claim there
 has a backlog of that size behind it (the claim's cost with millions queued at one host,
-against the same run without them).
+against the same run without them). `--history N` first fetches N jobs at another host, as
+finished results already in the tables (retention not yet due); `--kept` gives every result a
+kept body (a random sha256 digest, a WARC body_path), as the daemon's are:
+
+    taskset -c 1 .venv/bin/python bench/store_sql.py --history 1000000 --kept --reps 3
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -33,15 +38,30 @@ from fetcher.model import Exchange, JobRequest, JobState, Outcome
 from fetcher.urls import parse_url
 
 
-async def per_job_us(store: JobQueue, n: int, hosts: int, backlog: int) -> float:
+async def per_job_us(
+    store: JobQueue, n: int, hosts: int, backlog: int, history: int = 0, kept: bool = False
+) -> float:
+    await store.register()
+    for start in range(0, history, 100_000):  # results already there, at a host of their own
+        chunk = range(start, min(start + 100_000, history))
+        await store.submit([JobRequest(parse_url(f"http://old.example/{i}")) for i in chunk])
+        await fetch_all(store, len(chunk), kept)
     for start in range(0, backlog, 100_000):  # at the first host, before the timed jobs
         chunk = range(start, min(start + 100_000, backlog))
         await store.submit([JobRequest(parse_url(f"http://h0.example/backlog/{i}")) for i in chunk])
     await store.submit(
         [JobRequest(parse_url(f"http://h{i % hosts}.example/{i}")) for i in range(n)]
     )
-    await store.register()
-    started, done = time.perf_counter(), 0
+    started = time.perf_counter()
+    await fetch_all(store, n, kept)
+    elapsed = time.perf_counter() - started
+    await store.close()
+    return elapsed / n * 1e6
+
+
+async def fetch_all(store: JobQueue, n: int, kept: bool) -> None:
+    """Claim and record `n` jobs done, as the daemon does."""
+    done = 0
     while done < n:
         await store.turn_hosts({}, 256)  # with several daemons: hosts are leased first
         walk = (await store.hosts_with_queued("", 64)).hosts
@@ -49,28 +69,31 @@ async def per_job_us(store: JobQueue, n: int, hosts: int, backlog: int) -> float
         for i in range(0, len(jobs), 60):
             now = time.time()
             batch = jobs[i : i + 60]
-            await store.record(Batch(
-                [Outcome(j.id, JobState.DONE, 1, status=200, bytes=1024, latency_ms=1.0)
-                 for j in batch],
-                [Exchange(j.host, 200, 1024, 1.0, now) for j in batch],
-            ))  # fmt: skip
+            outcomes = [
+                Outcome(j.id, JobState.DONE, 1, status=200, bytes=1024, latency_ms=1.0)
+                for j in batch
+            ]
+            if kept:
+                for outcome in outcomes:
+                    outcome.body_sha256 = os.urandom(32).hex()
+                    outcome.body_path = f"fetcher-x.warc#{outcome.job_id * 1000}"
+            await store.record(
+                Batch(outcomes, [Exchange(j.host, 200, 1024, 1.0, now) for j in batch])
+            )
         done += len(jobs)
-    elapsed = time.perf_counter() - started
-    await store.close()
-    return elapsed / n * 1e6
 
 
 async def run_once(args: argparse.Namespace, tmp: Path) -> float:
     if not args.postgres:
         store = await open_queue(tmp / "s.db")
-        return await per_job_us(store, args.jobs, args.hosts, args.backlog)
+        return await per_job_us(store, args.jobs, args.hosts, args.backlog, args.history, args.kept)
     name = f"fetcher_bench_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(args.postgres)
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
         url = urlunsplit(urlsplit(args.postgres)._replace(path=f"/{name}"))
         store = await open_queue(url)
-        return await per_job_us(store, args.jobs, args.hosts, args.backlog)
+        return await per_job_us(store, args.jobs, args.hosts, args.backlog, args.history, args.kept)
     finally:
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
@@ -83,6 +106,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--postgres", metavar="URL", help="a server's maintenance database")
     parser.add_argument("--backlog", type=int, default=0, help="jobs queued at one host first")
+    parser.add_argument("--history", type=int, default=0, help="results there before the run")
+    parser.add_argument("--kept", action="store_true", help="each result with a kept body")
     args = parser.parse_args()
     runs = []
     for _ in range(args.reps):

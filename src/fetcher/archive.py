@@ -25,7 +25,8 @@ from fetcher.log import get_logger
 _log = get_logger("fetcher.archive")
 
 __all__ = [
-    "OPEN", "WarcFile", "count_records", "file_name", "is_gzipped", "label", "parse_name",
+    "OPEN", "WarcFile", "count_records", "file_name", "is_gzipped", "is_legacy", "label",
+    "parse_name",
     "read_body", "remove_expired", "repair", "warc_files",
 ]  # fmt: skip
 
@@ -84,6 +85,12 @@ def count_records(path: Path) -> collections.Counter[str]:
     """How many whole records of each type the file holds."""
     with open(path, "rb") as file:
         return collections.Counter(kind for _, _, kind in warc.scan(file, is_gzipped(path.name)))
+
+
+def is_legacy(body_path: str | None) -> bool:
+    """Whether a result's body_path names a body of the layout before WARC (no `#OFFSET`): the
+    only bodies retention removes one by one, when no result names them any more."""
+    return body_path is not None and "#" not in body_path
 
 
 def read_body(root: Path, body_path: str) -> bytes | None:

@@ -73,8 +73,8 @@ class Batch:
 
 @dataclass(frozen=True, slots=True)
 class Pruned:
-    """One transaction of retention: results deleted, every row deleted, and the bodies no result
-    names any more."""
+    """One transaction of retention: results deleted, every row deleted, and the bodies of the
+    layout before WARC that no result names any more."""
 
     results: int
     rows: int

@@ -26,11 +26,13 @@ pytestmark = pytest.mark.integration
 # the first line of that schema's migration (a commit's hash changes when history is rebased):
 # schema 4 (SQLite) / 1 (PostgreSQL), URLs only, GET only; schema 5 / 2, jobs that are
 # requests, before the API (results one per job, no feed cursor, no outbox); schema 6 / 3, the
-# API and webhooks, before recurring jobs.
+# API and webhooks, before recurring jobs; schema 7 / 4, before the digest index was narrowed
+# to bodies of the layout before WARC.
 NEXT_MIGRATIONS = [
     "CREATE TABLE job_requests",
     "CREATE TABLE webhooks",
     "ALTER TABLE jobs ADD COLUMN every_s",
+    "CREATE INDEX results_legacy_body",
 ]
 REPO = Path(__file__).resolve().parents[2]
 

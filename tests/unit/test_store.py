@@ -109,14 +109,16 @@ async def test_claims_walk_hosts_and_leases_expire(tmp_path: Path) -> None:
 
 
 async def test_prune_removes_old_results_and_minutes_but_never_counters(tmp_path: Path) -> None:
-    """Retention deletes old results, finished jobs and minute rows, names bodies no result
-    uses any more, and leaves the cumulative counters alone."""
+    """Retention deletes old results, finished jobs and minute rows, names the bodies of the
+    layout before WARC that no result uses any more (a WARC record of the same payload does
+    not name the old file), and leaves the cumulative counters alone."""
     store = await Store.open(tmp_path / "f.db")
     await store.submit([job_for(f"http://h.example/{i}") for i in range(4)])
     jobs = await store.claim([("h.example", 4)], lease_s=60)
     old = Exchange("h.example", 200, 1, 1.0, 100.0)
+    paths = ["sh/sha0", "fetcher-x.warc#120", "sh/sha1", "sh/sha1"]  # 1 and 3 pruned below
     outcomes = [
-        Outcome(j.id, JobState.DONE, 1, status=200, body_sha256=f"sha{i % 2}")
+        Outcome(j.id, JobState.DONE, 1, status=200, body_sha256=f"sha{i // 2}", body_path=paths[i])
         for i, j in enumerate(jobs)
     ]
     await store.record(Batch(outcomes, [old] * len(jobs)))
@@ -125,7 +127,7 @@ async def test_prune_removes_old_results_and_minutes_but_never_counters(tmp_path
     assert (pruned.results, pruned.rows) == (1, 1 + 1)  # and the minute row (at t=100 s)
     again = await store.prune(before=500.0, limit=1)
     assert (again.results, again.rows) == (1, 1)
-    assert sorted(pruned.orphans + again.orphans) == ["sha0"]  # sha1: still named by 2 and 4
+    assert sorted(pruned.orphans + again.orphans) == ["sha0"]  # sha1: still named by 4
     assert (await store.prune(before=500.0, limit=1)).results == 0
     cursor = await store._db.execute("SELECT requests FROM host_stats")
     assert await cursor.fetchone() == (4,)

@@ -323,6 +323,11 @@ _MIGRATIONS: list[str] = [
     UPDATE results SET changed = (status IS DISTINCT FROM 304) WHERE state = 'done';
     CREATE INDEX jobs_recurring ON jobs (state, next_attempt_at) WHERE every_s IS NOT NULL;
     """,
+    # 5: as SQLite's 8, only results whose body is a file of the layout before WARC
+    """
+    DROP INDEX results_body;
+    CREATE INDEX results_legacy_body ON results (body_sha256) WHERE strpos(body_path, '#') = 0;
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import aiosqlite
 
+from fetcher.archive import is_legacy
 from fetcher.batch import Pruned
 from fetcher.jobqueue import KEY_TTL_S
 from fetcher.sqlite.tables import json_array
@@ -17,10 +18,11 @@ DELIVERIES_KEPT_S = 7 * 86_400.0  # `fetcher webhooks --failed` looks back a wee
 
 async def prune(db: aiosqlite.Connection, before: float, limit: int) -> Pruned:
     """Up to `limit` results finished before `before`, their finished jobs, the minute rows
-    before it; the bodies no result names any more."""
+    before it; the bodies of the layout before WARC that no result names any more (a WARC
+    file goes whole, by its age: `archive.remove_expired`)."""
     cursor = await db.execute(
         "DELETE FROM results WHERE job_id IN (SELECT job_id FROM results"
-        " WHERE finished_at < ? LIMIT ?) RETURNING job_id, body_sha256",
+        " WHERE finished_at < ? LIMIT ?) RETURNING job_id, body_sha256, body_path",
         (before, limit),
     )
     rows = list(await cursor.fetchall())
@@ -30,9 +32,9 @@ async def prune(db: aiosqlite.Connection, before: float, limit: int) -> Pruned:
         (json_array(row[0] for row in rows),),
     )
     cursor = await db.execute(
-        "SELECT value FROM json_each(?) WHERE NOT EXISTS"
-        " (SELECT 1 FROM results WHERE body_sha256 = value)",
-        (json_array(sorted({row[1] for row in rows if row[1]})),),
+        "SELECT value FROM json_each(?) WHERE NOT EXISTS (SELECT 1 FROM results"
+        " WHERE body_sha256 = value AND instr(body_path, '#') = 0)",  # results_legacy_body
+        (json_array(sorted({sha for _, sha, path in rows if sha and is_legacy(path)})),),
     )
     orphans = [row[0] for row in await cursor.fetchall()]
     cursor = await db.execute("DELETE FROM host_minutes WHERE minute < ?", (int(before // 60),))

@@ -307,6 +307,13 @@ _MIGRATIONS: list[str] = [
     UPDATE results SET changed = 0 WHERE state = 'done' AND status = 304;
     CREATE INDEX jobs_recurring ON jobs (state, next_attempt_at) WHERE every_s IS NOT NULL;
     """,
+    # 8: only results whose body is a file of the layout before WARC are looked up by digest
+    # (retention, for the files no result names any more): an index of every result's random
+    # digest cost an insert 20 µs of CPU at a million results (BENCHMARKS.md, "digest index")
+    """
+    DROP INDEX results_body;
+    CREATE INDEX results_legacy_body ON results (body_sha256) WHERE instr(body_path, '#') = 0;
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
