@@ -191,14 +191,14 @@ async def test_on_postgresql_a_number_taken_later_commits_later(postgres_url: st
         ta, tb = a.transaction(), b.transaction()
         await ta.start()
         await tb.start()
-        for conn, job_id in ((a, 1), (b, 2)):
-            await conn.execute(
-                "INSERT INTO results (job_id, run, url, host, state, bytes, attempts,"
-                " finished_at) VALUES ($1, 1, 'u', 'h.example', 'done', 0, 1, 0)",
-                job_id,
-            )
-        await PostgresTables(a, "x", time.time()).stamp_feed()  # A: number 1, not committed
-        stamping_b = asyncio.create_task(PostgresTables(b, "x", time.time()).stamp_feed())
+        tables_a, tables_b = (
+            PostgresTables(a, "x", time.time()),
+            PostgresTables(b, "x", time.time()),
+        )
+        await tables_a.cancelled([1])  # a result each (a cancelled job's: no lease needed)
+        await tables_b.cancelled([2])
+        await tables_a.stamp_feed()  # A: number 1, not committed
+        stamping_b = asyncio.create_task(tables_b.stamp_feed())
         await asyncio.sleep(0.5)
         assert not stamping_b.done()  # B waits for A's commit
         reader = await asyncio.to_thread(open_reader, postgres_url)
@@ -212,6 +212,29 @@ async def test_on_postgresql_a_number_taken_later_commits_later(postgres_url: st
     finally:
         await a.close()
         await b.close()
+
+
+async def test_on_postgresql_a_commit_numbers_its_own_results_and_no_others(
+    postgres_url: str,
+) -> None:
+    """A commit numbers the results its inserts added; a result recorded again (the same job
+    and run) keeps its place, and the feed's clock counts each result once."""
+    queue = await open_queue(postgres_url, lease_s=30)
+    await queue.register()
+    await queue.submit([job_for("http://h.example/a"), job_for("http://h.example/b")])
+    await queue.close()
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        for job_ids in ([1], [2], [1]):
+            async with conn.transaction():
+                tables = PostgresTables(conn, "x", time.time())
+                await tables.cancelled(job_ids)
+                await tables.stamp_feed()
+        rows = await conn.fetch("SELECT job_id, seq FROM results ORDER BY job_id")
+        assert [tuple(row) for row in rows] == [(1, 1), (2, 2)]
+        assert await conn.fetchval("SELECT n FROM feed_clock") == 2
+    finally:
+        await conn.close()
 
 
 async def read(queue: JobQueue, call: Callable[[QueueReader], _T]) -> _T:

@@ -25,9 +25,10 @@ class PostgresTables:
         self._owner = owner
         self._now = now
         self._webhook = webhook  # FETCHER_WEBHOOK_URL: told of the jobs that name none
+        self._unstamped: list[tuple[int, int]] = []  # results inserted here, not yet in the feed
 
     async def insert_results(self, finals: Sequence[Outcome]) -> None:
-        await self._db.execute(
+        await self._keep_unstamped(
             "INSERT INTO results (job_id, run, url, host, final_url, state, status, bytes,"
             " error, attempts, latency_ms, body_sha256, body_path, finished_at, method,"
             " content_type, changed)"
@@ -43,7 +44,8 @@ class PostgresTables:
             " error = excluded.error, attempts = excluded.attempts,"
             " latency_ms = excluded.latency_ms, body_sha256 = excluded.body_sha256,"
             " body_path = excluded.body_path, finished_at = excluded.finished_at,"
-            " content_type = excluded.content_type, changed = excluded.changed",
+            " content_type = excluded.content_type, changed = excluded.changed"
+            " RETURNING job_id, run, seq",
             [o.job_id for o in finals],
             [o.final_url for o in finals],
             [o.state.value for o in finals],
@@ -81,15 +83,27 @@ class PostgresTables:
         after this one also commits after it (a reader who sees a number has seen every smaller
         one). Taken last, it holds other daemons' commits back the least. Then a word to the
         API's long polls, once a batch."""
-        await self._db.execute(
-            "WITH todo AS (SELECT job_id, run, row_number() OVER (ORDER BY job_id, run) AS n"
-            " FROM results WHERE seq IS NULL),"
-            " c AS (UPDATE feed_clock SET n = n + (SELECT count(*) FROM todo)"
-            " RETURNING n - (SELECT count(*) FROM todo) AS base)"
-            " UPDATE results r SET seq = c.base + todo.n FROM todo, c"
-            " WHERE r.job_id = todo.job_id AND r.run = todo.run"
-        )
+        if self._unstamped:
+            await self._db.execute(
+                "WITH todo AS (SELECT job_id, run, row_number() OVER (ORDER BY job_id, run) AS n"
+                " FROM unnest($1::bigint[], $2::int[]) AS t(job_id, run)),"
+                " c AS (UPDATE feed_clock SET n = n + $3 RETURNING n - $3 AS base)"
+                " UPDATE results r SET seq = c.base + todo.n FROM todo, c"
+                " WHERE r.job_id = todo.job_id AND r.run = todo.run",
+                [job_id for job_id, _ in self._unstamped],
+                [run for _, run in self._unstamped],
+                len(self._unstamped),
+            )
+            self._unstamped = []
         await self._db.execute("NOTIFY fetcher_results")
+
+    async def _keep_unstamped(self, insert: str, *args: object) -> None:
+        """Run a results `insert` (RETURNING job_id, run, seq); the rows it added, still
+        without a place in the feed, are the ones `stamp_feed` numbers: by their keys, not
+        by a search for `seq IS NULL`, which walked every dead row version the results'
+        updates left in the index until the next vacuum (BENCHMARKS.md, "feed stamp")."""
+        rows = await self._db.fetch(insert, *args)
+        self._unstamped.extend((row[0], row[1]) for row in rows if row[2] is None)
 
     async def cancel_requested(self, job_ids: Sequence[int]) -> set[int]:
         rows = await self._db.fetch(
@@ -101,13 +115,14 @@ class PostgresTables:
 
     async def cancelled(self, job_ids: Sequence[int]) -> None:
         """The results of jobs cancelled before they were claimed."""
-        await self._db.execute(
+        await self._keep_unstamped(
             "INSERT INTO results (job_id, run, url, host, final_url, state, status, bytes, error,"
             " attempts, latency_ms, body_sha256, body_path, finished_at, method)"
             " SELECT id, run, url, host, NULL, 'cancelled', NULL, 0, $3, attempts, NULL, NULL,"
             " NULL, $2, method FROM jobs WHERE id = ANY($1::bigint[])"
             " ON CONFLICT (job_id, run) DO UPDATE SET state = excluded.state,"
-            " error = excluded.error, finished_at = excluded.finished_at",
+            " error = excluded.error, finished_at = excluded.finished_at"
+            " RETURNING job_id, run, seq",
             list(job_ids),
             self._now,
             CANCELLED,
