@@ -26,8 +26,7 @@ _log = get_logger("fetcher.archive")
 
 __all__ = [
     "OPEN", "WarcFile", "count_records", "file_name", "is_gzipped", "is_legacy", "label",
-    "parse_name",
-    "read_body", "remove_expired", "repair", "warc_files",
+    "parse_name", "read_body", "remove_expired", "repair", "warc_files",
 ]  # fmt: skip
 
 OPEN = ".open"
