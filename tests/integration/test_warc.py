@@ -168,12 +168,7 @@ def test_a_killed_daemon_leaves_whole_records_and_loses_no_committed_body(
     with open(torn, "rb") as handle:
         ends = [end for _, end, _ in warc.scan(handle, False)]
     assert ends[-1] == torn.stat().st_size  # ends at a whole record
-    _records(fetcher.bodies)  # every file parses, every digest holds
-    results = fetcher.results()
-    assert len(results) == total and all(r["state"] == "done" for r in results)
-    for row in results:
-        path = "/" + row["url"].split("/", 3)[3]
-        assert read_body(fetcher.bodies, row["body_path"]) == _page(path), row
+    _all_done_every_body_kept(fetcher, total)
 
 
 _FAILING_SYNC = """
@@ -195,25 +190,15 @@ def test_a_failed_sync_stops_the_daemon_before_the_commit_and_loses_nothing(
     back (the abandoned file is repaired, not trusted)."""
     total = 40
     fetcher.submit([origin.url(f"encoded/plain/eio{n}") for n in range(total)])
-    inject = tmp_path / "inject"
-    inject.mkdir()
-    (inject / "sitecustomize.py").write_text(_FAILING_SYNC)
-    path = os.pathsep.join(p for p in (str(inject), fetcher.env.get("PYTHONPATH")) if p)
-    daemon = fetcher.start("--drain", env={**fetcher.env, "PYTHONPATH": path})
+    daemon = _start_on_a_faulty_disk(fetcher, tmp_path, _FAILING_SYNC)
     assert daemon.wait(60) == 1
     crashed = [e for e in fetcher.last_log() if e["event"] == "service.crashed"]
     assert crashed and "Input/output error" in crashed[0]["error"]
     assert fetcher.status()["done"] == 0
     assert sum(origin.stats.requests.values()) >= 1
     fetcher.drain()
-    results = fetcher.results()
-    assert len(results) == total and all(r["state"] == "done" for r in results)
-    for row in results:
-        assert read_body(fetcher.bodies, row["body_path"]) == _page(
-            "/" + row["url"].split("/", 3)[3]
-        )
+    _all_done_every_body_kept(fetcher, total)
     assert not list(fetcher.bodies.glob("*" + OPEN))
-    _records(fetcher.bodies)
 
 
 _HANGING_SYNC = """
@@ -238,25 +223,38 @@ def test_a_disk_that_hangs_stops_the_daemon_in_bounded_time_and_loses_nothing(
     total = 20
     fetcher.set(timeout=2)
     fetcher.submit([origin.url(f"encoded/plain/hang{n}") for n in range(total)])
-    inject = tmp_path / "inject"
-    inject.mkdir()
-    (inject / "sitecustomize.py").write_text(_HANGING_SYNC)
-    path = os.pathsep.join(p for p in (str(inject), fetcher.env.get("PYTHONPATH")) if p)
-    daemon = fetcher.start("--drain", env={**fetcher.env, "PYTHONPATH": path})
+    daemon = _start_on_a_faulty_disk(fetcher, tmp_path, _HANGING_SYNC)
     assert daemon.wait(60) == 1
     reasons = [e.get("error", "") for e in fetcher.last_log() if e["level"] == "error"]
     assert any("did not answer within 2s" in reason for reason in reasons), reasons
     assert any("did not finish writing within 2s" in reason for reason in reasons), reasons
     assert fetcher.status()["done"] == 0
     fetcher.drain()
+    _all_done_every_body_kept(fetcher, total)
+    assert not list(fetcher.bodies.glob("*" + OPEN))
+
+
+def _start_on_a_faulty_disk(
+    fetcher: Fetcher, tmp_path: Path, sitecustomize: str
+) -> subprocess.Popen[bytes]:
+    """`fetcher run --drain` with `sitecustomize` loaded in the daemon's process only (where
+    it fakes the disk's faults)."""
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(sitecustomize)
+    path = os.pathsep.join(p for p in (str(inject), fetcher.env.get("PYTHONPATH")) if p)
+    return fetcher.start("--drain", env={**fetcher.env, "PYTHONPATH": path})
+
+
+def _all_done_every_body_kept(fetcher: Fetcher, total: int) -> None:
+    """Every one of the `total` jobs done, its body read back as the origin sent it, every
+    file parsing with every digest holding."""
+    _records(fetcher.bodies)
     results = fetcher.results()
     assert len(results) == total and all(r["state"] == "done" for r in results)
     for row in results:
-        assert read_body(fetcher.bodies, row["body_path"]) == _page(
-            "/" + row["url"].split("/", 3)[3]
-        )
-    assert not list(fetcher.bodies.glob("*" + OPEN))
-    _records(fetcher.bodies)
+        path = "/" + row["url"].split("/", 3)[3]
+        assert read_body(fetcher.bodies, row["body_path"]) == _page(path), row
 
 
 def test_files_rotate_and_retention_removes_them_whole(fetcher: Fetcher, origin: Origin) -> None:

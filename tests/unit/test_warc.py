@@ -296,10 +296,7 @@ async def test_a_failed_sync_raises_and_a_new_file_is_begun(
     store = BodyStore(tmp_path)
     await _keep(store, b"first")
 
-    def failing(fd: int) -> None:
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(os, "fdatasync", failing)
+    monkeypatch.setattr(os, "fdatasync", _input_output_error)
     with pytest.raises(OSError, match="Input/output error"):
         await store.durable()
     monkeypatch.undo()
@@ -359,10 +356,7 @@ async def test_a_close_whose_sync_fails_says_so(
     store = BodyStore(tmp_path)
     await _keep(store, b"first")
 
-    def failing(fd: int) -> None:
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(os, "fsync", failing)
+    monkeypatch.setattr(os, "fsync", _input_output_error)
     with pytest.raises(OSError, match="Input/output error"):
         store.close()
 
@@ -439,3 +433,8 @@ def test_read_body_says_gone_for_what_is_not_there(tmp_path: Path) -> None:
     assert archive.read_body(tmp_path, "fetcher-x.warc#0") is None
     assert archive.read_body(tmp_path, "../../etc/passwd") is None
     assert archive.read_body(tmp_path, "ab/" + "ab" * 32) is None
+
+
+def _input_output_error(fd: int) -> None:
+    """A sync of a disk that failed (EIO)."""
+    raise OSError(5, "Input/output error")
