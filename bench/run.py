@@ -17,6 +17,9 @@
                  core 0 beside nginx), the bare loop still is.
     api          the HTTP API (bench/api.py): aiohttp's server against uvicorn's, submitting
                  through it against `fetcher submit`, fetching while it is polled.
+    growth       the store's claim + record on a fresh database against one holding a history
+                 of kept results (bench/store_sql.py), SQLite and, where it answers,
+                 PostgreSQL at --postgres (a server's maintenance database).
     recurring    100,000 recurring jobs over 1,000 hosts (bench/recurring.py): the daemon's CPU
                  per revalidated run against a one-shot job's, the database's growth per run.
     requests     jobs that are requests: a 1 kB POST body and three headers a job, against the
@@ -34,6 +37,7 @@ Prints Markdown; BENCHMARKS.md keeps the figures of a run with the command that 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib.util
 import json
@@ -200,6 +204,21 @@ def timed(cmd: list[str], env: dict[str, str] | None = None, log: Path | None = 
     return elapsed
 
 
+def postgres_answering(url: str) -> str | None:
+    """`url` (a server's maintenance database) if it answers; else None."""
+    check = [
+        sys.executable,
+        "-c",
+        f"import asyncio, asyncpg; asyncio.run(asyncpg.connect({url!r}))",
+    ]
+    try:
+        return (
+            url if subprocess.run(check, capture_output=True, timeout=30).returncode == 0 else None
+        )
+    except subprocess.TimeoutExpired:
+        return None
+
+
 def fresh_db(db: Path) -> Path:
     """`db` with no database file (nor its WAL) left by an earlier run."""
     for suffix in ("", "-wal", "-shm"):
@@ -208,6 +227,33 @@ def fresh_db(db: Path) -> Path:
 
 
 DAEMON_FREE = False  # --daemon-free: `fetcher run --drain` not pinned (its threads on any core)
+HELPERS_APART = False  # --helpers-apart: the event loop on core 1, every other thread on core 0
+
+
+def timed_apart(cmd: list[str], env: dict[str, str], log: Path) -> float:
+    """`timed`, the process on core 1 and each thread but its first (the event loop) moved to
+    core 0 as soon as it appears (polled every 10 ms)."""
+    with open(log, "ab") as out:
+        started = time.perf_counter()
+        proc = subprocess.Popen([*pinned(1), *cmd], env=env, stdout=out, stderr=out)
+        moved: set[int] = set()
+        try:
+            while proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    for tid in map(int, os.listdir(f"/proc/{proc.pid}/task")):
+                        if tid != proc.pid and tid not in moved:
+                            with contextlib.suppress(OSError):
+                                os.sched_setaffinity(tid, {0})
+                                moved.add(tid)
+                time.sleep(0.01)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return elapsed
 
 
 def run_fetcher(
@@ -222,8 +268,11 @@ def run_fetcher(
     fetcher = [sys.executable, "-m", "fetcher"]
     submitted = str(jobs_file or urls)
     subprocess.run([*fetcher, "submit", "-f", submitted], env=env, check=True, capture_output=True)
-    cores = [] if DAEMON_FREE else pinned(1)
-    elapsed = timed([*cores, *fetcher, "run", "--drain"], env, workdir / "fetcher.log")
+    if HELPERS_APART:
+        elapsed = timed_apart([*fetcher, "run", "--drain"], env, workdir / "fetcher.log")
+    else:
+        cores = [] if DAEMON_FREE else pinned(1)
+        elapsed = timed([*cores, *fetcher, "run", "--drain"], env, workdir / "fetcher.log")
     done = stats.status(open_reader(db))["done"]
     if done != count_lines(urls):
         raise RuntimeError(f"fetcher finished {done} of {count_lines(urls)} jobs")
@@ -610,6 +659,7 @@ def main() -> int:
             "scale",
             "api",
             "recurring",
+            "growth",
         ],
     )
     parser.add_argument(
@@ -617,13 +667,23 @@ def main() -> int:
         help="FETCHER_ROBOTS for the scale run (obey, the default, asks each host's robots.txt)",
     )  # fmt: skip
     parser.add_argument(
+        "--postgres", default="postgresql://127.0.0.1:5432/postgres",
+        help="the PostgreSQL server for the growth section (its maintenance database); skipped"
+        " if it does not answer",
+    )  # fmt: skip
+    parser.add_argument(
         "--daemon-free", action="store_true",
         help="fetcher's drains not pinned: its threads (the WARC writer's, SQLite's) may use core"
         " 0 beside the origin; the bare loops stay on core 1",
     )  # fmt: skip
+    parser.add_argument(
+        "--helpers-apart", action="store_true",
+        help="fetcher's event loop on core 1 as the bare loops, its other threads (the WARC"
+        " writer's, SQLite's) moved to core 0 beside the origin: a machine with a core to spare",
+    )  # fmt: skip
     args = parser.parse_args()
-    global DAEMON_FREE
-    DAEMON_FREE = args.daemon_free
+    global DAEMON_FREE, HELPERS_APART
+    DAEMON_FREE, HELPERS_APART = args.daemon_free, args.helpers_apart
     if args.smoke:
         args.urls, args.reps = 500, 1
     workdir = Path(tempfile.mkdtemp(prefix="fetcher-bench-"))
@@ -654,6 +714,10 @@ def main() -> int:
             if not use_nginx:
                 raise SystemExit("the scale run needs nginx (the wildcard address)")
             report += ["", *scale(workdir, args.smoke, args.robots)]
+    if args.only in (None, "growth"):
+        from store_sql import growth_figures
+
+        report += ["", *growth_figures(args.smoke, args.reps, postgres_answering(args.postgres))]
     if args.only in (None, "polite"):
         report += ["", *many_polite_hosts(workdir, args.smoke)]
     if args.only in (None, "politeness"):

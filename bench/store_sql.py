@@ -15,6 +15,11 @@ finished results already in the tables (retention not yet due); `--kept` gives e
 kept body (a random sha256 digest, a WARC body_path), as the daemon's are:
 
     taskset -c 1 .venv/bin/python bench/store_sql.py --history 1000000 --kept --reps 3
+
+`make bench` runs it as its `growth` section (`growth_figures`): each backend with and without
+a history of kept results, interleaved, and the ratio. A cost that grows with the data (an
+index on a random key, a search through dead row versions) shows as a ratio well over 1,
+which the bench's other runs, on fresh databases, never see.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -97,6 +105,49 @@ async def run_once(args: argparse.Namespace, tmp: Path) -> float:
     finally:
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
+
+
+def growth_figures(smoke: bool, reps: int, postgres: str | None) -> list[str]:
+    """The `growth` section of `make bench`: claim + record, µs a job, on a fresh database
+    against one that holds a history of kept results (SQLite 300,000, PostgreSQL 100,000),
+    repetitions interleaved; PostgreSQL only where `postgres` answers."""
+    sizes: list[tuple[str, str | None, int]] = [("sqlite", None, 2_000 if smoke else 300_000)]
+    if postgres is not None:
+        sizes.append(("postgresql", postgres, 1_000 if smoke else 100_000))
+    jobs, reps = (2_000, 1) if smoke else (20_000, reps)
+    lines = [
+        "### Costs that grow with the data: claim + record, µs a job "
+        f"(`bench/store_sql.py --jobs {jobs} [--history N --kept]`, median of {reps})",
+        "",
+        "| backend | fresh database | with N results kept before | ÷ fresh |",
+        "|---|---|---|---|",
+    ]
+    for backend, url, history in sizes:
+        runs: dict[int, list[float]] = {0: [], history: []}
+        for _ in range(reps):
+            for before in runs:
+                runs[before].append(_store_sql(jobs, before, url))
+        fresh, grown = (statistics.median(runs[k]) for k in (0, history))
+        lines.append(
+            f"| {backend} | {fresh:.1f} | {grown:.1f} (N = {history:,}) | {grown / fresh:.2f} |"
+        )
+    print("\n".join(["", *lines]), flush=True)
+    return lines
+
+
+def _store_sql(jobs: int, history: int, postgres: str | None) -> float:
+    """One repetition of this script, pinned to core 1 as the daemon is in `make bench`."""
+    cmd = [sys.executable, __file__, "--jobs", str(jobs), "--reps", "1"]
+    if history:
+        cmd += ["--history", str(history), "--kept"]
+    if postgres:
+        cmd += ["--postgres", postgres]
+    taskset = ["taskset", "-c", "1"] if (os.cpu_count() or 1) >= 2 else []
+    out = subprocess.run([*taskset, *cmd], capture_output=True, text=True, check=True).stdout
+    found = re.search(r"([\d.]+) µs a job", out)
+    if found is None:
+        raise RuntimeError(f"store_sql.py printed no figure: {out!r}")
+    return float(found.group(1))
 
 
 def main() -> None:
