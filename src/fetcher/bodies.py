@@ -16,7 +16,8 @@ A write that fails (disk full, directory gone) is cut off the file again and rai
 abandons the file (the next record begins another) and stops the commit. A daemon killed
 while writing leaves a `.open` marker beside its file; the next daemon started on the machine
 cuts that file's torn last record off and removes the marker. Files are closed (fsynced,
-marker removed) past FETCHER_WARC_MAX_BYTES and at shutdown.
+marker removed) past FETCHER_WARC_MAX_BYTES, past FETCHER_WARC_MAX_AGE (housekeeping asks, so
+an idle daemon's file is closed too: retention removes only complete files) and at shutdown.
 """
 
 from __future__ import annotations
@@ -175,6 +176,7 @@ class _Current:
     fd: int
     size: int
     warcinfo: str
+    opened: float  # time.monotonic()
     synced: int = 0  # bytes known to be on the disk
 
 
@@ -186,6 +188,7 @@ class BodyStore:
         root: Path,
         *,
         max_bytes: int = 1 << 30,
+        max_age_s: float = 86_400.0,
         gzip: bool = False,
         memory_bytes: int = _MEMORY_BYTES,
         deadline_s: float = DEFAULT_TIMEOUT_S,
@@ -196,6 +199,7 @@ class BodyStore:
         self._tmp = str(root / "tmp")
         archive.repair(root)
         self._max_bytes = max_bytes
+        self._max_age_s = max_age_s
         self._gzip = gzip
         self._writer = Writer()
         self._deadlines = Deadlines()
@@ -251,6 +255,19 @@ class BodyStore:
             await self._deadlines.wait(written, deadline_s or self._deadline_s)
         except OSError as exc:
             raise BodyNotKept(exc) from exc
+
+    @property
+    def age_check_s(self) -> float:
+        """How often housekeeping should call `close_if_old`."""
+        return min(60.0, self._max_age_s / 4)
+
+    def close_if_old(self) -> None:
+        """Close the file past FETCHER_WARC_MAX_AGE, whether or not a record comes (the writer
+        thread does it in turn): an idle daemon's file becomes complete, for its readers and
+        for retention, which removes only complete files; without this, a daemon writing
+        little would keep one file open, and its bodies, far past FETCHER_RETENTION_DAYS."""
+        if not self._writer.stopped:
+            self._writer.post(self._close_if_old)
 
     def close(self) -> None:
         """At shutdown: every record handed over written, the file synced and closed, by the
@@ -343,7 +360,7 @@ class BodyStore:
             (self.root / (name + archive.OPEN)).touch(mode=0o600)
             fd = os.open(self.root / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             rid = warc.record_id()
-            self._current = _Current(name, fd, 0, rid)
+            self._current = _Current(name, fd, 0, rid, time.monotonic())
             info = warc.warcinfo_record(name, rid, _info(), now)
             try:
                 self._append([self._pack(info)])
@@ -399,17 +416,26 @@ class BodyStore:
         current.synced = current.size
 
     def _rotate_if_full(self) -> None:
-        """Past FETCHER_WARC_MAX_BYTES the file is closed; past `_UNSYNCED_BYTES` written since
+        """Past FETCHER_WARC_MAX_BYTES or FETCHER_WARC_MAX_AGE the file is closed; past
+        `_UNSYNCED_BYTES` written since
         the last sync, it is synced (and its pages dropped) now rather than at the next
         commit: large bodies then reuse a few megabytes of page cache instead of touching new
         memory all along (BENCHMARKS.md, "dropped pages")."""
         current = self._current
         if current is None:
             return
-        if current.size >= self._max_bytes:
+        if current.size >= self._max_bytes or self._aged(current):
             self._close()
         elif current.size - current.synced >= _UNSYNCED_BYTES:
             self._sync()
+
+    def _aged(self, current: _Current) -> bool:
+        return time.monotonic() - current.opened >= self._max_age_s
+
+    def _close_if_old(self) -> None:
+        current = self._current
+        if current is not None and self._aged(current):
+            self._close()
 
     def _abandon(self) -> None:
         """Stop appending to a file in a state not known (its marker stays: the next start
@@ -427,6 +453,9 @@ class BodyStore:
             return
         try:
             os.fsync(current.fd)
+        except OSError as exc:  # as a failed fdatasync: no commit may claim its records
+            self._sync_failure = exc
+            raise
         finally:
             os.close(current.fd)
         (self.root / (current.name + archive.OPEN)).unlink(missing_ok=True)

@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     lease_s: float = Field(90.0, ge=5)
     save_bodies: bool = True
     warc_max_bytes: int = Field(1 << 30, ge=4096)
+    warc_max_age: float = Field(86_400.0, ge=1)
     warc_gzip: bool = False
     robots: Literal["obey", "ignore"] = "obey"
     robots_ttl: float = Field(86_400.0, gt=0)
@@ -91,7 +92,9 @@ class Settings(BaseSettings):
     webhook_retry_for: float = Field(86_400.0, ge=0)
     min_interval: float = Field(60.0, gt=0)
 
-    @field_validator("host_rate", "backoff_base", "backoff_max", "retry_after_max", "timeout")
+    @field_validator(
+        "host_rate", "backoff_base", "backoff_max", "retry_after_max", "timeout", "warc_max_age"
+    )
     @classmethod
     def _finite(cls, value: float) -> float:
         if not math.isfinite(value):

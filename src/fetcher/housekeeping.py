@@ -5,6 +5,7 @@ leases   lease/4       renew this daemon's leases, take back expired ones, forge
 status   5 s           systemd's STATUS= line
 metrics  1 s           the queue gauge (only with FETCHER_METRICS_ADDR)
 prune    10 min        FETCHER_RETENTION_DAYS
+warc     ≤ 1 min       close the WARC file past FETCHER_WARC_MAX_AGE, also when idle
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ class Housekeeping:
         if self._retention_days > 0:  # a first prune at start: a restart may find much to do
             chores.append(("prune", PRUNE_EVERY_S, self.prune, True))
         chores.append(("expire", PRUNE_EVERY_S, self.expire, False))
+        if self._bodies is not None:
+            chores.append(("warc", self._bodies.age_check_s, self.close_old_warc, False))
         if self._metrics is not None:
             chores.append(("metrics", METRICS_EVERY_S, self.gauge_queue, False))
         for name, every_s, chore, first_now in chores:
@@ -102,6 +105,10 @@ class Housekeeping:
     async def gauge_queue(self) -> None:
         assert self._metrics is not None
         self._metrics.queue(await self._queue.counts())
+
+    async def close_old_warc(self) -> None:
+        assert self._bodies is not None
+        self._bodies.close_if_old()
 
     async def expire(self) -> None:
         """Idempotency-Keys past their day, webhook deliveries that ended a week ago."""

@@ -290,6 +290,27 @@ def test_files_rotate_and_retention_removes_them_whole(fetcher: Fetcher, origin:
     assert _body(fetcher, kept["id"]) == b"kept before WARC"
 
 
+def test_an_idle_daemons_file_is_closed_past_its_age(fetcher: Fetcher, origin: Origin) -> None:
+    """A daemon with nothing to fetch closes its file past FETCHER_WARC_MAX_AGE (its marker
+    goes, every record parses): the file is complete for readers and for retention. The next
+    body begins a new file."""
+    fetcher.set(warc_max_age=1)
+    daemon = fetcher.start()
+    fetcher.submit([origin.url(f"encoded/plain/{n}") for n in range(3)])
+    assert wait_until(lambda: fetcher.status()["done"] == 3, timeout=30)
+    assert wait_until(lambda: not list(fetcher.bodies.glob("*" + OPEN)), timeout=10)
+    assert daemon.poll() is None  # idle, not stopped
+    [first] = fetcher.bodies.glob("fetcher-*.warc")
+    assert [r["type"] for r in _records(fetcher.bodies)].count("response") == 3
+    fetcher.submit([origin.url("encoded/plain/later")])
+    assert wait_until(lambda: fetcher.status()["done"] == 4, timeout=30)
+    [later] = [r for r in fetcher.results() if r["url"].endswith("/later")]
+    assert later["body_path"].split("#")[0] != first.name
+    assert _body(fetcher, later["id"]) == _page("/encoded/plain/later")
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(30) == 0
+
+
 def test_a_revalidation_whose_body_is_gone_fetches_it_whole(
     fetcher: Fetcher, origin: Origin
 ) -> None:

@@ -43,6 +43,8 @@ def test_env_file_is_read_and_environment_wins(
         ("FETCHER_ALLOW_PRIVATE", "maybe"),
         ("FETCHER_METRICS_ADDR", "nowhere"),
         ("FETCHER_HOST_RATE", "inf"),
+        ("FETCHER_WARC_MAX_AGE", "0"),  # a file per record
+        ("FETCHER_WARC_MAX_AGE", "inf"),
         ("FETCHER_USER_AGENT", "/1.0"),  # no product token for robots.txt to name
         ("FETCHER_USER_AGENT", "bot2/1"),
     ],

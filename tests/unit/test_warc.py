@@ -130,6 +130,49 @@ async def test_the_store_rotates_dedupes_and_serves_by_body_path(tmp_path: Path)
     assert not os.listdir(tmp_path / "tmp")  # no spill file left
 
 
+async def test_a_file_past_its_age_is_closed_at_the_next_record_and_when_idle(
+    tmp_path: Path,
+) -> None:
+    """Past max_age_s a file is closed without waiting for a record (`close_if_old`, which
+    housekeeping calls): an idle daemon's file becomes complete, as retention needs; a younger
+    file stays open. A record that finds its file past the age closes it after itself."""
+    store = BodyStore(tmp_path, max_age_s=0.3)
+    _, first = await _keep(store, b"one")
+    store.close_if_old()
+    await store.durable()  # the writer thread has done what was posted before
+    assert [f.open for f in archive.warc_files(tmp_path)] == [True]
+    await asyncio.sleep(0.35)
+    store.close_if_old()
+    await store.durable()
+    assert [f.open for f in archive.warc_files(tmp_path)] == [False]
+    await _keep(store, b"two")
+    await asyncio.sleep(0.35)
+    await _keep(store, b"three")
+    assert [f.open for f in archive.warc_files(tmp_path)] == [False, False]
+    store.close()
+    counts = [archive.count_records(tmp_path / f.name) for f in archive.warc_files(tmp_path)]
+    assert [c["response"] for c in counts] == [1, 2]
+    assert archive.read_body(tmp_path, first) == b"one"
+
+
+async def test_a_rotation_whose_sync_fails_lets_no_later_commit_claim_its_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file closed past its size is fsynced; when that fails, what it held is unknown, as
+    with a failed fdatasync: `durable` raises from then on, so the results of its records
+    written since the last commit are never committed (the daemon stops, they are fetched
+    again)."""
+    store = BodyStore(tmp_path, max_bytes=8192)
+    await _keep(store, b"first")
+    monkeypatch.setattr(os, "fsync", _input_output_error)
+    with pytest.raises(BodyNotKept, match="Input/output error"):
+        await _keep(store, os.urandom(10_000))  # past max_bytes: the file is closed
+    monkeypatch.undo()
+    with pytest.raises(OSError, match="Input/output error"):
+        await store.durable()
+    store.close()
+
+
 async def _settled(store: BodyStore) -> None:
     """Once the writer thread has done everything handed to it before (it works in order)."""
     await store.keep(store.sink(), CAPTURE)
