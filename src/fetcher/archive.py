@@ -111,14 +111,30 @@ def read_body(root: Path, body_path: str) -> bytes | None:
 
 
 def remove_expired(root: Path, before: float) -> list[str]:
-    """Remove the complete WARC files whose last record was written before `before`; their
-    names."""
+    """Remove the WARC files whose last record was written before `before`; their names. A
+    file still marked open goes too once its daemon is known dead: this machine's by its pid;
+    another machine's by its age alone, since a live daemon closes its file within
+    FETCHER_WARC_MAX_AGE, which is at most half the retention (`Settings.warc_age_limit`), so
+    an open file untouched for the whole retention is one nobody will close (its machine died
+    or left the shared directory)."""
     gone = []
     for found in warc_files(root):
-        if not found.open and found.modified < before:
-            (root / found.name).unlink(missing_ok=True)
-            gone.append(found.name)
+        if found.modified >= before or (found.open and not _abandoned(found.name)):
+            continue
+        (root / found.name).unlink(missing_ok=True)
+        (root / (found.name + OPEN)).unlink(missing_ok=True)
+        gone.append(found.name)
     return gone
+
+
+def _abandoned(name: str) -> bool:
+    """Whether the daemon that marked `name` open is gone (of another machine: assumed)."""
+    owner = parse_name(name)
+    if owner is None:
+        return False
+    if owner[0] != label(this_machine()):
+        return True
+    return owner[1] != os.getpid() and not process_alive(owner[1])
 
 
 def repair(root: Path) -> None:

@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     lease_s: float = Field(90.0, ge=5)
     save_bodies: bool = True
     warc_max_bytes: int = Field(1 << 30, ge=4096)
-    warc_max_age: float = Field(86_400.0, ge=1)
+    warc_max_age: float = Field(86_400.0, ge=1)  # see warc_age_limit
     warc_gzip: bool = False
     robots: Literal["obey", "ignore"] = "obey"
     robots_ttl: float = Field(86_400.0, gt=0)
@@ -206,6 +206,15 @@ class Settings(BaseSettings):
     def db_url(self) -> str:
         assert self.db is not None and self.postgres
         return self.db
+
+    @property
+    def warc_age_limit(self) -> float:
+        """Seconds a WARC file stays open at most: FETCHER_WARC_MAX_AGE, and with retention on
+        at most half of FETCHER_RETENTION_DAYS, so that retention can tell a file nobody will
+        close (its daemon's machine died) from a live daemon's (`archive.remove_expired`)."""
+        if self.retention_days > 0:
+            return min(self.warc_max_age, self.retention_days * 86_400 / 2)
+        return self.warc_max_age
 
     @property
     def bodies_path(self) -> Path | None:

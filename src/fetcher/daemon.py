@@ -130,7 +130,7 @@ async def _run(
             bodies = BodyStore(
                 settings.bodies_path,
                 max_bytes=settings.warc_max_bytes,
-                max_age_s=settings.warc_max_age,
+                max_age_s=settings.warc_age_limit,
                 gzip=settings.warc_gzip,
                 deadline_s=settings.timeout,
             )

@@ -19,6 +19,7 @@ from fetcher import archive, warc
 from fetcher.archive import repair
 from fetcher.batch import Batch
 from fetcher.bodies import BodyStore
+from fetcher.config import Settings
 from fetcher.diskthread import Deadlines
 from fetcher.errors import BodyNotKept
 from fetcher.guarded import GuardedQueue
@@ -466,6 +467,44 @@ def test_repair_cuts_a_dead_daemons_torn_record_and_leaves_a_live_ones(tmp_path:
     assert not (tmp_path / (dead + archive.OPEN)).exists()
     assert (tmp_path / live).stat().st_size == len(whole) + 50  # its daemon is still writing
     assert (tmp_path / (live + archive.OPEN)).exists()
+
+
+def test_retention_removes_files_past_it_and_open_ones_only_when_nobody_will_close_them(
+    tmp_path: Path,
+) -> None:
+    """Past the retention, a complete file goes; an open one goes with its marker when its
+    daemon is gone: of this machine, a dead pid; of another machine, its age alone says so
+    (a live daemon closes its file within half the retention). A live daemon's open file, and
+    every file written since `before`, stay."""
+    here = socket.gethostname()
+    names = {
+        "closed": archive.file_name("20260101000000000", 1, here, 2**22 + 1, False),
+        "dead here": archive.file_name("20260101000000000", 2, here, 2**22 + 12345, False),
+        "live here": archive.file_name("20260101000000000", 3, here, os.getppid(), False),
+        "elsewhere": archive.file_name("20260101000000000", 4, "gone-machine", 7, False),
+        "recent": archive.file_name("20260101000000000", 5, "gone-machine", 8, False),
+        "recent closed": archive.file_name("20260101000000000", 6, here, 2**22 + 2, False),
+    }
+    now = time.time()
+    for kind, name in names.items():
+        (tmp_path / name).write_bytes(_response(b"x"))
+        if kind not in ("closed", "recent closed"):
+            (tmp_path / (name + archive.OPEN)).touch()
+        age = 10 if kind.startswith("recent") else 40 * 86_400
+        os.utime(tmp_path / name, (now - age, now - age))
+    gone = archive.remove_expired(tmp_path, now - 30 * 86_400)
+    assert sorted(gone) == sorted(names[k] for k in ("closed", "dead here", "elsewhere"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([
+        names["live here"], names["live here"] + archive.OPEN,
+        names["recent"], names["recent"] + archive.OPEN, names["recent closed"],
+    ])  # fmt: skip
+
+
+def test_a_file_stays_open_at_most_half_the_retention() -> None:
+    """So that retention can tell a file nobody will close from a live daemon's."""
+    assert Settings(retention_days=30).warc_age_limit == 86_400  # FETCHER_WARC_MAX_AGE
+    assert Settings(retention_days=1).warc_age_limit == 43_200
+    assert Settings(retention_days=0, warc_max_age=10 * 86_400).warc_age_limit == 10 * 86_400
 
 
 def test_read_body_says_gone_for_what_is_not_there(tmp_path: Path) -> None:
