@@ -417,10 +417,9 @@ class BodyStore:
 
     def _rotate_if_full(self) -> None:
         """Past FETCHER_WARC_MAX_BYTES or FETCHER_WARC_MAX_AGE the file is closed; past
-        `_UNSYNCED_BYTES` written since
-        the last sync, it is synced (and its pages dropped) now rather than at the next
-        commit: large bodies then reuse a few megabytes of page cache instead of touching new
-        memory all along (BENCHMARKS.md, "dropped pages")."""
+        `_UNSYNCED_BYTES` written since the last sync, it is synced (and its pages dropped) now
+        rather than at the next commit: large bodies then reuse a few megabytes of page cache
+        instead of touching new memory all along (BENCHMARKS.md, "dropped pages")."""
         current = self._current
         if current is None:
             return
