@@ -38,9 +38,12 @@ from fetcher.config import DEFAULT_TIMEOUT_S
 from fetcher.daemons import this_machine
 from fetcher.diskthread import Deadlines, Writer
 from fetcher.errors import BodyNotKept
+from fetcher.log import get_logger
 from fetcher.model import Validators
 
 __all__ = ["BodySink", "BodyStore"]
+
+_log = get_logger("fetcher.bodies")
 
 _MEMORY_BYTES = 64 << 20  # bodies held in memory at once, all requests together
 _UNSYNCED_BYTES = 4 << 20  # written since the last sync: synced (and dropped) at once
@@ -365,7 +368,7 @@ class BodyStore:
             try:
                 self._append([self._pack(info)])
             except OSError:
-                self._close()
+                self._close(None)
                 (self.root / name).unlink(missing_ok=True)
                 raise
         return self._current
@@ -423,8 +426,10 @@ class BodyStore:
         current = self._current
         if current is None:
             return
-        if current.size >= self._max_bytes or self._aged(current):
-            self._close()
+        if current.size >= self._max_bytes:
+            self._close("size")
+        elif self._aged(current):
+            self._close("age")
         elif current.size - current.synced >= _UNSYNCED_BYTES:
             self._sync()
 
@@ -434,7 +439,7 @@ class BodyStore:
     def _close_if_old(self) -> None:
         current = self._current
         if current is not None and self._aged(current):
-            self._close()
+            self._close("age")
 
     def _abandon(self) -> None:
         """Stop appending to a file in a state not known (its marker stays: the next start
@@ -445,7 +450,8 @@ class BodyStore:
             with contextlib.suppress(OSError):
                 os.close(current.fd)
 
-    def _close(self) -> None:
+    def _close(self, why: str | None = "shutdown") -> None:
+        """Close the file (fsynced, marker removed); logged `warc.closed` with `why` if any."""
         current, self._current = self._current, None
         self._originals.clear()
         if current is None:
@@ -458,6 +464,8 @@ class BodyStore:
         finally:
             os.close(current.fd)
         (self.root / (current.name + archive.OPEN)).unlink(missing_ok=True)
+        if why is not None:
+            _log.info("warc.closed", file=current.name, bytes=current.size, why=why)
 
 
 def _closing(close: Callable[[], None], failed: list[BaseException]) -> None:

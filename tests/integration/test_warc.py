@@ -301,6 +301,10 @@ def test_an_idle_daemons_file_is_closed_past_its_age(fetcher: Fetcher, origin: O
     assert wait_until(lambda: not list(fetcher.bodies.glob("*" + OPEN)), timeout=10)
     assert daemon.poll() is None  # idle, not stopped
     [first] = fetcher.bodies.glob("fetcher-*.warc")
+    closed = [e for e in fetcher.log_of(0) if e["event"] == "warc.closed"]
+    assert [(e["file"], e["why"], e["bytes"]) for e in closed] == [
+        (first.name, "age", first.stat().st_size)
+    ]
     assert [r["type"] for r in _records(fetcher.bodies)].count("response") == 3
     fetcher.submit([origin.url("encoded/plain/later")])
     assert wait_until(lambda: fetcher.status()["done"] == 4, timeout=30)
@@ -309,6 +313,8 @@ def test_an_idle_daemons_file_is_closed_past_its_age(fetcher: Fetcher, origin: O
     assert _body(fetcher, later["id"]) == _page("/encoded/plain/later")
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(30) == 0
+    whys = [e["why"] for e in fetcher.log_of(0) if e["event"] == "warc.closed"]
+    assert len(whys) == 2 and whys[1] in ("age", "shutdown")  # whichever comes first
 
 
 def test_a_revalidation_whose_body_is_gone_fetches_it_whole(

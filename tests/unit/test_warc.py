@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 from warcio.archiveiterator import ArchiveIterator
 
 from fetcher import archive, warc
@@ -119,8 +120,10 @@ async def test_the_store_rotates_dedupes_and_serves_by_body_path(tmp_path: Path)
     points at it; a body past the spill size reads back whole."""
     store = BodyStore(tmp_path, max_bytes=8192)
     big = os.urandom(400_000)
-    kept = [await _keep(store, payload) for payload in (b"one", b"one", big, b"two")]
-    store.close()
+    with capture_logs() as logs:
+        kept = [await _keep(store, payload) for payload in (b"one", b"one", big, b"two")]
+        store.close()
+    assert [e["why"] for e in logs if e["event"] == "warc.closed"] == ["size", "shutdown"]
     assert kept[0] == kept[1]  # the duplicate points at the original
     assert archive.read_body(tmp_path, kept[2][1]) == big
     assert hashlib.sha256(big).hexdigest() == kept[2][0]
