@@ -37,6 +37,7 @@ Prints Markdown; BENCHMARKS.md keeps the figures of a run with the command that 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import functools
 import importlib.util
@@ -54,6 +55,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+import asyncpg
 import httpx
 
 from fetcher import __version__, stats
@@ -206,17 +208,16 @@ def timed(cmd: list[str], env: dict[str, str] | None = None, log: Path | None = 
 
 def postgres_answering(url: str) -> str | None:
     """`url` (a server's maintenance database) if it answers; else None."""
-    check = [
-        sys.executable,
-        "-c",
-        f"import asyncio, asyncpg; asyncio.run(asyncpg.connect({url!r}))",
-    ]
+
+    async def connect() -> None:
+        connection = await asyncpg.connect(url, timeout=10)
+        await connection.close()
+
     try:
-        return (
-            url if subprocess.run(check, capture_output=True, timeout=30).returncode == 0 else None
-        )
-    except subprocess.TimeoutExpired:
+        asyncio.run(connect())
+    except (OSError, TimeoutError, asyncpg.PostgresError):
         return None
+    return url
 
 
 def fresh_db(db: Path) -> Path:
@@ -226,8 +227,10 @@ def fresh_db(db: Path) -> Path:
     return db
 
 
-DAEMON_FREE = False  # --daemon-free: `fetcher run --drain` not pinned (its threads on any core)
-HELPERS_APART = False  # --helpers-apart: the event loop on core 1, every other thread on core 0
+# where `fetcher run --drain` runs: "pinned" to core 1 (as the bare loops); "free" on any core
+# (--daemon-free); "apart", the event loop on core 1 and every other thread on core 0
+# (--helpers-apart)
+PLACEMENT = "pinned"
 
 
 def timed_apart(cmd: list[str], env: dict[str, str], log: Path) -> float:
@@ -268,11 +271,11 @@ def run_fetcher(
     fetcher = [sys.executable, "-m", "fetcher"]
     submitted = str(jobs_file or urls)
     subprocess.run([*fetcher, "submit", "-f", submitted], env=env, check=True, capture_output=True)
-    if HELPERS_APART:
-        elapsed = timed_apart([*fetcher, "run", "--drain"], env, workdir / "fetcher.log")
+    drain, log = [*fetcher, "run", "--drain"], workdir / "fetcher.log"
+    if PLACEMENT == "apart":
+        elapsed = timed_apart(drain, env, log)
     else:
-        cores = [] if DAEMON_FREE else pinned(1)
-        elapsed = timed([*cores, *fetcher, "run", "--drain"], env, workdir / "fetcher.log")
+        elapsed = timed([*(pinned(1) if PLACEMENT == "pinned" else []), *drain], env, log)
     done = stats.status(open_reader(db))["done"]
     if done != count_lines(urls):
         raise RuntimeError(f"fetcher finished {done} of {count_lines(urls)} jobs")
@@ -671,19 +674,20 @@ def main() -> int:
         help="the PostgreSQL server for the growth section (its maintenance database); skipped"
         " if it does not answer",
     )  # fmt: skip
-    parser.add_argument(
-        "--daemon-free", action="store_true",
+    placement = parser.add_mutually_exclusive_group()
+    placement.add_argument(
+        "--daemon-free", dest="placement", action="store_const", const="free",
         help="fetcher's drains not pinned: its threads (the WARC writer's, SQLite's) may use core"
         " 0 beside the origin; the bare loops stay on core 1",
     )  # fmt: skip
-    parser.add_argument(
-        "--helpers-apart", action="store_true",
+    placement.add_argument(
+        "--helpers-apart", dest="placement", action="store_const", const="apart",
         help="fetcher's event loop on core 1 as the bare loops, its other threads (the WARC"
         " writer's, SQLite's) moved to core 0 beside the origin: a machine with a core to spare",
     )  # fmt: skip
     args = parser.parse_args()
-    global DAEMON_FREE, HELPERS_APART
-    DAEMON_FREE, HELPERS_APART = args.daemon_free, args.helpers_apart
+    global PLACEMENT
+    PLACEMENT = args.placement or "pinned"
     if args.smoke:
         args.urls, args.reps = 500, 1
     workdir = Path(tempfile.mkdtemp(prefix="fetcher-bench-"))

@@ -142,8 +142,9 @@ def _store_sql(jobs: int, history: int, postgres: str | None) -> float:
         cmd += ["--history", str(history), "--kept"]
     if postgres:
         cmd += ["--postgres", postgres]
-    taskset = ["taskset", "-c", "1"] if (os.cpu_count() or 1) >= 2 else []
-    out = subprocess.run([*taskset, *cmd], capture_output=True, text=True, check=True).stdout
+    from run import pinned  # run.py imports this module: not at the top
+
+    out = subprocess.run([*pinned(1), *cmd], capture_output=True, text=True, check=True).stdout
     found = re.search(r"([\d.]+) µs a job", out)
     if found is None:
         raise RuntimeError(f"store_sql.py printed no figure: {out!r}")
