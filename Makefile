@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format bench bench-smoke mutate install-service clean
+.PHONY: demo test lint format bench bench-smoke mutate install-service clean bytecode
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,10 +12,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)  ## a local origin on loopback, the real daemon, the stats table
+# fetcher's own modules compiled ahead, as an installed package's are: the editable install
+# leaves them to be compiled on import, which with PYTHONDONTWRITEBYTECODE set (as on these
+# machines) happens again in every process, ~40 ms a daemon start (BENCHMARKS.md, "start-up")
+bytecode: $(STAMP)
+	$(BIN)/python -m compileall -q src
+
+demo: bytecode  ## a local origin on loopback, the real daemon, the stats table
 	$(BIN)/fetcher demo
 
-test: lint  ## lint, then the whole test suite, on two workers (each its own origin, ports, databases)
+test: lint bytecode  ## lint, then the whole test suite, on two workers (each its own origin, ports, databases)
 	$(BIN)/pytest -n 2
 
 lint: $(STAMP)  ## ruff (lint and format) and mypy --strict
@@ -27,12 +33,12 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests bench
 	$(BIN)/ruff format src tests bench
 
-bench: $(STAMP)  ## throughput against the bare loops and Scrapy, politeness, scale, PostgreSQL (see BENCHMARKS.md)
+bench: bytecode  ## throughput against the bare loops and Scrapy, politeness, scale, PostgreSQL (see BENCHMARKS.md)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/run.py --scale
 	$(BIN)/python bench/scale_out.py
 
-bench-smoke: $(STAMP)  ## the benchmark at tiny sizes: does it still run
+bench-smoke: bytecode  ## the benchmark at tiny sizes: does it still run
 	$(BIN)/python bench/run.py --smoke --scale
 	$(BIN)/python bench/scale_out.py --smoke
 

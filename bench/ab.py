@@ -35,7 +35,7 @@ import time
 from io import BytesIO
 from pathlib import Path
 
-from run import ADDRESSES, PORT, Nginx, fetcher_env, fresh_db, pinned, polite_run
+from run import ADDRESSES, PORT, Nginx, compiled, fetcher_env, fresh_db, pinned, polite_run
 
 
 def checkout(rev: str, into: Path) -> Path:
@@ -43,7 +43,7 @@ def checkout(rev: str, into: Path) -> Path:
     archive = subprocess.run(["git", "archive", rev, "src"], check=True, capture_output=True)
     with tarfile.open(fileobj=BytesIO(archive.stdout)) as tar:
         tar.extractall(into, filter="data")
-    return into / "src"
+    return compiled(into / "src")
 
 
 def tail_s(log: Path) -> float:

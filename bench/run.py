@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import compileall
 import contextlib
 import functools
 import importlib.util
@@ -68,6 +69,14 @@ SCALE_PORT = 18081
 ADDRESSES = [f"127.0.0.{i}" for i in range(2, 18)]
 BODY = "x" * 1023
 SIZES = {"1k": 1_000, "100k": 102_400, "1m": 1_048_576}  # the distinct answers under /<name>/
+
+
+def compiled(src: Path) -> Path:
+    """`src` with its modules compiled ahead, as an installed package's are: with
+    PYTHONDONTWRITEBYTECODE set (as on these machines) an editable install's are compiled
+    again in every process, ~40 ms of each drain's start (BENCHMARKS.md, "start-up")."""
+    compileall.compile_dir(src, quiet=1)
+    return src
 
 
 def pinned(core: int) -> list[str]:
@@ -690,6 +699,7 @@ def main() -> int:
     PLACEMENT = args.placement or "pinned"
     if args.smoke:
         args.urls, args.reps = 500, 1
+    compiled(HERE.parent / "src")
     workdir = Path(tempfile.mkdtemp(prefix="fetcher-bench-"))
     report = ["## `" + " ".join(["make bench", *sys.argv[1:]]) + "`", "", *machine()]
     use_nginx = Nginx.available()
