@@ -249,7 +249,7 @@ def read_fields(file: IO[bytes], offset: int, gzipped: bool) -> dict[str, str]:
         if not chunk:
             break
         head += unpacker.decompress(chunk)
-        found = _parse(bytes(head))
+        found = _parse(bytes(head[:_MAX_HEAD]))  # as scan and read_record look
         if found is not None:
             return found[0]
     raise ValueError(f"no record at {offset}")
