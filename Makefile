@@ -42,7 +42,7 @@ bench-smoke: bytecode  ## the benchmark at tiny sizes: does it still run
 	$(BIN)/python bench/run.py --smoke --scale
 	$(BIN)/python bench/scale_out.py --smoke
 
-mutate: $(STAMP)  ## mutation testing of the pure core and the counters (slow; not in make test)
+mutate: $(STAMP)  ## mutation testing of the pure core, the counters, robots.txt, WARC (slow; not in make test)
 	$(BIN)/python -m pip install --quiet -e '.[dev,mutate]'
 	rm -rf mutants
 	$(BIN)/mutmut run --max-children 2
