@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 # fetcher's own modules compiled ahead, as an installed package's are: the editable install
 # leaves them to be compiled on import, which with PYTHONDONTWRITEBYTECODE set (as on these
-# machines) happens again in every process, ~40 ms a daemon start (BENCHMARKS.md, "start-up")
+# machines) happens again in every process, 40-70 ms a daemon start (BENCHMARKS.md, "start-up")
 bytecode: $(STAMP)
 	$(BIN)/python -m compileall -q src
 

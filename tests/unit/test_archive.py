@@ -4,7 +4,6 @@ missing by mutation testing of archive.py."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 from pathlib import Path
@@ -12,19 +11,12 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from fetcher import archive, warc
+from fetcher import archive
+from tests.unit.test_warc_records import response
 
 STAMP = "20260101000000000"
 HERE = socket.gethostname()
 DEAD_PID = 2**22 + 12345  # above any pid_max: nobody
-
-
-def _response(payload: bytes, gzipped: bool = False) -> bytes:
-    capture = warc.Capture("http://example.test/", 1.0, None, 200, "OK", "HTTP/1.1", [])
-    digest = hashlib.sha256(payload).hexdigest()
-    record = warc.response_head(capture, "<urn:uuid:r>", digest, len(payload), "<urn:uuid:i>")
-    record += payload + warc.END
-    return warc.gzip_member(record) if gzipped else record
 
 
 def test_file_names_as_crawlers_name_them() -> None:
@@ -47,8 +39,8 @@ def test_which_body_paths_are_of_the_layout_before_warc() -> None:
 @pytest.mark.parametrize("gzipped", [False, True])
 def test_a_body_reads_back_and_the_records_are_counted(tmp_path: Path, gzipped: bool) -> None:
     name = archive.file_name(STAMP, 1, "m", 1, gzipped)
-    first = _response(b"one", gzipped)
-    (tmp_path / name).write_bytes(first + _response(b"two", gzipped))
+    first = response(b"one", gzipped)
+    (tmp_path / name).write_bytes(first + response(b"two", gzipped))
     assert archive.read_body(tmp_path, f"{name}#{len(first)}") == b"two"
     assert archive.count_records(tmp_path / name) == {"response": 2}
 
@@ -60,7 +52,7 @@ def test_a_legacy_body_reads_back_only_from_inside_the_directory(tmp_path: Path)
     (root / "ab").mkdir(parents=True)
     (root / "ab" / ("cd" * 31)).write_bytes(b"old body")
     (tmp_path / "outside").write_bytes(b"secret")
-    (tmp_path / "outside.warc").write_bytes(_response(b"secret"))
+    (tmp_path / "outside.warc").write_bytes(response(b"secret"))
     assert archive.read_body(root, "ab/" + "cd" * 31) == b"old body"
     assert archive.read_body(root, "../outside") is None
     assert archive.read_body(root, "ab") is None  # a directory
@@ -76,7 +68,7 @@ def test_repair_cuts_a_torn_end_logs_it_and_leaves_a_whole_file_as_it_is(
     logged with its size; a file that ends whole is not touched nor logged. Another
     machine's file, a live daemon's, and a marker of no file of ours are left alone, whatever
     order the markers come in."""
-    whole = _response(b"x" * 100, gzipped)
+    whole = response(b"x" * 100, gzipped)
     files = {
         "torn": (archive.file_name(STAMP, 1, HERE, DEAD_PID, gzipped), whole + whole[:50]),
         "no whole record": (archive.file_name(STAMP, 2, HERE, DEAD_PID, gzipped), whole[:50]),
@@ -108,7 +100,6 @@ def test_repair_removes_a_marker_whose_file_never_came(tmp_path: Path) -> None:
     (tmp_path / (name + archive.OPEN)).touch()
     archive.repair(tmp_path)
     assert list(tmp_path.iterdir()) == []
-    assert not os.path.exists(tmp_path / name)
 
 
 def test_a_file_removed_while_listed_is_skipped_not_the_rest(
@@ -118,7 +109,7 @@ def test_a_file_removed_while_listed_is_skipped_not_the_rest(
     and its stat: that file is left out, the ones after it are still listed."""
     names = [archive.file_name(STAMP, serial, "m", 1, False) for serial in (1, 2, 3)]
     for name in names:
-        (tmp_path / name).write_bytes(_response(b"x"))
+        (tmp_path / name).write_bytes(response(b"x"))
     real_stat = os.stat
 
     def stat(path: os.PathLike[str] | str) -> os.stat_result:

@@ -196,7 +196,8 @@ def test_http_payload() -> None:
     assert warc.http_payload(b"HTTP/1.1 200 OK") == b""
 
 
-def _response(payload: bytes, gzipped: bool, url: str = "http://example.test/") -> bytes:
+def response(payload: bytes, gzipped: bool = False, url: str = "http://example.test/") -> bytes:
+    """A whole response record of `payload` (one gzip member if `gzipped`)."""
     capture = warc.Capture(url, NOON, None, 200, "OK", "HTTP/1.1", [])
     digest = hashlib.sha256(payload).hexdigest()
     record = warc.response_head(capture, "<urn:uuid:r>", digest, len(payload), "<urn:uuid:i>")
@@ -211,8 +212,8 @@ def test_records_longer_than_a_read_are_read_whole(gzipped: bool) -> None:
     keeping the last, and scan steps over every record, each at its own offset."""
     payload = os.urandom(2_500_000)
     long_url = "http://example.test/" + os.urandom(10_000).hex()
-    records = [_response(payload, gzipped), _response(b"tail", gzipped, long_url)]
-    records.append(_response(b"last", gzipped))
+    records = [response(payload, gzipped), response(b"tail", gzipped, long_url)]
+    records.append(response(b"last", gzipped))
     data = io.BytesIO(b"".join(records))
     first, second = (len(r) for r in records[:2])
     assert warc.http_payload(warc.read_record(data, 0, gzipped).block) == payload
@@ -229,7 +230,7 @@ def test_records_longer_than_a_read_are_read_whole(gzipped: bool) -> None:
 @pytest.mark.parametrize("gzipped", [False, True])
 def test_no_record_where_none_starts(gzipped: bool) -> None:
     """An offset past the end, or into nothing WARC, says where it looked."""
-    data = io.BytesIO(_response(b"x", gzipped))
+    data = io.BytesIO(response(b"x", gzipped))
     end = len(data.getvalue())
     with pytest.raises(ValueError, match=f"^no record at {end}$"):
         warc.read_fields(data, end, gzipped)
@@ -241,7 +242,7 @@ def test_no_record_where_none_starts(gzipped: bool) -> None:
 def test_a_header_past_64_kb_is_no_record_of_ours(gzipped: bool) -> None:
     """The readers stop looking for a header's end at 64 kB (fetcher's longest is two URLs of
     4 kB): a longer one is refused, not read to the end of the file."""
-    data = io.BytesIO(_response(b"x", gzipped, "http://example.test/" + "a" * 70_000))
+    data = io.BytesIO(response(b"x", gzipped, "http://example.test/" + "a" * 70_000))
     with pytest.raises(ValueError, match=r"^no record at 0$"):
         warc.read_fields(data, 0, gzipped)
 
